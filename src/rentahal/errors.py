@@ -1,0 +1,89 @@
+"""The one exception hierarchy of the broker.
+
+Third-party errors (httpx, redis, SQLAlchemy) are translated at the layer that
+meets them; code above that layer only sees these types::
+
+    BrokerError
+    ├── ConfigError              a bad setting, named by its key
+    ├── QueryRejected            refused before queueing (message is user-facing)
+    │   ├── QueueFull
+    │   └── NoWorkerAvailable    no live worker can serve the query type/model
+    ├── WorkerError              a worker call failed
+    │   ├── WorkerTimeout        no answer within the deadline
+    │   ├── WorkerUnavailable    connect error or 5xx: retry elsewhere
+    │   ├── WorkerRateLimited    429: cool the worker down, retry elsewhere
+    │   ├── WorkerRejected       4xx: the query itself is bad, never retried
+    │   └── WorkerBadResponse    an answer we cannot parse (HTML, truncated JSON)
+    ├── RealmNotFound
+    ├── BusError                 the queue transport failed
+    └── StorageError             the database refused a write
+"""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """Base of every error the broker raises on purpose."""
+
+
+class ConfigError(BrokerError):
+    """A configuration value is missing or invalid; the message names the key."""
+
+
+class QueryRejected(BrokerError):
+    """A query was refused before it was queued; ``str(exc)`` is shown to the user."""
+
+
+class QueueFull(QueryRejected):
+    """The queue (global, realm or per-user share) has no room."""
+
+
+class NoWorkerAvailable(QueryRejected):
+    """No live worker serves this query type or model."""
+
+
+class WorkerError(BrokerError):
+    """A call to an AI worker failed."""
+
+    retryable: bool = True
+
+    def __init__(
+        self, message: str, *, worker: str | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.worker = worker
+        self.status = status
+
+
+class WorkerTimeout(WorkerError):
+    """The worker did not answer within the deadline."""
+
+
+class WorkerUnavailable(WorkerError):
+    """The worker could not be reached or answered 5xx."""
+
+
+class WorkerRateLimited(WorkerError):
+    """The worker answered 429; it is cooled down, not blacklisted."""
+
+
+class WorkerRejected(WorkerError):
+    """The worker answered 4xx: the request is at fault, so it is not retried."""
+
+    retryable = False
+
+
+class WorkerBadResponse(WorkerError):
+    """The worker answered something that is not the protocol's shape."""
+
+
+class RealmNotFound(BrokerError):
+    """No realm of that name exists."""
+
+
+class BusError(BrokerError):
+    """The queue/broadcast transport failed."""
+
+
+class StorageError(BrokerError):
+    """The database could not be written (for example a read-only file)."""
