@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from rentahal.backends.a1111 import A1111Backend
 from rentahal.backends.base import Backend, WorkerReply
+from rentahal.backends.claude import ClaudeBackend
+from rentahal.backends.huggingface import HuggingFaceBackend
+from rentahal.backends.ollama import OllamaBackend
+from rentahal.backends.openai import OpenAIBackend
 from rentahal.backends.predict import PredictBackend
 
-_BACKENDS: dict[str, Backend] = {"predict": PredictBackend()}
+_BACKENDS: dict[str, Backend] = {
+    backend.protocol: backend
+    for backend in (
+        PredictBackend(),
+        A1111Backend(),
+        OllamaBackend(),
+        OpenAIBackend(),
+        ClaudeBackend(),
+        HuggingFaceBackend(),
+    )
+}
 
 
 def register_backend(backend: Backend) -> None:
@@ -22,4 +37,15 @@ def get_backend(protocol: str) -> Backend:
         raise KeyError(f"unknown protocol {protocol!r}; known: {known}") from None
 
 
-__all__ = ["Backend", "WorkerReply", "get_backend", "register_backend"]
+__all__ = [
+    "A1111Backend",
+    "Backend",
+    "ClaudeBackend",
+    "HuggingFaceBackend",
+    "OllamaBackend",
+    "OpenAIBackend",
+    "PredictBackend",
+    "WorkerReply",
+    "get_backend",
+    "register_backend",
+]
