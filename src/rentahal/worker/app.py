@@ -1,0 +1,92 @@
+"""The worker's FastAPI app: engine and HTTP client owned by the lifespan, JSON errors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from rentahal.worker.engines import build_engine
+from rentahal.worker.engines._upstream import upstream_timeout
+from rentahal.worker.errors import WorkerNodeError
+from rentahal.worker.gate import Gate, WorkerState
+from rentahal.worker.routes import a1111, ollama, openai, predict
+from rentahal.worker.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(path: str, status: int, message: str, kind: str) -> JSONResponse:
+    """An error in the shape the caller's protocol expects.
+
+    Ollama clients read ``{"error": str}``, OpenAI clients ``{"error": {"message"}}``;
+    everyone else gets FastAPI's ``{"detail": str}``.
+    """
+    body: dict[str, Any]
+    if path.startswith("/api/"):
+        body = {"error": message}
+    elif path.startswith("/v1/"):
+        body = {"error": {"message": message, "type": kind, "code": status}}
+    else:
+        body = {"detail": message, "error": {"message": message, "type": kind}}
+    return JSONResponse(body, status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(problems)
+
+
+async def _on_worker_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, WorkerNodeError)
+    return error_response(request.url.path, exc.status, exc.message, exc.kind)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    message = _validation_message(exc)
+    return error_response(request.url.path, 422, message, "invalid_request_error")
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return error_response(request.url.path, exc.status_code, str(exc.detail), "http_error")
+
+
+def create_app(settings: WorkerSettings) -> FastAPI:
+    """The reference worker app for ``settings``; start it with uvicorn."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(timeout=upstream_timeout(settings.upstream_timeout_s))
+            )
+            engine = build_engine(settings, client)
+            gate = Gate(settings.latency_ms, settings.max_concurrency)
+            app.state.worker = WorkerState(settings, engine, gate)
+            logger.info(
+                "worker engine %s, latency %g ms, max concurrency %s",
+                engine.name,
+                settings.latency_ms,
+                settings.max_concurrency or "unlimited",
+            )
+            yield
+
+    app = FastAPI(title="RENT-A-HAL reference worker", version="0.1.0", lifespan=lifespan)
+    for module in (predict, a1111, openai, ollama):
+        app.include_router(module.router)
+    app.add_exception_handler(WorkerNodeError, _on_worker_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(HTTPException, _on_http_error)
+    return app

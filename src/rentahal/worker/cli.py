@@ -1,0 +1,49 @@
+"""``rentahal worker``: run the reference worker node with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+import uvicorn
+
+from rentahal.worker.app import create_app
+from rentahal.worker.settings import WorkerSettings
+
+
+def worker_command(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="TCP port to listen on."),
+    engine: str = typer.Option("demo", help="demo, ollama or openai."),
+    ollama_url: str = typer.Option("http://127.0.0.1:11434", help="Ollama server (engine ollama)."),
+    openai_url: str = typer.Option(
+        "http://127.0.0.1:8080", help="OpenAI-compatible server (engine openai)."
+    ),
+    openai_api_key: str | None = typer.Option(
+        None, envvar="OPENAI_API_KEY", help="Bearer key for the OpenAI-compatible server."
+    ),
+    latency_ms: float = typer.Option(0.0, help="Simulated model time added to every call."),
+    max_concurrency: int = typer.Option(0, help="Parallel model calls; 0 is unlimited."),
+    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+) -> None:
+    """Serve the reference worker: /predict, /sdapi, /v1 and /api with the chosen engine."""
+    try:
+        settings = WorkerSettings.model_validate(
+            {
+                "host": host,
+                "port": port,
+                "engine": engine,
+                "ollama_url": ollama_url,
+                "openai_url": openai_url,
+                "openai_api_key": openai_api_key,
+                "latency_ms": latency_ms,
+                "max_concurrency": max_concurrency,
+            }
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    level = log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower()
+    )

@@ -1,0 +1,1 @@
+"""HTTP routes of the worker, one module per protocol it speaks."""
