@@ -34,13 +34,18 @@ def _media_type(b64: str) -> str:
 
 
 def _urls(worker: AIWorker) -> tuple[str, str]:
-    """``(base, endpoint)``: the address is either a full endpoint URL or ``host[:port]``."""
+    """``(base, endpoint)``: the address is either a full endpoint URL or ``host[:port]``.
+
+    ``base`` is where ``/v1/models`` lives: the endpoint without ``/v1/messages``
+    (so a gateway's path prefix is kept), else the host's root.
+    """
     url = service_url(worker.address)
     scheme, rest = url.split("://", 1)
-    if "/" in rest:
-        host = rest.split("/", 1)[0]
-        return f"{scheme}://{host}", url
-    return url, f"{url}/v1/messages"
+    if "/" not in rest:
+        return url, f"{url}/v1/messages"
+    if url.endswith("/v1/messages"):
+        return url.removesuffix("/v1/messages"), url
+    return f"{scheme}://{rest.split('/', 1)[0]}", url
 
 
 def _headers(worker: AIWorker) -> dict[str, str]:
