@@ -111,6 +111,17 @@ def _safe_colours(image: Image.Image) -> tuple[tuple[str, float], ...]:
         return ()
 
 
+def image_mime(data: bytes) -> str:
+    """The MIME type of an image by its magic bytes (``image/png`` when unsure)."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "image/png"
+
+
 def sniff_audio(data: bytes) -> str | None:
     """The audio container of ``data`` (``WAV``, ``OGG``, ``WebM``, ``MP3``, ``FLAC``)."""
     if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WAVE":

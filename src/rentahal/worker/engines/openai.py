@@ -11,6 +11,7 @@ import httpx
 from rentahal.worker.engines._upstream import call, json_field
 from rentahal.worker.engines.base import ModelCard, Turn
 from rentahal.worker.errors import UpstreamError
+from rentahal.worker.media import image_mime, sniff_audio
 
 UPSTREAM = "OpenAI-compatible server"
 _EXTENSIONS = {"WAV": "wav", "OGG": "ogg", "WebM": "webm", "MP3": "mp3", "FLAC": "flac"}
@@ -65,7 +66,7 @@ class OpenAIEngine:
         if images:
             parts: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
             for image in images:
-                url = "data:image/png;base64," + base64.b64encode(image).decode("ascii")
+                url = f"data:{image_mime(image)};base64," + base64.b64encode(image).decode("ascii")
                 parts.append({"type": "image_url", "image_url": {"url": url}})
             messages.append({"role": "user", "content": parts})
         else:
@@ -114,6 +115,8 @@ class OpenAIEngine:
             "response_format": "wav",
         }
         response = await self._post("/v1/audio/speech", json=payload)
+        if sniff_audio(response.content) != "WAV":
+            raise UpstreamError(f"{UPSTREAM} answered speech that is not WAV audio")
         return response.content
 
     async def models(self) -> list[ModelCard]:
