@@ -20,6 +20,16 @@ WorkerType = Literal["chat", "vision", "imagine", "speech"]
 ResultType = Literal["text", "image", "audio"]
 
 
+def worker_family(model_type: str) -> str:
+    """Which kind of worker a query's ``model_type`` asks for."""
+    return model_type if model_type in ("claude", "huggingface") else "worker_node"
+
+
+def dispatch_type(query: Query) -> str:
+    """The worker type a query runs on (speech queries are chat after transcription)."""
+    return "chat" if query.query_type == "speech" else query.query_type
+
+
 def utcnow_iso() -> str:
     """The current UTC time in ISO 8601, as the original stored ``last_active``."""
     return datetime.now(UTC).isoformat()

@@ -1,0 +1,131 @@
+"""Health rules (the original's scoring, configurable) and the periodic probe loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+
+from rentahal.backends import get_backend
+from rentahal.config import WorkerSettingsSection
+from rentahal.errors import WorkerError
+from rentahal.models import AIWorker, utcnow_iso
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthRules:
+    """How probe outcomes move a worker's ``health_score`` and blacklist flag."""
+
+    success_delta: float = 10.0
+    failure_delta: float = 10.0
+    error_delta: float = 5.0
+    readmit_health: float = 50.0
+    no_blacklist_imagine: bool = True
+
+    @classmethod
+    def from_settings(cls, s: WorkerSettingsSection) -> HealthRules:
+        """Rules from the ``[Workers]`` section."""
+        return cls(
+            success_delta=s.health_success_delta,
+            failure_delta=s.health_failure_delta,
+            error_delta=s.health_error_delta,
+            readmit_health=s.readmit_health,
+            no_blacklist_imagine=s.no_blacklist_imagine,
+        )
+
+    def apply(self, worker: AIWorker, status: int | None) -> bool:
+        """Score one probe (``status`` None = no answer); True when anything changed."""
+        before = (worker.health_score, worker.is_blacklisted)
+        if status == 200:
+            worker.last_active = utcnow_iso()
+            if worker.is_blacklisted:
+                worker.is_blacklisted = False
+                worker.health_score = self.readmit_health
+            else:
+                worker.health_score = min(100.0, worker.health_score + self.success_delta)
+        else:
+            delta = self.error_delta if status is None else self.failure_delta
+            self.lower(worker, delta)
+        return before != (worker.health_score, worker.is_blacklisted)
+
+    def lower(self, worker: AIWorker, delta: float) -> None:
+        """Subtract ``delta``; at zero the worker is blacklisted (imagine may be exempt)."""
+        worker.health_score = max(0.0, worker.health_score - delta)
+        if worker.health_score <= 0 and not (
+            worker.type == "imagine" and self.no_blacklist_imagine
+        ):
+            worker.is_blacklisted = True
+
+
+async def probe_worker(client: httpx.AsyncClient, worker: AIWorker, timeout_s: float) -> int | None:
+    """HTTP status of the worker's protocol probe, or ``None`` when it did not answer."""
+    try:
+        return await get_backend(worker.protocol).probe(client, worker, timeout_s)
+    except WorkerError as exc:
+        logger.debug("probe of %s failed: %s", worker.name, exc)
+        return exc.status
+    except KeyError:
+        return None
+
+
+class HealthMonitor:
+    """Probes every worker each ``interval_s`` and applies the rules."""
+
+    def __init__(
+        self,
+        list_workers: Callable[[], list[AIWorker]],
+        client: httpx.AsyncClient,
+        rules: HealthRules,
+        settings: WorkerSettingsSection,
+        on_change: Callable[[list[AIWorker]], Awaitable[None]],
+    ) -> None:
+        self._list_workers = list_workers
+        self._client = client
+        self._rules = rules
+        self._settings = settings
+        self._on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+
+    def _timeout_for(self, worker: AIWorker) -> float:
+        if worker.type == "imagine":
+            return self._settings.imagine_health_timeout_s
+        return self._settings.health_timeout_s
+
+    async def check_all(self) -> list[AIWorker]:
+        """Probe every worker once, concurrently; return the ones that changed."""
+        workers = self._list_workers()
+        statuses = await asyncio.gather(
+            *(probe_worker(self._client, w, self._timeout_for(w)) for w in workers)
+        )
+        changed = [w for w, s in zip(workers, statuses, strict=True) if self._rules.apply(w, s)]
+        ok = [w for w, s in zip(workers, statuses, strict=True) if s == 200]
+        await self._on_change(changed + [w for w in ok if w not in changed])
+        return changed
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.health_check_interval)
+            try:
+                await self.check_all()
+            except Exception:
+                logger.exception("health check round failed")
+
+    def start(self) -> None:
+        """Start the periodic loop."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="health-monitor")
+
+    async def stop(self) -> None:
+        """Stop the loop and wait for it."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None

@@ -1,0 +1,453 @@
+"""The Broker: the one entry point that the WebSocket, HTTP and federation layers call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import httpx
+
+from rentahal.backends.health import HealthMonitor
+from rentahal.bus.base import Bus
+from rentahal.config import Settings
+from rentahal.errors import QueryRejected, QueueFull, StorageError
+from rentahal.models import (
+    AIWorker,
+    HuggingFaceModel,
+    Job,
+    Query,
+    QueryState,
+    Result,
+    User,
+    dispatch_type,
+    worker_family,
+)
+from rentahal.realms.connections import RealmConnectionManager
+from rentahal.realms.execution import QueryExecutor
+from rentahal.realms.processor import QueryProcessor
+from rentahal.realms.workers import WorkerRegistry
+from rentahal.storage.database import Storage
+from rentahal.storage.ledger import Ledger
+from rentahal.vision import ChunkAssembler, preprocess_image
+
+logger = logging.getLogger(__name__)
+
+LEGACY_QUEUE = "$LEGACY"
+BROADCAST_CHANNEL = "broadcast"
+CONTROL_CHANNEL = "control"
+QUEUE_UPDATE_MIN_INTERVAL_S = 0.1
+
+
+def results_channel(node_id: str) -> str:
+    """The channel on which ``node_id`` receives results of jobs it queued."""
+    return f"results:{node_id}"
+
+
+class Broker:
+    """Queues queries, runs them on workers, records them, and delivers results."""
+
+    def __init__(
+        self, settings: Settings, storage: Storage, bus: Bus, client: httpx.AsyncClient
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.bus = bus
+        self.client = client
+        self.node_id = settings.broker.resolved_node_id()
+        self.ledger = Ledger(storage, settings.costs)
+        self.registry = WorkerRegistry(settings.workers)
+        self.executor = QueryExecutor(self.registry, client, settings)
+        self.connections = RealmConnectionManager()
+        self.uploads = ChunkAssembler(settings.chunking, expiry_s=settings.queue.queue_timeout)
+        self.processors: dict[str, QueryProcessor] = {}
+        self.hf_models: list[HuggingFaceModel] = []
+        self.health = HealthMonitor(
+            self.registry.workers,
+            client,
+            self.registry.rules,
+            settings.workers,
+            self._health_changed,
+        )
+        self._waiters: dict[str, asyncio.Future[Result]] = {}
+        # job_id -> (queue, user_guid) of jobs queued from this node and not yet delivered
+        self._owner: dict[str, tuple[str, str]] = {}
+        self._avg_s: defaultdict[str, float] = defaultdict(lambda: 1.0)
+        self._queue_event = asyncio.Event()
+        self._notifier: asyncio.Task[None] | None = None
+        self._last_queue_update: tuple[int, int] | None = None
+        self._last_positions: dict[str, int] = {}
+        self.most_connected = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Migrate the database, load workers, start consumers and periodic jobs."""
+        await self.storage.migrate()
+        for worker in await self.storage.list_workers():
+            self.registry.add(worker)
+        self.hf_models = await self.storage.list_hf_models()
+        await self.bus.start()
+        self.bus.subscribe(BROADCAST_CHANNEL, self._on_broadcast)
+        self.bus.subscribe(results_channel(self.node_id), self._on_result)
+        self.bus.subscribe(CONTROL_CHANNEL, self._on_control)
+        self._add_processor(LEGACY_QUEUE)
+        self.health.start()
+        self._notifier = asyncio.create_task(self._notify_queue_loop(), name="queue-notifier")
+
+    async def stop(self, drain_timeout_s: float = 5.0) -> None:
+        """Stop consuming, drain running jobs, then stop periodic jobs and the bus."""
+        await asyncio.gather(*(p.stop(drain_timeout_s) for p in self.processors.values()))
+        await self.health.stop()
+        if self._notifier is not None:
+            self._notifier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._notifier
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.cancel()
+        await self.bus.close()
+
+    def _add_processor(self, queue: str) -> QueryProcessor:
+        processor = QueryProcessor(queue, self.bus, self.registry, self.executor, self._finish)
+        self.processors[queue] = processor
+        processor.start()
+        return processor
+
+    # -- users -------------------------------------------------------------------------
+    async def connect_user(self, guid: str) -> User:
+        """The user behind a connecting socket (created on first sight)."""
+        return await self.storage.for_user(guid).get_or_create_user(guid)
+
+    async def get_user(self, guid: str) -> User | None:
+        """A user by GUID."""
+        return await self.storage.for_user(guid).get_user(guid)
+
+    async def set_nickname(self, guid: str, nickname: str) -> User:
+        """Rename a user; ``QueryRejected`` when the name is invalid or taken."""
+        nickname = nickname.strip()
+        if not (1 <= len(nickname) <= 50):
+            raise QueryRejected("Nickname must be 1 to 50 characters")
+        if not await self.storage.for_user(guid).set_nickname(guid, nickname):
+            raise QueryRejected("Nickname already taken")
+        user = await self.get_user(guid)
+        assert user is not None
+        return user
+
+    async def set_banned(self, guid: str, banned: bool) -> bool:
+        """Ban (closing every live session of the user on every node) or unban."""
+        if not await self.storage.for_user(guid).set_banned(guid, banned):
+            return False
+        if banned:
+            await self.terminate_user(guid, broadcast=False)
+        await self.bus.publish(CONTROL_CHANNEL, {"op": "ban" if banned else "unban", "guid": guid})
+        await self.broadcast({"type": "user_banned" if banned else "user_unbanned", "guid": guid})
+        return True
+
+    # -- queries -------------------------------------------------------------------------
+    def route(self, query: Query) -> str:
+        """The queue a query goes to."""
+        return LEGACY_QUEUE
+
+    async def queue_depth(self) -> int:
+        """Waiting plus running jobs, all queues."""
+        waiting = sum([await self.bus.depth(q) for q in self.processors])
+        return waiting + sum(p.in_flight for p in self.processors.values())
+
+    async def submit(self, user_guid: str, query: Query, *, want_result: bool = False) -> Job:
+        """Validate and queue a query; ``QueryRejected`` says why not."""
+        user = await self.get_user(user_guid)
+        if user is None:
+            raise QueryRejected("Unknown user")
+        if user.is_banned:
+            raise QueryRejected("You are banned from using this service.")
+        limits = self.settings.queue
+        if len(query.prompt) > limits.max_prompt_chars:
+            raise QueryRejected(f"Prompt too long (limit {limits.max_prompt_chars} characters)")
+        if query.query_type == "vision":
+            if not query.image:
+                raise QueryRejected("A vision query needs an image")
+            query = query.model_copy(
+                update={
+                    "image": await preprocess_image(
+                        query.image, self.settings.chunking.max_image_bytes
+                    )
+                }
+            )
+        elif query.query_type == "speech" and not query.audio:
+            raise QueryRejected("A speech query needs audio")
+        elif query.query_type in ("chat", "imagine") and not query.prompt.strip():
+            raise QueryRejected("The prompt is empty")
+        self.registry.check_servable(
+            dispatch_type(query), query.model_name, worker_family(query.model_type)
+        )
+        if query.query_type == "speech" or query.model_type == "speech":
+            self.registry.check_servable("speech")
+        if await self.queue_depth() >= limits.max_queue_size:
+            raise QueueFull("Queue is full, please try again later")
+        if self._queued_by(user_guid) >= limits.max_queued_per_user:
+            raise QueueFull(
+                f"You already have {limits.max_queued_per_user} queries waiting; "
+                "please wait for them to finish"
+            )
+        queue = self.route(query)
+        job = Job(user_guid=user_guid, query=query, realm=queue, origin_node=self.node_id)
+        if want_result:
+            self._waiters[job.job_id] = asyncio.get_running_loop().create_future()
+        self._owner[job.job_id] = (queue, user_guid)
+        await self.bus.enqueue(queue, job)
+        self.queue_changed()
+        return job
+
+    def _queued_by(self, guid: str) -> int:
+        return sum(1 for _q, g in self._owner.values() if g == guid)
+
+    async def position_of(self, job_id: str) -> int | None:
+        """1-based position among waiting jobs of its queue; None when not waiting."""
+        entry = self._owner.get(job_id)
+        if entry is None:
+            return None
+        for index, job in enumerate(await self.bus.waiting(entry[0]), start=1):
+            if job.job_id == job_id:
+                return index
+        return None
+
+    async def wait_result(self, job_id: str, timeout_s: float | None = None) -> Result:
+        """Wait for a job submitted with ``want_result=True``."""
+        fut = self._waiters[job_id]
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await fut
+        finally:
+            self._waiters.pop(job_id, None)
+
+    async def cancel(self, user_guid: str, job_id: str, *, by_sysop: bool = False) -> bool:
+        """Cancel a queued or running job of ``user_guid`` (sysops: of anyone)."""
+        entry = self._owner.get(job_id)
+        if entry is None:
+            return False
+        queue, owner = entry
+        if owner != user_guid and not by_sysop:
+            return False
+        job = await self.bus.remove(queue, job_id)
+        if job is not None:
+            job.move_to(QueryState.CANCELLED)
+            result = Result(
+                job_id=job.job_id,
+                user_guid=job.user_guid,
+                status="cancelled",
+                realm=job.realm,
+                query_type=job.query.query_type,
+                error="Cancelled",
+                queue_wait=max(0.0, time.time() - job.submitted_at),
+            )
+            await self._finish(job, result)
+            return True
+        processor = self.processors.get(queue)
+        return processor is not None and processor.cancel(job_id)
+
+    async def terminate_user(self, guid: str, *, broadcast: bool = True) -> int:
+        """Drop every queued and running job of ``guid``."""
+        jobs = [jid for jid, (_q, g) in self._owner.items() if g == guid]
+        count = 0
+        for job_id in jobs:
+            count += await self.cancel(guid, job_id, by_sysop=True)
+        if broadcast:
+            await self.broadcast({"type": "query_terminated", "guid": guid})
+        self.queue_changed()
+        return count
+
+    async def _finish(self, job: Job, result: Result) -> None:
+        """Price, record and deliver a finished job (runs shielded)."""
+        result = self.ledger.price(result)
+        try:
+            await self.ledger.record(job, result)
+        except StorageError as exc:
+            logger.error("could not record job %s: %s", job.job_id, exc)
+            result = result.model_copy(
+                update={"error": (result.error or "") + " (not recorded: database unavailable)"}
+            )
+        if result.status == "done":
+            avg = self._avg_s[job.query.query_type]
+            self._avg_s[job.query.query_type] = 0.8 * avg + 0.2 * result.processing_time
+        await self.bus.ack(job.realm, job.job_id)
+        await self.bus.publish(results_channel(job.origin_node), result.model_dump())
+        self.queue_changed()
+
+    async def _on_result(self, message: dict[str, Any]) -> None:
+        result = Result.model_validate(message)
+        self._owner.pop(result.job_id, None)
+        self._last_positions.pop(result.job_id, None)
+        fut = self._waiters.get(result.job_id)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(result)
+            return
+        self.connections.send_user(result.user_guid, result.to_message())
+        if result.status == "done":
+            user = await self.get_user(result.user_guid)
+            if user is not None:
+                self.connections.send_user(
+                    result.user_guid, {"type": "user_info", "data": user.model_dump()}
+                )
+
+    # -- speech helpers ---------------------------------------------------------------------
+    async def transcribe(self, audio: bytes) -> str:
+        """Speech to text on a speech worker."""
+        return await self.executor.transcribe(audio)
+
+    async def speak(self, text: str) -> bytes:
+        """Text to speech on a speech worker."""
+        return await self.executor.speak(text)
+
+    # -- broadcasts and queue updates ------------------------------------------------------------
+    async def broadcast(self, message: dict[str, Any], *, sysops_only: bool = False) -> None:
+        """Send to every connected client on every node."""
+        await self.bus.publish(BROADCAST_CHANNEL, {"message": message, "sysops_only": sysops_only})
+
+    async def _on_broadcast(self, envelope: dict[str, Any]) -> None:
+        self.connections.broadcast(envelope["message"], sysops_only=envelope["sysops_only"])
+
+    async def _on_control(self, message: dict[str, Any]) -> None:
+        if message.get("op") == "ban":
+            self.connections.close_user(
+                message["guid"],
+                {"type": "error", "message": "You are banned from using this service."},
+            )
+
+    def queue_changed(self) -> None:
+        """Schedule a ``queue_update`` broadcast soon (coalesced)."""
+        self._queue_event.set()
+
+    def queue_totals(self, depth: int) -> tuple[int, int]:
+        """``(depth, total)`` as the original client draws them (total never 0)."""
+        return depth, max(1, len(self.registry.workers()))
+
+    async def _notify_queue_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._queue_event.wait()
+            event = self._queue_event.is_set()
+            self._queue_event.clear()
+            try:
+                await self._expire_waiting()
+                totals = self.queue_totals(await self.queue_depth())
+                if event or totals != self._last_queue_update:
+                    self._last_queue_update = totals
+                    self.connections.broadcast(
+                        {"type": "queue_update", "depth": totals[0], "total": totals[1]}
+                    )
+                    await self._send_positions()
+            except Exception:
+                logger.exception("queue notifier round failed")
+            await asyncio.sleep(QUEUE_UPDATE_MIN_INTERVAL_S)
+
+    async def _send_positions(self) -> None:
+        for queue, processor in self.processors.items():
+            waiting = await self.bus.waiting(queue)
+            capacity = max(1, processor.in_flight or 1)
+            for index, job in enumerate(waiting, start=1):
+                if self._last_positions.get(job.job_id) == index:
+                    continue
+                self._last_positions[job.job_id] = index
+                eta = index * self._avg_s[job.query.query_type] / capacity
+                self.connections.send_user(
+                    job.user_guid,
+                    {
+                        "type": "queue_position",
+                        "job_id": job.job_id,
+                        "position": index,
+                        "eta_s": round(eta, 1),
+                    },
+                )
+
+    async def _expire_waiting(self) -> None:
+        limit = self.settings.queue.queue_timeout
+        now = time.time()
+        for queue in self.processors:
+            for job in await self.bus.waiting(queue):
+                if now - job.submitted_at <= limit:
+                    continue
+                if await self.bus.remove(queue, job.job_id) is None:
+                    continue
+                job.move_to(QueryState.FAILED)
+                await self._finish(
+                    job,
+                    Result(
+                        job_id=job.job_id,
+                        user_guid=job.user_guid,
+                        status="failed",
+                        realm=job.realm,
+                        query_type=job.query.query_type,
+                        error=f"No worker could take the query within {limit:g}s",
+                        queue_wait=now - job.submitted_at,
+                    ),
+                )
+
+    # -- workers and models -------------------------------------------------------------------------
+    async def add_worker(self, worker: AIWorker) -> None:
+        """Register (or replace) a worker, persist it, tell everyone."""
+        await self.storage.save_worker(worker)
+        self.registry.add(worker)
+        await self.broadcast_workers()
+        self.queue_changed()
+
+    async def remove_worker(self, name: str) -> bool:
+        """Forget a worker; running calls on it finish."""
+        found = self.registry.remove(name)
+        found = await self.storage.delete_worker(name) or found
+        await self.broadcast_workers()
+        self.queue_changed()
+        return found
+
+    async def reset_health(self, name: str | None = None) -> int:
+        """Clear blacklist and circuits and restore health (one or all workers)."""
+        changed = self.registry.reset_health(name)
+        await self.storage.save_health(changed)
+        await self.broadcast_workers()
+        return len(changed)
+
+    async def broadcast_workers(self) -> None:
+        """Send ``worker_update`` to everyone."""
+        await self.broadcast({"type": "worker_update", "workers": self.registry.public()})
+
+    async def _health_changed(self, workers: list[AIWorker]) -> None:
+        try:
+            await self.storage.save_health(workers)
+        except StorageError as exc:
+            logger.error("could not save worker health: %s", exc)
+        if workers:
+            await self.broadcast_workers()
+            self.queue_changed()
+
+    async def add_hf_model(self, model: HuggingFaceModel) -> None:
+        """Make a Hugging Face model available."""
+        await self.storage.add_hf_model(model)
+        self.hf_models = await self.storage.list_hf_models()
+        await self.broadcast_hf_models()
+
+    async def remove_hf_model(self, name: str) -> bool:
+        """Remove a Hugging Face model."""
+        found = await self.storage.remove_hf_model(name)
+        self.hf_models = await self.storage.list_hf_models()
+        await self.broadcast_hf_models()
+        return found
+
+    async def broadcast_hf_models(self) -> None:
+        """Send ``huggingface_update`` to everyone."""
+        await self.broadcast(
+            {"type": "huggingface_update", "models": [m.model_dump() for m in self.hf_models]}
+        )
+
+    # -- stats ------------------------------------------------------------------------------------------
+    async def system_status(self) -> dict[str, Any]:
+        """``/debug/system_status``."""
+        return {
+            "database_exists": True,
+            "total_workers": len(self.registry.workers()),
+            "queue_depth": await self.queue_depth(),
+            "huggingface_models": len(self.hf_models),
+        }

@@ -1,0 +1,71 @@
+"""The ``Bus``: realm queues and cluster-wide broadcasts, in memory or on Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from rentahal.models import Job
+
+JobFilter = Callable[[Job], bool]
+MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Bus(Protocol):
+    """Queues of jobs (one per realm) and publish/subscribe channels.
+
+    A job taken with :meth:`take` is pending until :meth:`ack`; a node that dies
+    before acking loses nothing (the distributed bus hands the job to another
+    node). ``accept`` lets a consumer skip jobs it cannot run now (the legacy
+    queue mixes query types); queues of one type pass ``None``.
+    """
+
+    async def start(self) -> None:
+        """Connect and start background listeners."""
+        ...
+
+    async def close(self) -> None:
+        """Stop listeners and disconnect."""
+        ...
+
+    async def enqueue(self, queue: str, job: Job) -> None:
+        """Append ``job`` to ``queue``."""
+        ...
+
+    async def take(
+        self, queue: str, *, accept: JobFilter | None = None, timeout_s: float = 1.0
+    ) -> Job | None:
+        """The oldest acceptable job, or ``None`` after ``timeout_s``."""
+        ...
+
+    def wake(self, queue: str) -> None:
+        """Make waiting :meth:`take` calls look again (capacity changed)."""
+        ...
+
+    async def ack(self, queue: str, job_id: str) -> None:
+        """The job is finished and recorded; forget it."""
+        ...
+
+    async def requeue(self, queue: str, job: Job) -> None:
+        """Hand a taken job back, at the head of the queue."""
+        ...
+
+    async def remove(self, queue: str, job_id: str) -> Job | None:
+        """Take a waiting job out (cancellation); ``None`` when it is not waiting."""
+        ...
+
+    async def waiting(self, queue: str) -> list[Job]:
+        """The waiting jobs in queue order."""
+        ...
+
+    async def depth(self, queue: str) -> int:
+        """How many jobs wait in ``queue``."""
+        ...
+
+    async def publish(self, channel: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to every subscriber of ``channel`` on every node."""
+        ...
+
+    def subscribe(self, channel: str, handler: MessageHandler) -> None:
+        """Call ``handler`` for each message published on ``channel``."""
+        ...

@@ -1,0 +1,183 @@
+"""Running one job on workers: speech steps, retries on other workers, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from rentahal.backends import WorkerReply, get_backend
+from rentahal.config import Settings
+from rentahal.errors import BrokerError, WorkerError, WorkerRejected, WorkerTimeout
+from rentahal.models import AIWorker, Job, Query, Result, dispatch_type, worker_family
+from rentahal.realms.workers import WorkerRegistry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Run:
+    """Book-keeping of one job's calls."""
+
+    billed_s: float = 0.0
+    attempts: int = 0
+    worker: str | None = None
+    tried: list[str] = field(default_factory=list)
+
+
+class QueryExecutor:
+    """Runs a job to a :class:`Result` (never raises for worker failures)."""
+
+    def __init__(
+        self, registry: WorkerRegistry, client: httpx.AsyncClient, settings: Settings
+    ) -> None:
+        self.registry = registry
+        self.client = client
+        self.settings = settings
+
+    def timeout_for(self, query_type: str) -> float:
+        """Per-attempt deadline for a query type."""
+        perf = self.settings.performance
+        return perf.imagine_timeout if query_type == "imagine" else perf.query_timeout
+
+    async def execute(self, job: Job, worker: AIWorker) -> Result:
+        """Run ``job``, starting on the already reserved ``worker``."""
+        run = _Run()
+        queue_wait = max(0.0, time.time() - job.submitted_at)
+        base = {
+            "job_id": job.job_id,
+            "user_guid": job.user_guid,
+            "realm": job.realm,
+            "queue_wait": round(queue_wait, 6),
+            "query_type": job.query.query_type,
+        }
+        handed_over = False
+        try:
+            query = job.query
+            if query.query_type == "speech":
+                text = await self._transcribe(query, run)
+                query = query.model_copy(update={"prompt": text, "audio": None})
+            handed_over = True
+            reply = await self._run_with_retries(query, worker, run)
+            if job.query.model_type == "speech" or job.speak_result:
+                if reply.result_type == "text":
+                    audio = await self._speak(reply.result, run)
+                    reply = WorkerReply(base64.b64encode(audio).decode("ascii"), "audio")
+        except BrokerError as exc:
+            return Result(
+                status="failed",
+                error=str(exc),
+                attempts=run.attempts,
+                worker=run.worker,
+                processing_time=round(run.billed_s, 6),
+                **base,
+            )
+        finally:
+            if not handed_over:
+                self.registry.release(worker.name)
+        return Result(
+            status="done",
+            result=reply.result,
+            result_type=reply.result_type,
+            processing_time=round(run.billed_s, 6),
+            worker=run.worker,
+            attempts=run.attempts,
+            **base,
+        )
+
+    async def _call(self, worker: AIWorker, query: Query, run: _Run) -> WorkerReply:
+        backend = get_backend(worker.protocol)
+        started = time.monotonic()
+        reply = await backend.run(self.client, worker, query, self.timeout_for(query.query_type))
+        run.billed_s += time.monotonic() - started
+        return reply
+
+    async def _run_with_retries(self, query: Query, worker: AIWorker, run: _Run) -> WorkerReply:
+        """Call workers until one answers; ``worker`` is reserved and always released."""
+        attempts_max = self.settings.workers.max_attempts
+        wtype = dispatch_type(query)
+        family = worker_family(query.model_type)
+        current: AIWorker | None = worker
+        last: WorkerError | None = None
+        for attempt in range(1, attempts_max + 1):
+            if current is None:
+                current = await self.registry.acquire(
+                    wtype,
+                    query.model_name,
+                    exclude=run.tried,
+                    timeout_s=self.timeout_for(query.query_type),
+                    family=family,
+                )
+            run.attempts = attempt
+            run.worker = current.name
+            run.tried.append(current.name)
+            try:
+                reply = await self._call(current, query, run)
+            except WorkerError as exc:
+                last = exc
+                self.registry.report_failure(current.name, exc)
+                logger.warning("attempt %d of %s failed: %s", attempt, current.name, exc)
+                if not exc.retryable:
+                    break
+                if (
+                    isinstance(exc, WorkerTimeout)
+                    and query.query_type == "imagine"
+                    and not self.settings.workers.retry_image_on_timeout
+                ):
+                    break
+            else:
+                self.registry.report_success(current.name)
+                return reply
+            finally:
+                self.registry.release(current.name)
+            current = None
+            if attempt < attempts_max:
+                await asyncio.sleep(self.settings.workers.retry_backoff_s * 2 ** (attempt - 1))
+        assert last is not None
+        if run.attempts > 1:
+            raise type(last)(f"{last} (after {run.attempts} attempts)", worker=last.worker)
+        raise last
+
+    async def _speech_call(self, method: str, run: _Run, *args: Any) -> Any:
+        worker = await self.registry.acquire(
+            "speech", "", timeout_s=self.settings.performance.query_timeout
+        )
+        try:
+            backend = get_backend(worker.protocol)
+            fn = getattr(backend, method, None)
+            if fn is None:
+                raise WorkerRejected(
+                    f"speech worker {worker.name} ({worker.protocol}) cannot {method}",
+                    worker=worker.name,
+                )
+            started = time.monotonic()
+            out = await fn(self.client, worker, *args, self.settings.performance.query_timeout)
+            run.billed_s += time.monotonic() - started
+            self.registry.report_success(worker.name)
+            return out
+        except WorkerError as exc:
+            self.registry.report_failure(worker.name, exc)
+            raise
+        finally:
+            self.registry.release(worker.name)
+
+    async def _transcribe(self, query: Query, run: _Run) -> str:
+        audio = base64.b64decode(query.audio or "", validate=False)
+        text = await self._speech_call("transcribe", run, audio, "audio.webm")
+        return str(text)
+
+    async def _speak(self, text: str, run: _Run) -> bytes:
+        return bytes(await self._speech_call("speak", run, text))
+
+    async def transcribe(self, audio: bytes) -> str:
+        """Transcribe audio on a speech worker (the ``speech_to_text`` message)."""
+        return str(await self._speech_call("transcribe", _Run(), audio, "audio.webm"))
+
+    async def speak(self, text: str) -> bytes:
+        """Speak text on a speech worker (the ``text_to_speech`` message)."""
+        return bytes(await self._speech_call("speak", _Run(), text))

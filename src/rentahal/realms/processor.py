@@ -1,0 +1,177 @@
+"""Queue consumers: take jobs when a worker is free and run them concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from rentahal.bus.base import Bus
+from rentahal.models import Job, QueryState, Result, dispatch_type, worker_family
+from rentahal.realms.execution import QueryExecutor
+from rentahal.realms.workers import WorkerRegistry
+
+logger = logging.getLogger(__name__)
+
+FinishHandler = Callable[[Job, Result], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class ProcessorStats:
+    """Counters of one processor."""
+
+    processed: int = 0
+    errors: int = 0
+    cancelled: int = 0
+    processing_time_s: float = 0.0
+    last_heartbeat: float = 0.0
+
+
+class QueryProcessor:
+    """Consumes one queue of the :class:`Bus` (the legacy queue or a realm's).
+
+    It takes a job only when some worker able to run it has a free slot, so
+    dispatch is concurrent up to the workers' combined ``max_concurrency`` and
+    waits on wake-ups from the bus and the registry, never on sleeps.
+    """
+
+    def __init__(
+        self,
+        queue: str,
+        bus: Bus,
+        registry: WorkerRegistry,
+        executor: QueryExecutor,
+        finish: FinishHandler,
+    ) -> None:
+        self.queue = queue
+        self.bus = bus
+        self.registry = registry
+        self.executor = executor
+        self._finish = finish
+        self.stats = ProcessorStats()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.running_jobs: dict[str, Job] = {}
+        self._cancel_requested: set[str] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        registry.add_listener(lambda: bus.wake(queue))
+
+    @property
+    def alive(self) -> bool:
+        """True while the consume loop runs."""
+        return self._loop_task is not None and not self._loop_task.done()
+
+    def start(self) -> None:
+        """Start consuming (no-op when already running)."""
+        if self.alive:
+            return
+        self._stopping = False
+        self._loop_task = asyncio.create_task(self._consume(), name=f"processor:{self.queue}")
+
+    def _dispatchable(self, job: Job) -> bool:
+        q = job.query
+        return self.registry.can_serve_now(
+            dispatch_type(q), q.model_name, worker_family(q.model_type)
+        )
+
+    async def _consume(self) -> None:
+        while not self._stopping:
+            self.stats.last_heartbeat = time.time()
+            job = await self.bus.take(self.queue, accept=self._dispatchable, timeout_s=1.0)
+            if job is None:
+                continue
+            q = job.query
+            worker = self.registry.reserve(
+                dispatch_type(q), q.model_name, family=worker_family(q.model_type)
+            )
+            if worker is None:  # capacity vanished between check and reserve
+                await self.bus.requeue(self.queue, job)
+                continue
+            job.move_to(QueryState.DISPATCHED)
+            task = asyncio.create_task(self._run(job, worker.name), name=f"job:{job.job_id}")
+            self.tasks[job.job_id] = task
+            self.running_jobs[job.job_id] = job
+            task.add_done_callback(lambda _t, jid=job.job_id: self._forget(jid))
+            # Run the job now rather than take the next one first.
+            await asyncio.sleep(0)
+
+    def _forget(self, job_id: str) -> None:
+        self.tasks.pop(job_id, None)
+        self.running_jobs.pop(job_id, None)
+        self._cancel_requested.discard(job_id)
+
+    async def _run(self, job: Job, worker_name: str) -> None:
+        worker_state = self.registry.get(worker_name)
+        try:
+            job.move_to(QueryState.RUNNING)
+            if worker_state is None:
+                raise RuntimeError(f"worker {worker_name} vanished")
+            result = await self.executor.execute(job, worker_state.worker)
+        except asyncio.CancelledError:
+            if job.job_id in self._cancel_requested:
+                result = Result(
+                    job_id=job.job_id,
+                    user_guid=job.user_guid,
+                    status="cancelled",
+                    realm=job.realm,
+                    query_type=job.query.query_type,
+                    error="Cancelled",
+                )
+                job.move_to(QueryState.CANCELLED)
+                self.stats.cancelled += 1
+                await asyncio.shield(self._finish(job, result))
+            else:  # shutting down: hand the job back
+                job.move_to(QueryState.QUEUED)
+                await asyncio.shield(self.bus.requeue(self.queue, job))
+            raise
+        except Exception as exc:
+            logger.exception("job %s crashed", job.job_id)
+            result = Result(
+                job_id=job.job_id,
+                user_guid=job.user_guid,
+                status="failed",
+                realm=job.realm,
+                query_type=job.query.query_type,
+                error=f"Internal error: {exc}",
+            )
+        job.move_to(QueryState.DONE if result.status == "done" else QueryState.FAILED)
+        if result.status == "done":
+            self.stats.processed += 1
+            self.stats.processing_time_s += result.processing_time
+        else:
+            self.stats.errors += 1
+        await asyncio.shield(self._finish(job, result))
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a running job of this processor; ``False`` when it is not running."""
+        task = self.tasks.get(job_id)
+        if task is None or task.done():
+            return False
+        self._cancel_requested.add(job_id)
+        task.cancel()
+        return True
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs running now."""
+        return len(self.tasks)
+
+    async def stop(self, drain_timeout_s: float = 5.0) -> None:
+        """Stop taking jobs, let running ones finish for ``drain_timeout_s``, cancel the rest."""
+        self._stopping = True
+        self.bus.wake(self.queue)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            try:
+                await self._loop_task
+            except asyncio.CancelledError:
+                pass
+        pending = list(self.tasks.values())
+        if pending:
+            _done, still = await asyncio.wait(pending, timeout=drain_timeout_s)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=2.0)

@@ -1,0 +1,294 @@
+"""Worker registry: capacity, passive health, circuit breakers and worker selection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from rentahal.backends.health import HealthRules
+from rentahal.config import WorkerSettingsSection
+from rentahal.errors import NoWorkerAvailable, WorkerRateLimited
+from rentahal.models import AIWorker
+
+logger = logging.getLogger(__name__)
+
+
+def _family_of(worker: AIWorker) -> str:
+    return worker.protocol if worker.protocol in ("claude", "huggingface") else "worker_node"
+
+
+@dataclass(slots=True)
+class WorkerState:
+    """Live, per-process facts about one worker beside its persisted record."""
+
+    worker: AIWorker
+    in_flight: int = 0
+    consecutive_failures: int = 0
+    circuit_open_until: float = 0.0
+    half_open_trial: bool = False
+    cooldown_until: float = 0.0
+    calls_total: int = 0
+    failures_total: int = 0
+    tags: set[str] = field(default_factory=set)
+
+    def circuit(self, now: float) -> str:
+        """``closed``, ``open`` or ``half_open``."""
+        if self.circuit_open_until == 0.0:
+            return "closed"
+        return "open" if now < self.circuit_open_until else "half_open"
+
+    def available(self, now: float) -> bool:
+        """Not blacklisted, not cooling down, circuit closed (or a free half-open trial)."""
+        if self.worker.is_blacklisted or now < self.cooldown_until:
+            return False
+        state = self.circuit(now)
+        if state == "open":
+            return False
+        if state == "half_open":
+            return not self.half_open_trial
+        return True
+
+    def has_capacity(self) -> bool:
+        """Fewer calls in flight than ``max_concurrency``."""
+        return self.in_flight < self.worker.max_concurrency
+
+
+class WorkerRegistry:
+    """All workers this broker knows, with in-flight counts and failure handling.
+
+    ``listeners`` are called whenever capacity or usability may have grown, so
+    queue consumers wake up instead of polling.
+    """
+
+    def __init__(self, settings: WorkerSettingsSection) -> None:
+        self.settings = settings
+        self.rules = HealthRules.from_settings(settings)
+        self._states: dict[str, WorkerState] = {}
+        self._listeners: list[Callable[[], None]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+
+    # -- membership ----------------------------------------------------------
+    def add(self, worker: AIWorker) -> None:
+        """Add or replace a worker (keeps in-flight counts of a replaced one)."""
+        old = self._states.get(worker.name)
+        state = WorkerState(worker=worker)
+        if old is not None:
+            state.in_flight = old.in_flight
+        self._states[worker.name] = state
+        self._notify()
+
+    def remove(self, name: str) -> bool:
+        """Forget a worker; calls in flight finish normally."""
+        removed = self._states.pop(name, None) is not None
+        self._notify()
+        return removed
+
+    def get(self, name: str) -> WorkerState | None:
+        """The state of worker ``name``."""
+        return self._states.get(name)
+
+    def workers(self) -> list[AIWorker]:
+        """All worker records."""
+        return [s.worker for s in self._states.values()]
+
+    def states(self) -> list[WorkerState]:
+        """All worker states."""
+        return list(self._states.values())
+
+    def public(self) -> list[dict[str, object]]:
+        """Worker records for clients (keys masked) with live load and circuit state."""
+        now = time.monotonic()
+        out = []
+        for s in self._states.values():
+            data = s.worker.public()
+            data["in_flight"] = s.in_flight
+            data["circuit"] = s.circuit(now)
+            out.append(data)
+        return out
+
+    def total_capacity(self, types: Iterable[str] | None = None) -> int:
+        """Sum of ``max_concurrency`` of usable workers (of ``types`` if given)."""
+        now = time.monotonic()
+        wanted = set(types) if types is not None else None
+        return sum(
+            s.worker.max_concurrency
+            for s in self._states.values()
+            if s.available(now) and (wanted is None or s.worker.type in wanted)
+        )
+
+    # -- selection -------------------------------------------------------------
+    def _candidates(
+        self, worker_type: str, model_name: str, family: str = "worker_node"
+    ) -> list[WorkerState]:
+        of_type = [
+            s
+            for s in self._states.values()
+            if s.worker.type == worker_type and _family_of(s.worker) == family
+        ]
+        if model_name:
+            listing = [s for s in of_type if model_name in s.worker.models]
+            if listing:
+                return listing
+            return [s for s in of_type if not s.worker.models]
+        return of_type
+
+    def check_servable(
+        self, worker_type: str, model_name: str = "", family: str = "worker_node"
+    ) -> None:
+        """Raise ``NoWorkerAvailable`` (naming type or model) when nothing can serve."""
+        candidates = [
+            s
+            for s in self._candidates(worker_type, model_name, family)
+            if not s.worker.is_blacklisted
+        ]
+        if candidates:
+            return
+        kind = worker_type if family == "worker_node" else f"{family} {worker_type}"
+        if model_name and self._candidates(worker_type, "", family):
+            raise NoWorkerAvailable(f"No {kind} worker serves model '{model_name}'")
+        raise NoWorkerAvailable(f"No {kind} worker is available")
+
+    def can_serve_now(
+        self, worker_type: str, model_name: str = "", family: str = "worker_node"
+    ) -> bool:
+        """True when a usable worker has a free slot right now."""
+        now = time.monotonic()
+        return any(
+            s.available(now) and s.has_capacity()
+            for s in self._candidates(worker_type, model_name, family)
+        )
+
+    def _pick(self, states: list[WorkerState]) -> WorkerState:
+        # The health strategy: healthiest first, then least loaded relative to capacity.
+        return max(
+            states,
+            key=lambda s: (s.worker.health_score, -s.in_flight / s.worker.max_concurrency),
+        )
+
+    def reserve(
+        self,
+        worker_type: str,
+        model_name: str = "",
+        exclude: Iterable[str] = (),
+        family: str = "worker_node",
+    ) -> AIWorker | None:
+        """Take a slot on the best free worker (avoiding ``exclude`` when possible)."""
+        now = time.monotonic()
+        free = [
+            s
+            for s in self._candidates(worker_type, model_name, family)
+            if s.available(now) and s.has_capacity()
+        ]
+        if not free:
+            return None
+        excluded = set(exclude)
+        preferred = [s for s in free if s.worker.name not in excluded] or free
+        state = self._pick(preferred)
+        state.in_flight += 1
+        state.calls_total += 1
+        if state.circuit(now) == "half_open":
+            state.half_open_trial = True
+        return state.worker
+
+    async def acquire(
+        self,
+        worker_type: str,
+        model_name: str = "",
+        exclude: Iterable[str] = (),
+        timeout_s: float = 30.0,
+        family: str = "worker_node",
+    ) -> AIWorker:
+        """Wait (up to ``timeout_s``) for a slot; ``NoWorkerAvailable`` when none came."""
+        exclude = tuple(exclude)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            worker = self.reserve(worker_type, model_name, exclude, family)
+            if worker is not None:
+                return worker
+            self.check_servable(worker_type, model_name, family)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise NoWorkerAvailable(f"No {worker_type} worker became free in time")
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                # Circuits and cool-downs end by the clock, so re-check at least every second.
+                async with asyncio.timeout(min(remaining, 1.0)):
+                    await waiter
+            except TimeoutError:
+                pass
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    def release(self, name: str) -> None:
+        """Give back a slot taken by :meth:`reserve`."""
+        state = self._states.get(name)
+        if state is not None:
+            state.in_flight = max(0, state.in_flight - 1)
+            state.half_open_trial = False
+        self._notify()
+
+    # -- passive health ------------------------------------------------------------
+    def report_success(self, name: str) -> None:
+        """A call succeeded: close the circuit, reset the failure streak."""
+        state = self._states.get(name)
+        if state is None:
+            return
+        state.consecutive_failures = 0
+        state.circuit_open_until = 0.0
+
+    def report_failure(self, name: str, error: Exception) -> None:
+        """A call failed: lower health at once; open the circuit after a streak; cool 429s."""
+        state = self._states.get(name)
+        if state is None:
+            return
+        now = time.monotonic()
+        state.failures_total += 1
+        if isinstance(error, WorkerRateLimited):
+            state.cooldown_until = now + self.settings.rate_limit_cooldown_s
+            return
+        self.rules.lower(state.worker, self.settings.health_error_delta)
+        state.consecutive_failures += 1
+        if state.circuit(now) == "half_open" or (
+            state.consecutive_failures >= self.settings.circuit_failures
+        ):
+            state.circuit_open_until = now + self.settings.circuit_open_s
+            logger.warning(
+                "circuit of worker %s open for %.0fs after %d failures",
+                name,
+                self.settings.circuit_open_s,
+                state.consecutive_failures,
+            )
+
+    def reset_health(self, name: str | None = None) -> list[AIWorker]:
+        """Clear blacklist, circuit and cool-down; health back to 100 (one or all)."""
+        changed = []
+        for state in self._states.values():
+            if name is not None and state.worker.name != name:
+                continue
+            state.worker.health_score = 100.0
+            state.worker.is_blacklisted = False
+            state.consecutive_failures = 0
+            state.circuit_open_until = 0.0
+            state.cooldown_until = 0.0
+            changed.append(state.worker)
+        self._notify()
+        return changed
+
+    # -- wake-ups ---------------------------------------------------------------------
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever capacity may have grown."""
+        self._listeners.append(callback)
+
+    def _notify(self) -> None:
+        for callback in self._listeners:
+            callback()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)

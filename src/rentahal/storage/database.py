@@ -1,0 +1,304 @@
+"""The ``Storage`` interface over one SQLAlchemy async engine (SQLite or PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Connection, delete, event, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from rentahal.errors import StorageError
+from rentahal.models import AIWorker, HuggingFaceModel, User
+from rentahal.storage import tables as t
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+    except Exception:  # a read-only file cannot switch to WAL; reads still work
+        logger.warning("could not set SQLite pragmas (read-only database?)")
+    finally:
+        cursor.close()
+
+
+def _worker_from_row(row: Any) -> AIWorker:
+    models = json.loads(row.models) if row.models else []
+    return AIWorker(
+        name=row.name,
+        address=row.address,
+        type=row.type if row.type in ("chat", "vision", "imagine", "speech") else "chat",
+        health_score=row.health_score if row.health_score is not None else 100.0,
+        is_blacklisted=bool(row.is_blacklisted),
+        last_active=row.last_active or "",
+        protocol=row.protocol or "",
+        max_concurrency=row.max_concurrency or 1,
+        api_key=row.api_key,
+        models=models,
+        realm=row.realm,
+    )
+
+
+def _user_from_row(row: Any) -> User:
+    return User(
+        guid=row.guid,
+        nickname=row.nickname or "",
+        is_sysop=bool(row.is_sysop),
+        total_query_time=float(row.total_query_time or 0.0),
+        total_cost=float(row.total_cost or 0.0),
+        is_banned=bool(row.is_banned),
+        query_count=int(row.query_count or 0),
+    )
+
+
+class Storage:
+    """Users, queries, workers and totals in one database.
+
+    ``for_user(guid)`` is the sharding seam: today it answers ``self``; a shard
+    manager answers the storage that holds that user's data.
+    """
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {"echo": echo}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+
+    def for_user(self, guid: str) -> Storage:
+        """The storage holding ``guid``'s rows."""
+        return self
+
+    async def close(self) -> None:
+        """Dispose of the engine's connections."""
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction; database errors become ``StorageError``."""
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except IntegrityError:
+            raise
+        except (OperationalError, DBAPIError) as exc:
+            raise StorageError(f"database error: {exc.orig}") from exc
+
+    # -- schema ------------------------------------------------------------
+    async def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (idempotent)."""
+
+        def _upgrade(conn: Connection) -> None:
+            cfg = AlembicConfig()
+            cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+        async with self.begin() as conn:
+            await conn.run_sync(_upgrade)
+            await conn.execute(
+                insert(t.system_stats)
+                .from_select(
+                    ["id", "total_queries", "total_processing_time", "total_cost", "last_updated"],
+                    select(1, 0, 0.0, 0.0, func.current_timestamp()).where(
+                        ~select(t.system_stats.c.id).where(t.system_stats.c.id == 1).exists()
+                    ),
+                )
+            )
+
+    # -- users ---------------------------------------------------------------
+    async def get_user(self, guid: str) -> User | None:
+        """The user with ``guid``, or ``None``."""
+        async with self.begin() as conn:
+            row = (await conn.execute(select(t.users).where(t.users.c.guid == guid))).first()
+        return _user_from_row(row) if row else None
+
+    async def get_or_create_user(self, guid: str) -> User:
+        """The user with ``guid``; created (sysop if the very first) when unknown."""
+        user = await self.get_user(guid)
+        if user is not None:
+            return user
+        try:
+            async with self.begin() as conn:
+                count = (await conn.execute(select(func.count()).select_from(t.users))).scalar()
+                new = User(guid=guid, nickname=f"user_{guid[:8]}", is_sysop=count == 0)
+                await conn.execute(insert(t.users).values(**new.model_dump()))
+        except IntegrityError:
+            # A concurrent connect created it, or the nickname prefix is taken.
+            user = await self.get_user(guid)
+            if user is not None:
+                return user
+            async with self.begin() as conn:
+                new = User(guid=guid, nickname=f"user_{guid.replace('-', '')[:16]}")
+                await conn.execute(insert(t.users).values(**new.model_dump()))
+        return new
+
+    async def set_nickname(self, guid: str, nickname: str) -> bool:
+        """Rename a user; ``False`` when the nickname is taken."""
+        try:
+            async with self.begin() as conn:
+                await conn.execute(
+                    update(t.users).where(t.users.c.guid == guid).values(nickname=nickname)
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    async def set_banned(self, guid: str, banned: bool) -> bool:
+        """Ban or unban; ``False`` when no such user exists."""
+        async with self.begin() as conn:
+            result = await conn.execute(
+                update(t.users).where(t.users.c.guid == guid).values(is_banned=banned)
+            )
+        return result.rowcount > 0
+
+    async def set_sysop(self, guid: str, is_sysop: bool) -> bool:
+        """Grant or revoke sysop rights (CLI and admin use only)."""
+        async with self.begin() as conn:
+            result = await conn.execute(
+                update(t.users).where(t.users.c.guid == guid).values(is_sysop=is_sysop)
+            )
+        return result.rowcount > 0
+
+    async def list_users(self) -> list[User]:
+        """Every user, by nickname."""
+        async with self.begin() as conn:
+            rows = (await conn.execute(select(t.users).order_by(t.users.c.nickname))).all()
+        return [_user_from_row(r) for r in rows]
+
+    async def users_by_guid(self, guids: list[str]) -> list[User]:
+        """The users among ``guids`` that exist."""
+        if not guids:
+            return []
+        async with self.begin() as conn:
+            rows = (await conn.execute(select(t.users).where(t.users.c.guid.in_(guids)))).all()
+        return [_user_from_row(r) for r in rows]
+
+    # -- queries ---------------------------------------------------------------
+    async def recent_queries(self, guid: str, limit: int = 10) -> list[dict[str, Any]]:
+        """The user's newest query rows, newest first, all columns."""
+        async with self.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(t.queries)
+                    .where(t.queries.c.user_guid == guid)
+                    .order_by(t.queries.c.id.desc())
+                    .limit(limit)
+                )
+            ).all()
+        out = []
+        for row in rows:
+            data = dict(row._mapping)
+            if isinstance(data.get("timestamp"), datetime):
+                data["timestamp"] = data["timestamp"].isoformat()
+            out.append(data)
+        return out
+
+    async def average_times(self) -> dict[str, float]:
+        """Average processing time of completed queries per query type."""
+        async with self.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(t.queries.c.query_type, func.avg(t.queries.c.processing_time))
+                    .where(t.queries.c.status.is_(None) | (t.queries.c.status == "done"))
+                    .group_by(t.queries.c.query_type)
+                )
+            ).all()
+        return {str(r[0]): float(r[1] or 0.0) for r in rows}
+
+    async def system_stats(self) -> dict[str, Any]:
+        """The running totals row."""
+        async with self.begin() as conn:
+            row = (
+                await conn.execute(select(t.system_stats).where(t.system_stats.c.id == 1))
+            ).first()
+        if row is None:
+            return {"total_queries": 0, "total_processing_time": 0.0, "total_cost": 0.0}
+        data = dict(row._mapping)
+        if isinstance(data.get("last_updated"), datetime):
+            data["last_updated"] = data["last_updated"].isoformat()
+        return data
+
+    # -- workers -----------------------------------------------------------------
+    async def list_workers(self) -> list[AIWorker]:
+        """Every persisted worker."""
+        async with self.begin() as conn:
+            rows = (await conn.execute(select(t.ai_workers).order_by(t.ai_workers.c.id))).all()
+        return [_worker_from_row(r) for r in rows]
+
+    async def save_worker(self, worker: AIWorker) -> None:
+        """Insert or replace the worker of that name."""
+        values = worker.model_dump()
+        values["models"] = json.dumps(worker.models)
+        async with self.begin() as conn:
+            await conn.execute(delete(t.ai_workers).where(t.ai_workers.c.name == worker.name))
+            await conn.execute(insert(t.ai_workers).values(**values))
+
+    async def delete_worker(self, name: str) -> bool:
+        """Remove a worker; ``False`` when none had that name."""
+        async with self.begin() as conn:
+            result = await conn.execute(delete(t.ai_workers).where(t.ai_workers.c.name == name))
+        return result.rowcount > 0
+
+    async def save_health(self, workers: list[AIWorker]) -> None:
+        """Persist health, blacklist and last-active of several workers at once."""
+        if not workers:
+            return
+        async with self.begin() as conn:
+            for w in workers:
+                await conn.execute(
+                    update(t.ai_workers)
+                    .where(t.ai_workers.c.name == w.name)
+                    .values(
+                        health_score=w.health_score,
+                        is_blacklisted=w.is_blacklisted,
+                        last_active=w.last_active,
+                        models=json.dumps(w.models),
+                    )
+                )
+
+    # -- hugging face models -------------------------------------------------------
+    async def list_hf_models(self) -> list[HuggingFaceModel]:
+        """Hugging Face models the sysop made available."""
+        async with self.begin() as conn:
+            rows = (await conn.execute(select(t.huggingface_models))).all()
+        return [HuggingFaceModel(name=r.name, type=r.type or "chat") for r in rows]
+
+    async def add_hf_model(self, model: HuggingFaceModel) -> None:
+        """Add (or replace) a Hugging Face model."""
+        async with self.begin() as conn:
+            await conn.execute(
+                delete(t.huggingface_models).where(t.huggingface_models.c.name == model.name)
+            )
+            await conn.execute(insert(t.huggingface_models).values(**model.model_dump()))
+
+    async def remove_hf_model(self, name: str) -> bool:
+        """Remove a Hugging Face model by name."""
+        async with self.begin() as conn:
+            result = await conn.execute(
+                delete(t.huggingface_models).where(t.huggingface_models.c.name == name)
+            )
+        return result.rowcount > 0

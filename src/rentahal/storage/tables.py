@@ -1,0 +1,103 @@
+"""SQLAlchemy Core tables: the original's five, with our extra columns, plus api keys."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+users = Table(
+    "users",
+    metadata,
+    Column("guid", String, primary_key=True),
+    Column("nickname", String, unique=True),
+    Column("is_sysop", Boolean, default=False, nullable=False),
+    Column("total_query_time", Float, default=0.0, nullable=False),
+    Column("total_cost", Float, default=0.0, nullable=False),
+    Column("is_banned", Boolean, default=False, nullable=False),
+    Column("query_count", Integer, default=0, nullable=False),
+)
+
+queries = Table(
+    "queries",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_guid", String),
+    Column("query_type", String),
+    Column("model_type", String),
+    Column("model_name", String),
+    Column("prompt", Text),
+    Column("processing_time", Float),
+    Column("cost", Float),
+    Column("timestamp", DateTime),
+    # ours
+    Column("job_id", String(64)),
+    Column("status", String(16), default="done"),
+    Column("error", Text),
+    Column("queue_wait", Float),
+    Column("worker", String),
+    Column("realm", String(64)),
+    Column("attempts", Integer),
+    Column("result_type", String(16)),
+    Index("ix_queries_user_guid_id", "user_guid", "id"),
+    Index("ix_queries_job_id", "job_id", unique=True),
+)
+
+ai_workers = Table(
+    "ai_workers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String),
+    Column("address", String),
+    Column("type", String),
+    Column("health_score", Float),
+    Column("is_blacklisted", Boolean),
+    Column("last_active", String),
+    # ours
+    Column("protocol", String(32)),
+    Column("max_concurrency", Integer),
+    Column("api_key", String),
+    Column("models", Text),
+    Column("realm", String(64)),
+)
+
+huggingface_models = Table(
+    "huggingface_models",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String),
+    Column("type", String),
+)
+
+system_stats = Table(
+    "system_stats",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("total_queries", Integer),
+    Column("total_processing_time", Float),
+    Column("total_cost", Float),
+    Column("last_updated", DateTime),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("user_guid", String, nullable=False, index=True),
+    Column("name", String(100), nullable=False, default=""),
+    Column("prefix", String(16), nullable=False),
+    Column("key_hash", String(128), nullable=False, unique=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
