@@ -82,7 +82,6 @@ class Broker:
         self._last_positions: dict[str, int] = {}
         self.most_connected = 0
 
-    # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
         """Migrate the database, load workers, start consumers and periodic jobs."""
         await self.storage.migrate()
@@ -116,7 +115,6 @@ class Broker:
         processor.start()
         return processor
 
-    # -- users -------------------------------------------------------------------------
     async def connect_user(self, guid: str) -> User:
         """The user behind a connecting socket (created on first sight)."""
         return await self.storage.for_user(guid).get_or_create_user(guid)
@@ -146,7 +144,6 @@ class Broker:
         await self.broadcast({"type": "user_banned" if banned else "user_unbanned", "guid": guid})
         return True
 
-    # -- queries -------------------------------------------------------------------------
     def route(self, query: Query) -> str:
         """The queue a query goes to."""
         return LEGACY_QUEUE
@@ -293,7 +290,6 @@ class Broker:
                     result.user_guid, {"type": "user_info", "data": user.model_dump()}
                 )
 
-    # -- speech helpers ---------------------------------------------------------------------
     async def transcribe(self, audio: bytes) -> str:
         """Speech to text on a speech worker."""
         return await self.executor.transcribe(audio)
@@ -302,7 +298,6 @@ class Broker:
         """Text to speech on a speech worker."""
         return await self.executor.speak(text)
 
-    # -- broadcasts and queue updates ------------------------------------------------------------
     async def broadcast(self, message: dict[str, Any], *, sysops_only: bool = False) -> None:
         """Send to every connected client on every node."""
         await self.bus.publish(BROADCAST_CHANNEL, {"message": message, "sysops_only": sysops_only})
@@ -387,7 +382,6 @@ class Broker:
                     ),
                 )
 
-    # -- workers and models -------------------------------------------------------------------------
     async def add_worker(self, worker: AIWorker) -> None:
         """Register (or replace) a worker, persist it, tell everyone."""
         await self.storage.save_worker(worker)
@@ -442,7 +436,6 @@ class Broker:
             {"type": "huggingface_update", "models": [m.model_dump() for m in self.hf_models]}
         )
 
-    # -- stats ------------------------------------------------------------------------------------------
     async def system_status(self) -> dict[str, Any]:
         """``/debug/system_status``."""
         return {

@@ -70,7 +70,6 @@ class WorkerRegistry:
         self._listeners: list[Callable[[], None]] = []
         self._waiters: list[asyncio.Future[None]] = []
 
-    # -- membership ----------------------------------------------------------
     def add(self, worker: AIWorker) -> None:
         """Add or replace a worker (keeps in-flight counts of a replaced one)."""
         old = self._states.get(worker.name)
@@ -119,7 +118,6 @@ class WorkerRegistry:
             if s.available(now) and (wanted is None or s.worker.type in wanted)
         )
 
-    # -- selection -------------------------------------------------------------
     def _candidates(
         self, worker_type: str, model_name: str, family: str = "worker_node"
     ) -> list[WorkerState]:
@@ -233,7 +231,6 @@ class WorkerRegistry:
             state.half_open_trial = False
         self._notify()
 
-    # -- passive health ------------------------------------------------------------
     def report_success(self, name: str) -> None:
         """A call succeeded: close the circuit, reset the failure streak."""
         state = self._states.get(name)
@@ -280,7 +277,6 @@ class WorkerRegistry:
         self._notify()
         return changed
 
-    # -- wake-ups ---------------------------------------------------------------------
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever capacity may have grown."""
         self._listeners.append(callback)

@@ -107,7 +107,6 @@ class Storage:
         except (OperationalError, DBAPIError) as exc:
             raise StorageError(f"database error: {exc.orig}") from exc
 
-    # -- schema ------------------------------------------------------------
     async def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision (idempotent)."""
 
@@ -120,8 +119,7 @@ class Storage:
         async with self.begin() as conn:
             await conn.run_sync(_upgrade)
             await conn.execute(
-                insert(t.system_stats)
-                .from_select(
+                insert(t.system_stats).from_select(
                     ["id", "total_queries", "total_processing_time", "total_cost", "last_updated"],
                     select(1, 0, 0.0, 0.0, func.current_timestamp()).where(
                         ~select(t.system_stats.c.id).where(t.system_stats.c.id == 1).exists()
@@ -129,7 +127,6 @@ class Storage:
                 )
             )
 
-    # -- users ---------------------------------------------------------------
     async def get_user(self, guid: str) -> User | None:
         """The user with ``guid``, or ``None``."""
         async with self.begin() as conn:
@@ -197,7 +194,6 @@ class Storage:
             rows = (await conn.execute(select(t.users).where(t.users.c.guid.in_(guids)))).all()
         return [_user_from_row(r) for r in rows]
 
-    # -- queries ---------------------------------------------------------------
     async def recent_queries(self, guid: str, limit: int = 10) -> list[dict[str, Any]]:
         """The user's newest query rows, newest first, all columns."""
         async with self.begin() as conn:
@@ -242,7 +238,6 @@ class Storage:
             data["last_updated"] = data["last_updated"].isoformat()
         return data
 
-    # -- workers -----------------------------------------------------------------
     async def list_workers(self) -> list[AIWorker]:
         """Every persisted worker."""
         async with self.begin() as conn:
@@ -280,7 +275,6 @@ class Storage:
                     )
                 )
 
-    # -- hugging face models -------------------------------------------------------
     async def list_hf_models(self) -> list[HuggingFaceModel]:
         """Hugging Face models the sysop made available."""
         async with self.begin() as conn:
