@@ -232,7 +232,6 @@ function showUser(user) {
     ['Nickname', user.nickname],
     ['Queries', String(user.query_count ?? 0)],
     ['Query time', seconds(user.total_query_time)],
-    ['Total cost', money(user.total_cost)],
     ['Role', user.is_sysop ? 'sysop' : 'user'],
   ]);
   state.totalCost = Number(user.total_cost) || 0;
