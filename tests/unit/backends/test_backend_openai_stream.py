@@ -1,0 +1,132 @@
+"""OpenAI-compatible streaming: content deltas from SSE, and every way a stream breaks."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from tests.fakes import FakeServer
+
+from rentahal.backends.openai import OpenAIBackend
+from rentahal.errors import (
+    WorkerBadResponse,
+    WorkerRateLimited,
+    WorkerRejected,
+    WorkerTimeout,
+    WorkerUnavailable,
+)
+from rentahal.models import AIWorker, Query
+
+CHAT = Query(prompt="hello", query_type="chat")
+
+
+def _worker(fake: FakeServer) -> AIWorker:
+    return AIWorker(name="oai-1", address=fake.address, protocol="openai", api_key="sk-test")
+
+
+async def _collect(
+    fake: FakeServer, client: httpx.AsyncClient, got: list[str], timeout_s: float = 5
+) -> None:
+    async for delta in OpenAIBackend().stream_chat(client, _worker(fake), CHAT, timeout_s):
+        got.append(delta)
+
+
+async def test_yields_deltas_until_done(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+    got: list[str] = []
+
+    await _collect(fake_openai, client, got)
+
+    assert got == ["Hel", "lo", " world"]
+    sent = fake_openai.state.last
+    assert sent.json["stream"] is True
+    assert sent.headers["authorization"] == "Bearer sk-test"
+
+
+async def test_cut_mid_way_raises_after_partial_output(
+    fake_openai: FakeServer, client: httpx.AsyncClient
+) -> None:
+    fake_openai.state.mode = "cut"
+    got: list[str] = []
+
+    with pytest.raises(WorkerBadResponse, match="oai-1"):
+        await _collect(fake_openai, client, got)
+
+    assert got == ["Hel"]
+
+
+async def test_clean_end_without_done_raises(
+    fake_openai: FakeServer, client: httpx.AsyncClient
+) -> None:
+    fake_openai.state.mode = "nodone"
+    got: list[str] = []
+
+    with pytest.raises(WorkerBadResponse, match=r"without \[DONE\]"):
+        await _collect(fake_openai, client, got)
+
+    assert got == ["Hel", "lo", " world"]
+
+
+async def test_error_chunk_mid_stream(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+    fake_openai.state.mode = "stream_error"
+    got: list[str] = []
+
+    with pytest.raises(WorkerUnavailable, match="overloaded"):
+        await _collect(fake_openai, client, got)
+
+    assert got == ["Hel"]
+
+
+async def test_server_ignoring_stream_answers_once(
+    fake_openai: FakeServer, client: httpx.AsyncClient
+) -> None:
+    fake_openai.state.mode = "json_stream"
+    got: list[str] = []
+
+    await _collect(fake_openai, client, got)
+
+    assert got == ["gpt-4o-mini answered 1 part(s)"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "status"),
+    [
+        ("429", WorkerRateLimited, 429),
+        ("400", WorkerRejected, 400),
+        ("500", WorkerUnavailable, 500),
+        ("html", WorkerBadResponse, None),
+        ("truncated", WorkerBadResponse, None),
+    ],
+)
+async def test_failures_before_the_stream(
+    mode: str,
+    error: type[Exception],
+    status: int | None,
+    fake_openai: FakeServer,
+    client: httpx.AsyncClient,
+) -> None:
+    fake_openai.state.mode = mode
+    got: list[str] = []
+
+    with pytest.raises(error) as caught:
+        await _collect(fake_openai, client, got)
+
+    assert got == []
+    assert getattr(caught.value, "status", None) == status
+
+
+async def test_hang_is_a_timeout(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+    fake_openai.state.mode = "hang"
+
+    with pytest.raises(WorkerTimeout):
+        await _collect(fake_openai, client, [], timeout_s=0.3)
+
+
+async def test_abandoning_the_stream_releases_the_connection(
+    fake_openai: FakeServer, client: httpx.AsyncClient
+) -> None:
+    stream = OpenAIBackend().stream_chat(client, _worker(fake_openai), CHAT, 5)
+    assert await anext(stream) == "Hel"
+    await stream.aclose()  # type: ignore[attr-defined]
+
+    got: list[str] = []
+    await _collect(fake_openai, client, got)
+    assert got == ["Hel", "lo", " world"]
