@@ -24,7 +24,9 @@ def render_png(prompt: str, width: int, height: int, seed: int) -> bytes:
     """A PNG of ``width`` x ``height``; the same arguments always give the same bytes."""
     rng = random.Random(prompt_seed(prompt, seed))
     start, end = _colour(rng), _colour(rng)
-    mask = Image.linear_gradient("L").rotate(rng.uniform(0, 360), expand=False)
+    # Crop the rotated 256x256 gradient to its inner square so no corner is left blank.
+    mask = Image.linear_gradient("L").rotate(rng.uniform(0, 360), Image.Resampling.BILINEAR)
+    mask = mask.crop((38, 38, 218, 218))
     mask = mask.resize((width, height), Image.Resampling.BILINEAR)
     image = Image.composite(
         Image.new("RGB", (width, height), start), Image.new("RGB", (width, height), end), mask
