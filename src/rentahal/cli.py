@@ -1,7 +1,153 @@
-"""The ``rentahal`` command."""
+"""The ``rentahal`` command: serve, demo, worker, db, users."""
 
 from __future__ import annotations
 
-import typer
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
 
-app = typer.Typer(help="RENT-A-HAL realm broker", no_args_is_help=True)
+import typer
+import uvicorn
+from rich.console import Console
+
+from rentahal.config import Settings, load_settings
+from rentahal.errors import ConfigError
+from rentahal.worker.cli import worker_command
+
+app = typer.Typer(help="RENT-A-HAL realm broker", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database maintenance", no_args_is_help=True)
+users_app = typer.Typer(help="User administration", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+app.command("worker")(worker_command)
+console = Console()
+
+ConfigOpt = typer.Option(Path("config.ini"), "--config", "-c", help="config.ini to read.")
+
+
+def _settings(config: Path, **overrides: dict[str, Any]) -> Settings:
+    try:
+        return load_settings(config, overrides=overrides)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # One line per worker call is too much at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _run_server(settings: Settings) -> None:
+    from rentahal.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level="info",
+        ws_max_size=4 * (settings.websocket.max_message_size + 16 * 1024),
+        ws_ping_interval=None,
+    )
+
+
+@app.command()
+def serve(
+    config: Path = ConfigOpt,
+    host: str | None = typer.Option(None, help="Listen address (default from config)."),
+    port: int | None = typer.Option(None, help="Listen port (default from config)."),
+    database_url: str | None = typer.Option(None, help="SQLAlchemy URL instead of SQLite."),
+    redis: str | None = typer.Option(None, "--redis", help="Redis URL for multi-node mode."),
+    node_id: str | None = typer.Option(None, help="This node's id (generated if unset)."),
+) -> None:
+    """Run the broker."""
+    settings = _settings(
+        config,
+        server={"host": host, "port": port},
+        database={"database_url": database_url},
+        broker={"redis_url": redis, "node_id": node_id},
+    )
+    _logging(settings.general.debug)
+    _run_server(settings)
+
+
+@app.command()
+def demo(
+    config: Path = ConfigOpt,
+    host: str = typer.Option("127.0.0.1", help="Listen address."),
+    port: int | None = typer.Option(None, help="Listen port (default from config: 5000)."),
+    latency_ms: float = typer.Option(0.0, help="Simulated model time of the demo workers."),
+) -> None:
+    """Run the broker with one demo worker per query type (Ctrl-C stops all)."""
+    from rentahal.demo import demo_workers
+    from rentahal.storage.database import Storage
+
+    settings = _settings(config, server={"host": host, "port": port})
+    _logging(settings.general.debug)
+
+    async def register(workers: list[Any]) -> None:
+        storage = Storage(settings.database.url)
+        try:
+            await storage.migrate()
+            for worker in workers:
+                await storage.save_worker(worker)
+        finally:
+            await storage.close()
+
+    with demo_workers(latency_ms=latency_ms) as workers:
+        asyncio.run(register(workers))
+        for w in workers:
+            console.print(f"demo worker [bold]{w.name}[/bold] ({w.protocol}) on {w.address}")
+        console.print(
+            f"[green]open http://{settings.server.host}:{settings.server.port}/ "
+            "in a browser[/green]"
+        )
+        _run_server(settings)
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: Path = ConfigOpt) -> None:
+    """Create or migrate the database (an original llm_broker.db is imported in place)."""
+    from rentahal.storage.database import Storage
+
+    settings = _settings(config)
+
+    async def run() -> None:
+        storage = Storage(settings.database.url)
+        try:
+            await storage.migrate()
+        finally:
+            await storage.close()
+
+    asyncio.run(run())
+    console.print(f"database at {settings.database.url} is up to date")
+
+
+@users_app.command("sysop")
+def users_sysop(
+    guid: str,
+    revoke: bool = typer.Option(False, help="Take sysop rights away instead."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Grant (or revoke) sysop rights: the only way besides the first-user rule."""
+    from rentahal.storage.database import Storage
+
+    settings = _settings(config)
+
+    async def run() -> bool:
+        storage = Storage(settings.database.url)
+        try:
+            await storage.migrate()
+            return await storage.set_sysop(guid, not revoke)
+        finally:
+            await storage.close()
+
+    if not asyncio.run(run()):
+        console.print(f"[red]no user {guid}[/red]")
+        raise typer.Exit(1)
+    console.print(f"{guid} is {'no longer ' if revoke else ''}a sysop")

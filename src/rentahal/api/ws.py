@@ -1,0 +1,193 @@
+"""WebSocket ``/ws``: identity, the connect sequence, and the frame loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from rentahal.api.messages import HANDLERS, SYSOP_ONLY, Session, handle_error
+from rentahal.broker import Broker
+from rentahal.models import User, is_valid_guid
+from rentahal.realms.connections import Connection
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+# A vision chunk carries up to ``chunk_size`` characters plus a small JSON envelope.
+ENVELOPE_ALLOWANCE = 16 * 1024
+BANNED_MESSAGE = "You are banned from using this service."
+AVERAGE_TYPES = (
+    ("Chat", "chat"),
+    ("Vision", "vision"),
+    ("Imagine", "imagine"),
+    ("Speech_in", "speech"),
+    ("Speech_out", "speech_out"),
+)
+
+
+async def welcome_messages(broker: Broker, user: User) -> list[str]:
+    """The six ``sysop_message`` texts of the connect sequence."""
+    storage = broker.storage.for_user(user.guid)
+    recent = await storage.recent_queries(user.guid, limit=5)
+    lines = ["Your recent queries:"]
+    for row in recent:
+        prompt = (row.get("prompt") or "")[:30]
+        lines.append(f"Query: {prompt}... Time: {float(row.get('processing_time') or 0):.2f}s")
+    stats = await broker.storage.system_stats()
+    averages = await broker.storage.average_times()
+    avg_lines = ["Average service times:"] + [
+        f"{label}: {averages.get(key, 0.0):.2f}s" for label, key in AVERAGE_TYPES
+    ]
+    guids = broker.connections.users()
+    connected = await broker.storage.users_by_guid(guids)
+    user_lines = ["Connected users:"] + [
+        f"{u.nickname}: {u.query_count} queries, ${u.total_cost:.2f}" for u in connected
+    ]
+    return [
+        "\n".join(lines),
+        f"Your total lifetime costs: ${user.total_cost:.2f}",
+        f"System-wide total lifetime costs: ${float(stats.get('total_cost') or 0):.2f}",
+        "\n".join(avg_lines),
+        f"Connected users: {len(guids)} (most ever: {broker.most_connected})",
+        "\n".join(user_lines),
+    ]
+
+
+async def _send_connect_sequence(session: Session, fresh_cookie: bool) -> bool:
+    """Steps 1-7 of the connect sequence; False when the user is banned."""
+    broker, conn, user = session.broker, session.conn, session.user
+    if fresh_cookie:
+        conn.send({"type": "set_cookie", "name": "user_guid", "value": user.guid})
+    conn.send({"type": "user_info", "data": user.model_dump()})
+    if user.is_banned:
+        conn.send({"type": "error", "message": BANNED_MESSAGE})
+        return False
+    for text in await welcome_messages(broker, user):
+        conn.send({"type": "sysop_message", "message": text})
+    rows = await broker.storage.for_user(user.guid).recent_queries(user.guid, limit=10)
+    conn.send({"type": "previous_queries", "data": rows})
+    conn.send({"type": "worker_update", "workers": broker.registry.public()})
+    conn.send({"type": "huggingface_update", "models": [m.model_dump() for m in broker.hf_models]})
+    return True
+
+
+async def broadcast_active_users(broker: Broker) -> None:
+    """Tell sysops who is connected."""
+    broker.connections.broadcast(
+        {"type": "active_users", "users": broker.connections.users()}, sysops_only=True
+    )
+
+
+def _frame_limit(broker: Broker) -> int:
+    return broker.settings.websocket.max_message_size + ENVELOPE_ALLOWANCE
+
+
+def _parse_frame(text: str, limit: int) -> dict[str, Any] | str:
+    """The message object, or an error text for the client."""
+    if len(text) > limit:
+        return f"Message too large ({len(text)} bytes; limit {limit})"
+    try:
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return "Invalid JSON"
+    if not isinstance(message, dict):
+        return "Message must be a JSON object"
+    if not isinstance(message.get("type"), str):
+        return "Message must have a string 'type'"
+    return message
+
+
+async def _reader(session: Session) -> None:
+    ws = session.conn.websocket
+    limit = _frame_limit(session.broker)
+    while not session.conn.closed:
+        frame = await ws.receive()
+        if frame["type"] == "websocket.disconnect":
+            return
+        text = frame.get("text")
+        if text is None:
+            session.conn.send({"type": "error", "message": "Binary frames are not supported"})
+            continue
+        parsed = _parse_frame(text, limit)
+        if isinstance(parsed, str):
+            session.conn.send({"type": "error", "message": parsed})
+            continue
+        await dispatch(session, parsed)
+
+
+async def dispatch(session: Session, message: dict[str, Any]) -> None:
+    """Run the handler of one message; errors become ``error`` frames."""
+    kind = message["type"]
+    handler = HANDLERS.get(kind)
+    if handler is None:
+        session.conn.send({"type": "error", "message": "Unknown message type"})
+        return
+    if kind in SYSOP_ONLY and not session.user.is_sysop:
+        session.conn.send({"type": "error", "message": "Sysop rights are needed for this"})
+        return
+    try:
+        await handler(session, message)
+    except Exception as exc:  # the connection survives any handler failure
+        handle_error(session, kind, exc)
+
+
+@router.websocket("/ws")
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    """One client session of the original protocol (plus our additions)."""
+    broker: Broker = websocket.app.state.broker
+    await websocket.accept()
+    if broker.connections.count >= broker.settings.performance.max_connections:
+        await websocket.send_text(
+            orjson.dumps({"type": "error", "message": "Too many connections"}).decode()
+        )
+        await websocket.close(1013)
+        return
+    guid = websocket.cookies.get("user_guid")
+    fresh = not is_valid_guid(guid)
+    if fresh:
+        guid = str(uuid.uuid4())
+    assert guid is not None
+    try:
+        user = await broker.connect_user(guid)
+    except Exception as exc:
+        logger.error("cannot register user: %s", exc)
+        await websocket.send_text(
+            orjson.dumps(
+                {"type": "error", "message": "The service cannot register users right now"}
+            ).decode()
+        )
+        await websocket.close(1011)
+        return
+    conn = Connection(websocket, user.guid, user.is_sysop)
+    session = Session(broker=broker, conn=conn, user=user)
+    writer = asyncio.create_task(conn.run_writer(), name=f"ws-writer:{guid[:8]}")
+    broker.connections.add(conn)
+    broker.most_connected = max(broker.most_connected, len(broker.connections.users()))
+    try:
+        if await _send_connect_sequence(session, fresh):
+            await broadcast_active_users(broker)
+            await _reader(session)
+    except WebSocketDisconnect:
+        pass
+    except Exception:
+        logger.exception("websocket session of %s failed", guid)
+    finally:
+        broker.connections.remove(conn)
+        conn.close()
+        try:
+            async with asyncio.timeout(5):
+                await writer
+        except TimeoutError:
+            writer.cancel()
+        if websocket.client_state == WebSocketState.CONNECTED:
+            try:
+                await websocket.close()
+            except Exception:
+                logger.debug("close after session end failed", exc_info=True)
+        await broadcast_active_users(broker)

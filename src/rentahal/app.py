@@ -1,0 +1,76 @@
+"""FastAPI app factory; the lifespan starts and stops everything in reverse order."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from rentahal.api import ws
+from rentahal.api.debug import router as debug_router
+from rentahal.broker import Broker
+from rentahal.bus.base import Bus
+from rentahal.bus.memory import MemoryBus
+from rentahal.config import Settings
+from rentahal.storage.database import Storage
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "web" / "static"
+
+
+def make_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The one pooled HTTP client of this process (per-call timeouts override the default)."""
+    perf = settings.performance
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(perf.query_timeout, connect=perf.connect_timeout),
+        limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+    )
+
+
+def make_bus(settings: Settings) -> Bus:
+    """The memory bus, or the Redis bus when ``redis_url`` is set."""
+    if settings.broker.redis_url:
+        from rentahal.bus.redis import RedisBus  # type: ignore[import-not-found]
+
+        return RedisBus(settings.broker.redis_url, settings.broker.resolved_node_id())  # type: ignore[no-any-return]
+    return MemoryBus()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The broker application for ``settings``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            storage = Storage(settings.database.url)
+            stack.push_async_callback(storage.close)
+            client = make_http_client(settings)
+            stack.push_async_callback(client.aclose)
+            broker = Broker(settings, storage, make_bus(settings), client)
+            await broker.start()
+            stack.push_async_callback(broker.stop)
+            app.state.broker = broker
+            logger.info("broker %s ready", broker.node_id)
+            yield
+
+    app = FastAPI(title="RENT-A-HAL broker", lifespan=lifespan)
+    app.state.settings = settings
+    app.include_router(ws.router)
+    app.include_router(debug_router)
+
+    @app.get("/", include_in_schema=False, response_model=None)
+    async def index() -> FileResponse | HTMLResponse:
+        page = STATIC_DIR / "index.html"
+        if page.exists():
+            return FileResponse(page, headers={"Cache-Control": "no-cache"})
+        return HTMLResponse("<h1>RENT-A-HAL</h1><p>The web GUI is not installed.</p>")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+    return app
