@@ -14,10 +14,8 @@ CHAT = Query(prompt="Say hi", query_type="chat")
 JPEG_B64 = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDA=="
 
 
-def _worker(address: str, **fields: object) -> AIWorker:
-    return AIWorker(
-        name="claude-1", address=address, protocol="claude", api_key="sk-ant-test", **fields
-    )  # type: ignore[arg-type]
+def _worker(address: str) -> AIWorker:
+    return AIWorker(name="claude-1", address=address, protocol="claude", api_key="sk-ant-test")
 
 
 @pytest.mark.parametrize(
