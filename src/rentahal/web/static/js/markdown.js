@@ -6,8 +6,8 @@
 // http(s) URLs.
 
 const MAX_DEPTH = 6;
-const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([\w+#.-]*)\s*$/;
-const HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
+const FENCE = /^ {0,3}(`{3,}|~{3,})([^`]*)$/;
+const HEADING = /^ {0,3}(#{1,6})[ \t]+(.*)$/;
 const LIST_ITEM = /^ {0,3}([-*+]|\d{1,9}[.)])\s+(.*)$/;
 const QUOTE = /^ {0,3}>\s?(.*)$/;
 const BARE_URL = /^https?:\/\/[^\s<>"'`]+/i;
@@ -57,7 +57,8 @@ function renderBlocks(lines, parent, depth) {
       while (i < lines.length && !lines[i].trim().startsWith(marker)) { body.push(lines[i]); i += 1; }
       i += 1; // closing fence (or end of input)
       const code = document.createElement('code');
-      if (fence[2]) code.dataset.lang = fence[2];
+      const lang = fence[2].trim();
+      if (/^[\w+#.-]{1,30}$/.test(lang)) code.dataset.lang = lang;
       code.textContent = body.join('\n');
       const pre = document.createElement('pre');
       pre.append(code);
@@ -69,7 +70,7 @@ function renderBlocks(lines, parent, depth) {
     if (heading) {
       const level = Math.min(heading[1].length + 2, 6);
       const node = document.createElement(`h${level}`);
-      renderInline(heading[2], node, depth);
+      renderInline(heading[2].replace(/[ \t]+#+[ \t]*$/, '').trim(), node, depth);
       parent.append(node);
       i += 1;
       continue;
@@ -123,17 +124,36 @@ function renderBlocks(lines, parent, depth) {
   }
 }
 
-function findClosing(text, marker, from) {
-  let at = text.indexOf(marker, from);
-  while (at !== -1) {
-    // the closing marker must follow a non-space character
-    if (at > from && !/\s/.test(text[at - 1])) return at;
-    at = text.indexOf(marker, at + 1);
-  }
-  return -1;
+// Searches from a later start reuse an earlier answer: when a search from
+// `f0` found `at0` (or nothing), a search from `from >= f0` finds `at0` if
+// `at0 > from` (resp. nothing), because candidates are checked independently
+// of the start. This keeps hostile input ("*a *a *a ...", "[[[[...") linear-ish.
+function cached(memo, key, from, search) {
+  const hit = memo.get(key);
+  if (hit && from >= hit.from && (hit.at === -1 || hit.at > from)) return hit.at;
+  const at = search();
+  memo.set(key, { from, at });
+  return at;
+}
+
+function findClosing(text, marker, from, memo) {
+  return cached(memo, `*${marker}`, from, () => {
+    let at = text.indexOf(marker, from);
+    while (at !== -1) {
+      // the closing marker must follow a non-space character
+      if (at > from && !/\s/.test(text[at - 1])) return at;
+      at = text.indexOf(marker, at + 1);
+    }
+    return -1;
+  });
+}
+
+function indexFrom(text, needle, from, memo) {
+  return cached(memo, `#${needle}`, from, () => text.indexOf(needle, from));
 }
 
 function renderInline(text, parent, depth) {
+  const memo = new Map();
   let buffer = '';
   const flush = () => {
     if (buffer) parent.append(document.createTextNode(buffer));
@@ -162,7 +182,7 @@ function renderInline(text, parent, depth) {
       let run = 1;
       while (text[i + run] === '`') run += 1;
       const marker = '`'.repeat(run);
-      const end = text.indexOf(marker, i + run);
+      const end = indexFrom(text, marker, i + run, memo);
       if (end !== -1) {
         flush();
         const code = document.createElement('code');
@@ -177,9 +197,10 @@ function renderInline(text, parent, depth) {
     }
 
     if (c === '[' && nested) {
-      const close = text.indexOf('](', i + 1);
-      if (close !== -1 && !text.slice(i + 1, close).includes('\n')) {
-        const end = text.indexOf(')', close + 2);
+      const close = indexFrom(text, '](', i + 1, memo);
+      const newline = close === -1 ? -1 : indexFrom(text, '\n', i + 1, memo);
+      if (close !== -1 && (newline === -1 || newline > close)) {
+        const end = indexFrom(text, ')', close + 2, memo);
         const target = end === -1 ? '' : text.slice(close + 2, end).trim();
         const href = target && !/\s/.test(target) ? safeUrl(target) : null;
         if (href) {
@@ -222,7 +243,7 @@ function renderInline(text, parent, depth) {
       const start = i + marker.length;
       const wordy = c === '_' && /\w/.test(prev); // snake_case is not emphasis
       if (!wordy && start < text.length && !/\s/.test(text[start])) {
-        const end = findClosing(text, marker, start);
+        const end = findClosing(text, marker, start, memo);
         const after = end === -1 ? '' : text[end + marker.length] || '';
         if (end !== -1 && !(c === '_' && /\w/.test(after))) {
           flush();
