@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import json
 import socket
 import sys
-import threading
 import time
 import wave
 from collections.abc import AsyncIterator, Iterator
@@ -19,10 +17,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
+from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionMessageParam
 from PIL import Image
 
-from rentahal.worker import WorkerSettings, create_app
+from rentahal.worker import BackgroundWorker, WorkerSettings
 
 # ``tests.fakes`` (real fake upstream servers) lives beside the package.
 _ROOT = str(Path(__file__).resolve().parents[2])
@@ -34,54 +32,6 @@ from tests.fakes import ollama as fake_ollama_api  # noqa: E402
 from tests.fakes import openai as fake_openai_api  # noqa: E402
 
 
-class RunningWorker:
-    """The worker app under uvicorn (lifespan on) in a thread, on a free loopback port."""
-
-    def __init__(self, settings: WorkerSettings) -> None:
-        config = uvicorn.Config(
-            create_app(settings),
-            log_level="warning",
-            loop="asyncio",
-            http="h11",
-            ws="none",
-            lifespan="on",
-            timeout_graceful_shutdown=2,
-        )
-        self._server = uvicorn.Server(config)
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
-        )
-
-    def __enter__(self) -> RunningWorker:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("worker did not start")
-            time.sleep(0.01)
-        assert httpx.get(f"{self.url}/health").json() == {"status": "healthy"}
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._socket.close()
-
-
-@contextlib.asynccontextmanager
-async def serve_worker(settings: WorkerSettings) -> AsyncIterator[RunningWorker]:
-    """A :class:`RunningWorker` started and stopped off the event loop."""
-    worker = RunningWorker(settings)
-    await asyncio.to_thread(worker.__enter__)
-    try:
-        yield worker
-    finally:
-        await asyncio.to_thread(worker.__exit__, None, None, None)
-
-
 async def _get_json(url: str) -> Any:
     async with httpx.AsyncClient(timeout=20) as client:
         response = await client.get(url)
@@ -89,19 +39,19 @@ async def _get_json(url: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def demo_worker() -> Iterator[RunningWorker]:
-    with RunningWorker(WorkerSettings()) as worker:
+def demo_worker() -> Iterator[BackgroundWorker]:
+    with BackgroundWorker(WorkerSettings(port=0)) as worker:
         yield worker
 
 
 @pytest.fixture
-async def http(demo_worker: RunningWorker) -> AsyncIterator[httpx.AsyncClient]:
+async def http(demo_worker: BackgroundWorker) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=demo_worker.url, timeout=20) as client:
         yield client
 
 
 @pytest.fixture
-async def oai(demo_worker: RunningWorker) -> AsyncIterator[openai.AsyncOpenAI]:
+async def oai(demo_worker: BackgroundWorker) -> AsyncIterator[openai.AsyncOpenAI]:
     async with openai.AsyncOpenAI(
         api_key="unused", base_url=f"{demo_worker.url}/v1", max_retries=0, timeout=20
     ) as client:
@@ -208,7 +158,10 @@ async def test_a1111_probes(http: httpx.AsyncClient) -> None:
 
 
 async def test_openai_chat_plain_and_streamed(oai: openai.AsyncOpenAI) -> None:
-    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi there"}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi there"},
+    ]
     completion = await oai.chat.completions.create(model="demo-chat", messages=messages)
     text = completion.choices[0].message.content
     assert text is not None and text.startswith("[demo chat]")
@@ -232,7 +185,7 @@ async def test_openai_stream_is_sse_ending_with_done(http: httpx.AsyncClient) ->
 
 async def test_openai_vision_with_a_data_uri(oai: openai.AsyncOpenAI) -> None:
     url = "data:image/png;base64," + _png_b64()
-    content = [
+    content: list[ChatCompletionContentPartParam] = [
         {"type": "text", "text": "describe"},
         {"type": "image_url", "image_url": {"url": url}},
     ]
@@ -243,12 +196,16 @@ async def test_openai_vision_with_a_data_uri(oai: openai.AsyncOpenAI) -> None:
 
 
 async def test_openai_bad_inputs_are_clear_400s(oai: openai.AsyncOpenAI) -> None:
-    bad_image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}]
+    bad_image: list[ChatCompletionContentPartParam] = [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}
+    ]
     with pytest.raises(openai.BadRequestError, match="not a decodable image"):
         await oai.chat.completions.create(
             model="demo-vision", messages=[{"role": "user", "content": bad_image}]
         )
-    remote = [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]
+    remote: list[ChatCompletionContentPartParam] = [
+        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    ]
     with pytest.raises(openai.BadRequestError, match="fetches no URLs"):
         await oai.chat.completions.create(
             model="demo-vision", messages=[{"role": "user", "content": remote}]
@@ -345,20 +302,22 @@ async def _predict_concurrently(url: str, count: int) -> float:
 
 
 async def test_latency_is_honoured() -> None:
-    async with serve_worker(WorkerSettings(latency_ms=300)) as worker:
+    async with BackgroundWorker(WorkerSettings(port=0, latency_ms=300)) as worker:
         assert await _predict_concurrently(worker.url, 1) >= 0.3
         assert await _predict_concurrently(worker.url, 4) < 1.0  # unlimited: in parallel
 
 
 async def test_max_concurrency_serialises_and_stats_see_the_arrivals() -> None:
-    async with serve_worker(WorkerSettings(latency_ms=150, max_concurrency=1)) as worker:
+    async with BackgroundWorker(
+        WorkerSettings(port=0, latency_ms=150, max_concurrency=1)
+    ) as worker:
         assert await _predict_concurrently(worker.url, 4) >= 0.6
         stats = await _get_json(f"{worker.url}/stats")
     assert stats == {"requests_total": 4, "in_flight": 0, "max_in_flight_seen": 4}
 
 
 async def test_stats_of_one_call_at_a_time() -> None:
-    async with serve_worker(WorkerSettings(max_concurrency=1)) as worker:
+    async with BackgroundWorker(WorkerSettings(port=0, max_concurrency=1)) as worker:
         for _ in range(3):
             await _predict_concurrently(worker.url, 1)
         stats = await _get_json(f"{worker.url}/stats")
@@ -384,8 +343,10 @@ def upstream_openai() -> Iterator[FakeServer]:
 
 async def test_ollama_engine_forwards_chat_and_vision(upstream_ollama: FakeServer) -> None:
     upstream_ollama.state.reset()
-    settings = WorkerSettings(engine="ollama", ollama_url=f"http://{upstream_ollama.address}")
-    async with serve_worker(settings) as worker, httpx.AsyncClient(base_url=worker.url) as http:
+    settings = WorkerSettings(
+        port=0, engine="ollama", ollama_url=f"http://{upstream_ollama.address}"
+    )
+    async with BackgroundWorker(settings) as worker, httpx.AsyncClient(base_url=worker.url) as http:
         vision = {"prompt": "hi", "model_name": "llava:latest", "image": _png_b64(8, 8)}
         answer = await http.post("/predict", json={**vision, "type": "vision"})
         assert answer.json() == {"response": "llava:latest says: hi (1 images)"}
@@ -416,8 +377,10 @@ async def test_ollama_engine_forwards_chat_and_vision(upstream_ollama: FakeServe
 
 async def test_ollama_engine_maps_upstream_failures(upstream_ollama: FakeServer) -> None:
     upstream_ollama.state.reset()
-    settings = WorkerSettings(engine="ollama", ollama_url=f"http://{upstream_ollama.address}")
-    async with serve_worker(settings) as worker, httpx.AsyncClient(base_url=worker.url) as http:
+    settings = WorkerSettings(
+        port=0, engine="ollama", ollama_url=f"http://{upstream_ollama.address}"
+    )
+    async with BackgroundWorker(settings) as worker, httpx.AsyncClient(base_url=worker.url) as http:
         upstream_ollama.state.mode = "500"
         failed = await http.post("/predict", json={"prompt": "hi", "model_name": "llama3"})
         assert failed.status_code == 502
@@ -432,7 +395,7 @@ async def test_ollama_engine_maps_upstream_failures(upstream_ollama: FakeServer)
     closed.bind(("127.0.0.1", 0))
     dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
     closed.close()
-    async with serve_worker(WorkerSettings(engine="ollama", ollama_url=dead)) as worker:
+    async with BackgroundWorker(WorkerSettings(port=0, engine="ollama", ollama_url=dead)) as worker:
         async with httpx.AsyncClient(base_url=worker.url) as http:
             failed = await http.post("/predict", json={"prompt": "hi", "model_name": "m"})
     assert failed.status_code == 502
@@ -443,16 +406,19 @@ async def test_openai_engine_forwards_everything(upstream_openai: FakeServer) ->
     state = upstream_openai.state
     state.reset()
     settings = WorkerSettings(
-        engine="openai", openai_url=f"http://{upstream_openai.address}/v1", openai_api_key="sk-t"
+        port=0,
+        engine="openai",
+        openai_url=f"http://{upstream_openai.address}/v1",
+        openai_api_key="sk-t",
     )
     async with (
-        serve_worker(settings) as worker,
+        BackgroundWorker(settings) as worker,
         openai.AsyncOpenAI(
             api_key="client-key", base_url=f"{worker.url}/v1", max_retries=0, timeout=20
         ) as oai,
     ):
         url = "data:image/png;base64," + _png_b64(8, 8)
-        content = [
+        content: list[ChatCompletionContentPartParam] = [
             {"type": "text", "text": "see"},
             {"type": "image_url", "image_url": {"url": url}},
         ]

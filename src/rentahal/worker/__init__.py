@@ -6,6 +6,7 @@ Ollama's ``/api`` with a demo engine or by forwarding to a real model server.
 from __future__ import annotations
 
 from rentahal.worker.app import create_app
+from rentahal.worker.server import BackgroundWorker
 from rentahal.worker.settings import WorkerSettings
 
-__all__ = ["WorkerSettings", "create_app"]
+__all__ = ["BackgroundWorker", "WorkerSettings", "create_app"]

@@ -87,6 +87,7 @@ def dominant_colours(image: Image.Image, count: int = 3) -> tuple[tuple[str, flo
     total = rgb.width * rgb.height
     result: list[tuple[str, float]] = []
     for pixels, index in counts[:count]:
+        assert isinstance(index, int)  # a palette image's colours are indices
         red, green, blue = palette[index * 3 : index * 3 + 3]
         result.append((f"#{red:02x}{green:02x}{blue:02x}", round(100.0 * pixels / total, 1)))
     return tuple(result)

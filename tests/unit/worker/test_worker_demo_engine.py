@@ -65,7 +65,7 @@ def _frames(wav_bytes: bytes) -> int:
     with wave.open(io.BytesIO(wav_bytes)) as reader:
         assert reader.getsampwidth() == 2
         assert reader.getnchannels() == 1
-        frames = reader.getnframes()
+        frames: int = reader.getnframes()
         assert len(reader.readframes(frames)) == frames * 2
         return frames
 
