@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -57,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
             await broker.start()
             stack.push_async_callback(broker.stop)
             app.state.broker = broker
+            app.state.loop = asyncio.get_running_loop()
             logger.info("broker %s ready", broker.node_id)
             yield
 
