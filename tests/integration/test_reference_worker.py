@@ -81,8 +81,12 @@ def _wav_bytes() -> bytes:
 
 @pytest.mark.parametrize("path", ["/predict", "/predict/"])
 async def test_predict_chat_on_both_paths(http: httpx.AsyncClient, path: str) -> None:
-    body = {"prompt": "hello worker", "type": "chat", "model_type": "worker_node",
-            "model_name": "demo-chat"}  # fmt: skip
+    body = {
+        "prompt": "hello worker",
+        "type": "chat",
+        "model_type": "worker_node",
+        "model_name": "demo-chat",
+    }
     response = await http.post(path, json=body)
     assert response.status_code == 200
     text = response.json()["response"]
@@ -91,8 +95,13 @@ async def test_predict_chat_on_both_paths(http: httpx.AsyncClient, path: str) ->
 
 
 async def test_predict_vision_describes_the_real_image(http: httpx.AsyncClient) -> None:
-    body = {"prompt": "what?", "type": "vision", "model_type": "worker_node",
-            "model_name": "demo-vision", "image": _png_b64()}  # fmt: skip
+    body = {
+        "prompt": "what?",
+        "type": "vision",
+        "model_type": "worker_node",
+        "model_name": "demo-vision",
+        "image": _png_b64(),
+    }
     response = await http.post("/predict", json=body)
     assert response.status_code == 200
     text = response.json()["response"]
@@ -131,8 +140,16 @@ async def test_invalid_json_is_422(http: httpx.AsyncClient) -> None:
 
 
 async def test_txt2img_returns_a_deterministic_png(http: httpx.AsyncClient) -> None:
-    body = {"prompt": "a red fox", "negative_prompt": "", "steps": 50, "sampler_name": "Euler a",
-            "cfg_scale": 7, "width": 320, "height": 256, "seed": -1}  # fmt: skip
+    body = {
+        "prompt": "a red fox",
+        "negative_prompt": "",
+        "steps": 50,
+        "sampler_name": "Euler a",
+        "cfg_scale": 7,
+        "width": 320,
+        "height": 256,
+        "seed": -1,
+    }
     first = (await http.post("/sdapi/v1/txt2img", json=body)).json()
     second = (await http.post("/sdapi/v1/txt2img", json=body)).json()
     assert first["images"] == second["images"]
@@ -471,10 +488,18 @@ async def test_python_m_rentahal_worker_serves() -> None:
     port = probe.getsockname()[1]
     probe.close()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rentahal.worker", "--port", str(port), "--latency-ms", "5",
-        "--log-level", "warning",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "rentahal.worker",
+        "--port",
+        str(port),
+        "--latency-ms",
+        "5",
+        "--log-level",
+        "warning",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
             deadline = time.monotonic() + 20

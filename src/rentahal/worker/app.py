@@ -63,6 +63,12 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request.url.path, exc.status_code, str(exc.detail), "http_error")
 
 
+async def _on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # Still a bug to fix, but clients get JSON like every other error; uvicorn logs it.
+    logger.error("unhandled %s on %s", type(exc).__name__, request.url.path)
+    return error_response(request.url.path, 500, "internal error in the worker", "server_error")
+
+
 def create_app(settings: WorkerSettings) -> FastAPI:
     """The reference worker app for ``settings``; start it with uvicorn."""
 
@@ -89,4 +95,5 @@ def create_app(settings: WorkerSettings) -> FastAPI:
     app.add_exception_handler(WorkerNodeError, _on_worker_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected_error)
     return app

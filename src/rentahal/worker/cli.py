@@ -6,6 +6,7 @@ import logging
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 
 from rentahal.worker.app import create_app
 from rentahal.worker.settings import WorkerSettings
@@ -40,8 +41,12 @@ def worker_command(
                 "max_concurrency": max_concurrency,
             }
         )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    except ValidationError as exc:
+        problems = [
+            "--" + "-".join(map(str, error["loc"])).replace("_", "-") + ": " + error["msg"]
+            for error in exc.errors()
+        ]
+        raise typer.BadParameter("; ".join(problems)) from None
     level = log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
