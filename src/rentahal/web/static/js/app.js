@@ -1,12 +1,12 @@
 // RENT-A-HAL browser client: wires the connection to the page.
 
 import { $, clear, fillKv, h, money, seconds } from './dom.js';
-import { Connection } from './ws.js';
+import { Connection, showConnectionState } from './ws.js';
 import { Conversation } from './render.js';
 import { PendingQueries } from './queue.js';
 import { renderHistory } from './history.js';
 import { VisionInput, sendVisionChunks } from './vision.js';
-import { Recorder } from './speech.js';
+import { Recorder, bindRecorder } from './speech.js';
 import { SysopConsole } from './sysop.js';
 import { Dashboard } from './dashboard.js';
 import { initTheme } from './theme.js';
@@ -21,6 +21,7 @@ const state = {
   totalCost: 0,
   recorded: null, // {base64, url}
   banned: false,
+  activeUsers: [],
 };
 
 const els = {
@@ -260,9 +261,10 @@ function addMessage(text) {
   els.messages.scrollTop = els.messages.scrollHeight;
 }
 
-function showActiveUsers(users) {
+function showActiveUsers(users = state.activeUsers) {
+  state.activeUsers = Array.isArray(users) ? users : [];
   clear(els.activeUsers);
-  for (const guid of Array.isArray(users) ? users : []) {
+  for (const guid of state.activeUsers) {
     const known = sysop.users.find((u) => u.guid === guid);
     els.activeUsers.append(h('li', {}, known ? `${known.nickname} (${guid})` : String(guid)));
   }
@@ -352,7 +354,10 @@ const handlers = {
   },
   user_unbanned(msg) { sysop.userBanned(msg.guid, false); },
   system_stats(msg) { sysop.setSystemStats(msg.data); },
-  user_stats(msg) { sysop.setUsers(msg.data); },
+  user_stats(msg) {
+    sysop.setUsers(msg.data);
+    showActiveUsers();
+  },
   worker_health(msg) { sysop.mergeWorkerHealth(msg.data); },
   transcription_result(msg) {
     const text = String(msg.text ?? '');
@@ -385,27 +390,9 @@ conn.addEventListener('message', (event) => {
   }
 });
 
-let countdownTimer = null;
-conn.addEventListener('state', (event) => {
-  const { state: connState, delayMs, attempt } = event.detail;
-  els.connection.textContent = connState;
-  els.connection.className = `conn conn-${connState}`;
-  els.connection.dataset.state = connState;
-  clearInterval(countdownTimer);
-  els.reconnectInfo.textContent = '';
-  if (connState === 'connected') {
-    send({ type: 'get_previous_queries' });
-  } else if (connState === 'reconnecting') {
-    const due = Date.now() + delayMs;
-    const tick = () => {
-      const left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
-      els.reconnectInfo.textContent = `retry ${attempt} in ${left}s`;
-    };
-    tick();
-    countdownTimer = setInterval(tick, 500);
-  } else if (state.banned) {
-    els.reconnectInfo.textContent = 'banned';
-  }
+showConnectionState(conn, els.connection, els.reconnectInfo, {
+  onConnected: () => send({ type: 'get_previous_queries' }),
+  isBanned: () => state.banned,
 });
 
 // ---- page controls ---------------------------------------------------------
@@ -434,34 +421,9 @@ els.nicknameForm.addEventListener('submit', (event) => {
   send({ type: 'set_nickname', nickname });
 });
 
-if (!Recorder.available) {
-  els.mic.disabled = true;
-  els.mic.title = 'No microphone access in this browser';
-}
-els.mic.addEventListener('click', async () => {
-  if (recorder.recording) {
-    try {
-      state.recorded = await recorder.stop();
-      els.recordedAudio.src = state.recorded.url;
-      els.recordedAudio.hidden = false;
-      els.transcribe.disabled = false;
-    } catch (err) {
-      notify(`Recording failed: ${err.message}`);
-    }
-    els.mic.textContent = 'Record';
-    els.mic.setAttribute('aria-pressed', 'false');
-    els.mic.classList.remove('recording');
-    return;
-  }
-  try {
-    await recorder.start();
-  } catch (err) {
-    notify(`Microphone unavailable: ${err.message}`);
-    return;
-  }
-  els.mic.textContent = 'Stop recording';
-  els.mic.setAttribute('aria-pressed', 'true');
-  els.mic.classList.add('recording');
+bindRecorder(recorder, { mic: els.mic, transcribe: els.transcribe, audio: els.recordedAudio }, {
+  notify,
+  onRecorded: (recording) => { state.recorded = recording; },
 });
 els.transcribe.addEventListener('click', () => {
   if (!state.recorded) return;

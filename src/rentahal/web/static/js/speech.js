@@ -65,3 +65,39 @@ export class Recorder {
     });
   }
 }
+
+/** Wire the Record toggle button: start, stop, show the recording. */
+export function bindRecorder(recorder, { mic, transcribe, audio }, { notify, onRecorded }) {
+  if (!Recorder.available) {
+    mic.disabled = true;
+    mic.title = 'No microphone access in this browser';
+    return;
+  }
+  const show = (recording) => {
+    mic.textContent = recording ? 'Stop recording' : 'Record';
+    mic.setAttribute('aria-pressed', String(recording));
+    mic.classList.toggle('recording', recording);
+  };
+  mic.addEventListener('click', async () => {
+    if (recorder.recording) {
+      try {
+        const recording = await recorder.stop();
+        audio.src = recording.url;
+        audio.hidden = false;
+        transcribe.disabled = false;
+        onRecorded(recording);
+      } catch (err) {
+        notify(`Recording failed: ${err.message}`);
+      }
+      show(false);
+      return;
+    }
+    try {
+      await recorder.start();
+    } catch (err) {
+      notify(`Microphone unavailable: ${err.message}`);
+      return;
+    }
+    show(true);
+  });
+}

@@ -116,3 +116,29 @@ export class Connection extends EventTarget {
     this.dispatchEvent(new CustomEvent('state', { detail: { state, ...extra } }));
   }
 }
+
+/** Keep the connection indicator and the reconnect countdown up to date. */
+export function showConnectionState(conn, indicator, info, { onConnected, isBanned } = {}) {
+  let countdown = null;
+  conn.addEventListener('state', (event) => {
+    const { state, delayMs, attempt } = event.detail;
+    indicator.textContent = state;
+    indicator.className = `conn conn-${state}`;
+    indicator.dataset.state = state;
+    clearInterval(countdown);
+    info.textContent = '';
+    if (state === 'connected') {
+      onConnected?.();
+    } else if (state === 'reconnecting') {
+      const due = Date.now() + delayMs;
+      const tick = () => {
+        const left = Math.max(0, Math.ceil((due - Date.now()) / 1000));
+        info.textContent = `retry ${attempt} in ${left}s`;
+      };
+      tick();
+      countdown = setInterval(tick, 500);
+    } else if (isBanned?.()) {
+      info.textContent = 'banned';
+    }
+  });
+}
