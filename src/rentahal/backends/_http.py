@@ -144,16 +144,22 @@ async def stream(
     ``WorkerTimeout``, a connection closed mid-body ``WorkerBadResponse``
     (the answer is truncated), any other transport error ``WorkerUnavailable``.
     """
+    answering = False
     try:
         async with client.stream(method, url, timeout=timeout_s, **kwargs) as response:
             if response.status_code >= 300:
                 await response.aread()
                 check_status(response, worker)
+            answering = True
             yield response
     except httpx.TimeoutException as exc:
         message = f"worker {worker} timed out after {timeout_s:g}s"
         raise WorkerTimeout(message, worker=worker) from exc
     except httpx.RemoteProtocolError as exc:
+        if not answering:
+            raise WorkerUnavailable(
+                f"worker {worker} unreachable: {type(exc).__name__}", worker=worker
+            ) from exc
         raise WorkerBadResponse(
             f"worker {worker} closed the connection mid-answer", worker=worker
         ) from exc

@@ -216,7 +216,13 @@ class OpenAIBackend:
             worker=worker.name,
             timeout_s=timeout_s,
         ) as response:
-            if response.headers.get("content-type", "").startswith("application/json"):
+            kind = response.headers.get("content-type", "")
+            if not kind.startswith(("text/event-stream", "application/json")):
+                raise WorkerBadResponse(
+                    f"worker {worker.name} answered {kind or 'unknown content'}, not a stream",
+                    worker=worker.name,
+                )
+            if kind.startswith("application/json"):
                 # A server that ignores ``stream`` answers the whole completion at once.
                 await response.aread()
                 text = require(

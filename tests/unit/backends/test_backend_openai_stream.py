@@ -130,3 +130,10 @@ async def test_abandoning_the_stream_releases_the_connection(
     got: list[str] = []
     await _collect(fake_openai, client, got)
     assert got == ["Hel", "lo", " world"]
+
+
+async def test_html_instead_of_a_stream(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+    fake_openai.state.mode = "html"
+
+    with pytest.raises(WorkerBadResponse, match=r"oai-1 answered text/html.*not a stream"):
+        await _collect(fake_openai, client, [])
