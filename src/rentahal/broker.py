@@ -263,9 +263,7 @@ class Broker:
             await self.ledger.record(job, result)
         except StorageError as exc:
             logger.error("could not record job %s: %s", job.job_id, exc)
-            result = result.model_copy(
-                update={"error": (result.error or "") + " (not recorded: database unavailable)"}
-            )
+            result = result.model_copy(update={"recorded": False})
         if result.status == "done":
             avg = self._avg_s[job.query.query_type]
             self._avg_s[job.query.query_type] = 0.8 * avg + 0.2 * result.processing_time
@@ -283,7 +281,16 @@ class Broker:
                 fut.set_result(result)
             return
         self.connections.send_user(result.user_guid, result.to_message())
-        if result.status == "done":
+        if not result.recorded:
+            self.connections.send_user(
+                result.user_guid,
+                {
+                    "type": "error",
+                    "job_id": result.job_id,
+                    "message": "The query ran but could not be recorded: database unavailable",
+                },
+            )
+        elif result.status == "done":
             user = await self.get_user(result.user_guid)
             if user is not None:
                 self.connections.send_user(

@@ -220,6 +220,7 @@ class Result(BaseModel):
     error: str | None = None
     realm: str = "$LEGACY"
     query_type: str = "chat"
+    recorded: bool = True
 
     def to_message(self) -> dict[str, Any]:
         """The ``query_result`` (or ``error``) frame for the original client, with our extras."""

@@ -74,8 +74,12 @@ class WSClient:
         self, prompt: str, query_type: str = "chat", timeout_s: float = 30.0, **extra: Any
     ) -> dict[str, Any]:
         """Submit a query and wait for its ``query_result`` or ``error``."""
-        query = {"prompt": prompt, "query_type": query_type, "model_type": "worker_node",
-                 "model_name": ""}
+        query = {
+            "prompt": prompt,
+            "query_type": query_type,
+            "model_type": "worker_node",
+            "model_name": "",
+        }
         query.update(extra)
         await self.send({"type": "submit_query", "query": query})
         async with asyncio.timeout(timeout_s):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import socket
 import subprocess
@@ -109,7 +110,9 @@ def seed(settings: Settings, workers: list[AIWorker]) -> None:
         finally:
             await storage.close()
 
-    asyncio.run(run())
+    # In a thread of its own, so async tests (with a running loop) can call it too.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, run()).result()
 
 
 def broker_settings(tmp: Path, **sections: dict[str, Any]) -> Settings:
@@ -125,9 +128,7 @@ def broker_settings(tmp: Path, **sections: dict[str, Any]) -> Settings:
 
 
 @contextlib.contextmanager
-def reference_worker(
-    *, latency_ms: float = 0.0, max_concurrency: int = 0
-) -> Iterator[str]:
+def reference_worker(*, latency_ms: float = 0.0, max_concurrency: int = 0) -> Iterator[str]:
     """A reference worker process on a free port; yields ``host:port``."""
     port = free_port()
     proc = start_worker_process(port, latency_ms=latency_ms, max_concurrency=max_concurrency)

@@ -41,6 +41,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _row_dict(row: Any) -> dict[str, Any]:
+    """A row as a plain JSON-ready dict (str keys, ISO times)."""
+    return {
+        str(k): v.isoformat() if isinstance(v, datetime) else v for k, v in row._mapping.items()
+    }
+
+
 def _worker_from_row(row: Any) -> AIWorker:
     models = json.loads(row.models) if row.models else []
     return AIWorker(
@@ -205,13 +212,7 @@ class Storage:
                     .limit(limit)
                 )
             ).all()
-        out = []
-        for row in rows:
-            data = dict(row._mapping)
-            if isinstance(data.get("timestamp"), datetime):
-                data["timestamp"] = data["timestamp"].isoformat()
-            out.append(data)
-        return out
+        return [_row_dict(row) for row in rows]
 
     async def average_times(self) -> dict[str, float]:
         """Average processing time of completed queries per query type."""
@@ -233,10 +234,7 @@ class Storage:
             ).first()
         if row is None:
             return {"total_queries": 0, "total_processing_time": 0.0, "total_cost": 0.0}
-        data = dict(row._mapping)
-        if isinstance(data.get("last_updated"), datetime):
-            data["last_updated"] = data["last_updated"].isoformat()
-        return data
+        return _row_dict(row)
 
     async def list_workers(self) -> list[AIWorker]:
         """Every persisted worker."""
