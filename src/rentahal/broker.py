@@ -23,8 +23,6 @@ from rentahal.models import (
     QueryState,
     Result,
     User,
-    dispatch_type,
-    worker_family,
 )
 from rentahal.realms.connections import RealmConnectionManager
 from rentahal.realms.execution import QueryExecutor
@@ -177,11 +175,9 @@ class Broker:
             raise QueryRejected("A speech query needs audio")
         elif query.query_type in ("chat", "imagine") and not query.prompt.strip():
             raise QueryRejected("The prompt is empty")
-        self.registry.check_servable(
-            dispatch_type(query), query.model_name, worker_family(query.model_type)
-        )
+        self.registry.check_servable(query)
         if query.query_type == "speech" or query.model_type == "speech":
-            self.registry.check_servable("speech")
+            self.registry.check_type_servable("speech")
         if await self.queue_depth() >= limits.max_queue_size:
             raise QueueFull("Queue is full, please try again later")
         if self._queued_by(user_guid) >= limits.max_queued_per_user:

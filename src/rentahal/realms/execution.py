@@ -14,8 +14,8 @@ import httpx
 from rentahal.backends import WorkerReply, get_backend
 from rentahal.config import Settings
 from rentahal.errors import BrokerError, WorkerError, WorkerRejected, WorkerTimeout
-from rentahal.models import AIWorker, Job, Query, Result, dispatch_type, worker_family
-from rentahal.realms.workers import WorkerRegistry
+from rentahal.models import AIWorker, Job, Query, Result
+from rentahal.realms.workers import WorkerRegistry, WorkerSelector
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,13 @@ class QueryExecutor:
         perf = self.settings.performance
         return perf.imagine_timeout if query_type == "imagine" else perf.query_timeout
 
-    async def execute(self, job: Job, worker: AIWorker) -> Result:
-        """Run ``job``, starting on the already reserved ``worker``."""
+    async def execute(
+        self, job: Job, worker: AIWorker, selector: WorkerSelector | None = None
+    ) -> Result:
+        """Run ``job``, starting on the already reserved ``worker``.
+
+        Retries reserve through ``selector`` (the realm's manager; default: any worker).
+        """
         run = _Run()
         queue_wait = max(0.0, time.time() - job.submitted_at)
         base = {
@@ -63,7 +68,7 @@ class QueryExecutor:
                 text = await self._transcribe(query, run)
                 query = query.model_copy(update={"prompt": text, "audio": None})
             handed_over = True
-            reply = await self._run_with_retries(query, worker, run)
+            reply = await self._run_with_retries(query, worker, run, selector or self.registry)
             if job.query.model_type == "speech" or job.speak_result:
                 if reply.result_type == "text":
                     audio = await self._speak(reply.result, run)
@@ -97,21 +102,17 @@ class QueryExecutor:
         run.billed_s += time.monotonic() - started
         return reply
 
-    async def _run_with_retries(self, query: Query, worker: AIWorker, run: _Run) -> WorkerReply:
+    async def _run_with_retries(
+        self, query: Query, worker: AIWorker, run: _Run, selector: WorkerSelector
+    ) -> WorkerReply:
         """Call workers until one answers; ``worker`` is reserved and always released."""
         attempts_max = self.settings.workers.max_attempts
-        wtype = dispatch_type(query)
-        family = worker_family(query.model_type)
         current: AIWorker | None = worker
         last: WorkerError | None = None
         for attempt in range(1, attempts_max + 1):
             if current is None:
                 current = await self.registry.acquire(
-                    wtype,
-                    query.model_name,
-                    exclude=run.tried,
-                    timeout_s=self.timeout_for(query.query_type),
-                    family=family,
+                    selector, query, exclude=run.tried, timeout_s=self.timeout_for(query.query_type)
                 )
             run.attempts = attempt
             run.worker = current.name
@@ -144,8 +145,8 @@ class QueryExecutor:
         raise last
 
     async def _speech_call(self, method: str, run: _Run, *args: Any) -> Any:
-        worker = await self.registry.acquire(
-            "speech", "", timeout_s=self.settings.performance.query_timeout
+        worker = await self.registry.acquire_type(
+            "speech", timeout_s=self.settings.performance.query_timeout
         )
         try:
             backend = get_backend(worker.protocol)

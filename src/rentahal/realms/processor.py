@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from rentahal.bus.base import Bus
-from rentahal.models import Job, QueryState, Result, dispatch_type, worker_family
+from rentahal.models import Job, QueryState, Result
 from rentahal.realms.execution import QueryExecutor
-from rentahal.realms.workers import WorkerRegistry
+from rentahal.realms.workers import WorkerRegistry, WorkerSelector
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,10 @@ class QueryProcessor:
         registry: WorkerRegistry,
         executor: QueryExecutor,
         finish: FinishHandler,
+        selector: WorkerSelector | None = None,
     ) -> None:
         self.queue = queue
+        self.selector: WorkerSelector = selector or registry
         self.bus = bus
         self.registry = registry
         self.executor = executor
@@ -71,10 +73,7 @@ class QueryProcessor:
         self._loop_task = asyncio.create_task(self._consume(), name=f"processor:{self.queue}")
 
     def _dispatchable(self, job: Job) -> bool:
-        q = job.query
-        return self.registry.can_serve_now(
-            dispatch_type(q), q.model_name, worker_family(q.model_type)
-        )
+        return self.selector.can_serve_now(job.query)
 
     async def _consume(self) -> None:
         while not self._stopping:
@@ -82,10 +81,7 @@ class QueryProcessor:
             job = await self.bus.take(self.queue, accept=self._dispatchable, timeout_s=1.0)
             if job is None:
                 continue
-            q = job.query
-            worker = self.registry.reserve(
-                dispatch_type(q), q.model_name, family=worker_family(q.model_type)
-            )
+            worker = self.selector.reserve(job.query)
             if worker is None:  # capacity vanished between check and reserve
                 await self.bus.requeue(self.queue, job)
                 continue
@@ -108,7 +104,7 @@ class QueryProcessor:
             job.move_to(QueryState.RUNNING)
             if worker_state is None:
                 raise RuntimeError(f"worker {worker_name} vanished")
-            result = await self.executor.execute(job, worker_state.worker)
+            result = await self.executor.execute(job, worker_state.worker, self.selector)
         except asyncio.CancelledError:
             if job.job_id in self._cancel_requested:
                 result = Result(

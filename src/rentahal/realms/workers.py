@@ -5,15 +5,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from rentahal.backends.health import HealthRules
 from rentahal.config import WorkerSettingsSection
 from rentahal.errors import NoWorkerAvailable, WorkerRateLimited
-from rentahal.models import AIWorker
+from rentahal.models import AIWorker, Query, dispatch_type, worker_family
+from rentahal.realms.strategies import HealthStrategy
 
 logger = logging.getLogger(__name__)
+_HEALTH = HealthStrategy()
+
+
+class WorkerSelector(Protocol):
+    """Chooses and reserves a worker for a query (the registry itself, or a realm's manager)."""
+
+    def can_serve_now(self, query: Query) -> bool:
+        """True when a worker could take ``query`` right now."""
+        ...
+
+    def reserve(self, query: Query, exclude: Iterable[str] = ()) -> AIWorker | None:
+        """Take a slot for ``query``; ``None`` when no worker is free."""
+        ...
 
 
 def _family_of(worker: AIWorker) -> str:
@@ -118,13 +133,23 @@ class WorkerRegistry:
             if s.available(now) and (wanted is None or s.worker.type in wanted)
         )
 
-    def _candidates(
-        self, worker_type: str, model_name: str, family: str = "worker_node"
+    def candidates(
+        self,
+        worker_type: str,
+        model_name: str = "",
+        family: str = "worker_node",
+        within: Collection[str] | None = None,
     ) -> list[WorkerState]:
+        """Workers of a type and family that serve ``model_name`` (optionally among ``within``).
+
+        Workers that list the model win; workers that list no models come next.
+        """
         of_type = [
             s
             for s in self._states.values()
-            if s.worker.type == worker_type and _family_of(s.worker) == family
+            if s.worker.type == worker_type
+            and _family_of(s.worker) == family
+            and (within is None or s.worker.name in within)
         ]
         if model_name:
             listing = [s for s in of_type if model_name in s.worker.models]
@@ -133,84 +158,102 @@ class WorkerRegistry:
             return [s for s in of_type if not s.worker.models]
         return of_type
 
-    def check_servable(
+    @staticmethod
+    def free(states: Iterable[WorkerState], exclude: Iterable[str] = ()) -> list[WorkerState]:
+        """The usable states with a free slot, avoiding ``exclude`` when others exist."""
+        now = time.monotonic()
+        free = [s for s in states if s.available(now) and s.has_capacity()]
+        excluded = set(exclude)
+        return [s for s in free if s.worker.name not in excluded] or free
+
+    @staticmethod
+    def take(state: WorkerState) -> AIWorker:
+        """Occupy one slot of ``state``'s worker."""
+        state.in_flight += 1
+        state.calls_total += 1
+        if state.circuit(time.monotonic()) == "half_open":
+            state.half_open_trial = True
+        return state.worker
+
+    def check_servable(self, query: Query) -> None:
+        """Raise ``NoWorkerAvailable`` (naming type or model) when no worker can serve."""
+        self.check_type_servable(
+            dispatch_type(query), query.model_name, worker_family(query.model_type)
+        )
+
+    def check_type_servable(
         self, worker_type: str, model_name: str = "", family: str = "worker_node"
     ) -> None:
-        """Raise ``NoWorkerAvailable`` (naming type or model) when nothing can serve."""
+        """``check_servable`` for a worker type rather than a query."""
         candidates = [
             s
-            for s in self._candidates(worker_type, model_name, family)
+            for s in self.candidates(worker_type, model_name, family)
             if not s.worker.is_blacklisted
         ]
         if candidates:
             return
         kind = worker_type if family == "worker_node" else f"{family} {worker_type}"
-        if model_name and self._candidates(worker_type, "", family):
+        if model_name and self.candidates(worker_type, "", family):
             raise NoWorkerAvailable(f"No {kind} worker serves model '{model_name}'")
         raise NoWorkerAvailable(f"No {kind} worker is available")
 
-    def can_serve_now(
-        self, worker_type: str, model_name: str = "", family: str = "worker_node"
-    ) -> bool:
-        """True when a usable worker has a free slot right now."""
-        now = time.monotonic()
-        return any(
-            s.available(now) and s.has_capacity()
-            for s in self._candidates(worker_type, model_name, family)
+    def can_serve_now(self, query: Query) -> bool:
+        """True when any usable worker for ``query`` has a free slot (any realm)."""
+        return bool(
+            self.free(
+                self.candidates(
+                    dispatch_type(query), query.model_name, worker_family(query.model_type)
+                )
+            )
         )
 
-    def _pick(self, states: list[WorkerState]) -> WorkerState:
-        # The health strategy: healthiest first, then least loaded relative to capacity.
-        return max(
-            states,
-            key=lambda s: (s.worker.health_score, -s.in_flight / s.worker.max_concurrency),
+    def reserve(self, query: Query, exclude: Iterable[str] = ()) -> AIWorker | None:
+        """Take a slot on the healthiest free worker of any realm (the legacy choice)."""
+        return self.reserve_type(
+            dispatch_type(query), query.model_name, exclude, worker_family(query.model_type)
         )
 
-    def reserve(
+    def reserve_type(
         self,
         worker_type: str,
         model_name: str = "",
         exclude: Iterable[str] = (),
         family: str = "worker_node",
     ) -> AIWorker | None:
-        """Take a slot on the best free worker (avoiding ``exclude`` when possible)."""
-        now = time.monotonic()
-        free = [
-            s
-            for s in self._candidates(worker_type, model_name, family)
-            if s.available(now) and s.has_capacity()
-        ]
+        """``reserve`` for a worker type rather than a query."""
+        free = self.free(self.candidates(worker_type, model_name, family), exclude)
         if not free:
             return None
-        excluded = set(exclude)
-        preferred = [s for s in free if s.worker.name not in excluded] or free
-        state = self._pick(preferred)
-        state.in_flight += 1
-        state.calls_total += 1
-        if state.circuit(now) == "half_open":
-            state.half_open_trial = True
-        return state.worker
+        return self.take(_HEALTH.pick(free))
 
     async def acquire(
         self,
-        worker_type: str,
-        model_name: str = "",
+        selector: WorkerSelector,
+        query: Query,
         exclude: Iterable[str] = (),
         timeout_s: float = 30.0,
-        family: str = "worker_node",
+        check: Callable[[], None] | None = None,
     ) -> AIWorker:
-        """Wait (up to ``timeout_s``) for a slot; ``NoWorkerAvailable`` when none came."""
+        """Wait (up to ``timeout_s``) for ``selector`` to reserve a worker for ``query``.
+
+        ``check`` raises when waiting is pointless (default: no worker could ever serve).
+        """
         exclude = tuple(exclude)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            worker = self.reserve(worker_type, model_name, exclude, family)
+            worker = selector.reserve(query, exclude)
             if worker is not None:
                 return worker
-            self.check_servable(worker_type, model_name, family)
+            if check is not None:
+                check()
+            else:
+                self.check_servable(query)
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise NoWorkerAvailable(f"No {worker_type} worker became free in time")
+                raise NoWorkerAvailable(
+                    f"No {dispatch_type(query)} worker became free within {timeout_s:g}s"
+                )
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.append(waiter)
             try:
@@ -222,6 +265,15 @@ class WorkerRegistry:
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+
+    async def acquire_type(self, worker_type: str, timeout_s: float = 30.0) -> AIWorker:
+        """Wait for a slot on any worker of ``worker_type`` (speech steps use this)."""
+        return await self.acquire(
+            _TypeSelector(self, worker_type),
+            Query(query_type="chat"),
+            timeout_s=timeout_s,
+            check=lambda: self.check_type_servable(worker_type),
+        )
 
     def release(self, name: str) -> None:
         """Give back a slot taken by :meth:`reserve`."""
@@ -288,3 +340,18 @@ class WorkerRegistry:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+
+class _TypeSelector:
+    """Selects by worker type alone, ignoring the query (for speech steps)."""
+
+    def __init__(self, registry: WorkerRegistry, worker_type: str) -> None:
+        self._registry = registry
+        self._type = worker_type
+
+    def can_serve_now(self, query: Query) -> bool:
+        return bool(self._registry.free(self._registry.candidates(self._type)))
+
+    def reserve(self, query: Query, exclude: Iterable[str] = ()) -> AIWorker | None:
+        return self._registry.reserve_type(self._type, exclude=exclude)
