@@ -1,0 +1,147 @@
+"""API keys for the HTTP API: only a hash of each key is stored.
+
+A key is ``rah_`` followed by 43 URL-safe characters (256 random bits). Its
+first 12 characters (``rah_`` + 8) are its *prefix*: shown in listings and used
+to revoke it. The database keeps the SHA-256 of the whole key, so a leaked
+database reveals no usable key; a high-entropy token needs no slow hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from rentahal.storage import tables as t
+from rentahal.storage.database import Storage
+
+KEY_PREFIX = "rah_"
+PREFIX_CHARS = len(KEY_PREFIX) + 8
+MAX_KEY_CHARS = 200
+MAX_NAME_CHARS = 100
+_CREATE_ATTEMPTS = 5
+
+
+def hash_key(key: str) -> str:
+    """The stored form of ``key``: SHA-256, hex."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInfo:
+    """What may be shown about a stored key (never the key itself)."""
+
+    prefix: str
+    name: str
+    created_at: str
+    revoked: bool
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready dict: ``prefix``, ``name``, ``created_at`` (ISO), ``revoked``."""
+        return {
+            "prefix": self.prefix,
+            "name": self.name,
+            "created_at": self.created_at,
+            "revoked": self.revoked,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    """A freshly made key: ``key`` is the plaintext, available only now."""
+
+    key: str
+    info: ApiKeyInfo
+
+
+class KeyStore:
+    """Creates, lists, revokes and looks up API keys in the ``api_keys`` table.
+
+    Keys live in the main database (not per user shard): a lookup starts from
+    the key alone, before the user is known.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+
+    async def create(self, user_guid: str, name: str = "") -> CreatedKey:
+        """Make a key for ``user_guid``; the plaintext is returned once and never stored."""
+        name = name.strip()[:MAX_NAME_CHARS]
+        for _ in range(_CREATE_ATTEMPTS):
+            key = KEY_PREFIX + secrets.token_urlsafe(32)
+            prefix = key[:PREFIX_CHARS]
+            now = _utcnow()
+            try:
+                async with self._storage.begin() as conn:
+                    taken = (
+                        await conn.execute(
+                            select(t.api_keys.c.id).where(t.api_keys.c.prefix == prefix)
+                        )
+                    ).first()
+                    if taken is not None:
+                        continue
+                    await conn.execute(
+                        insert(t.api_keys).values(
+                            user_guid=user_guid,
+                            name=name,
+                            prefix=prefix,
+                            key_hash=hash_key(key),
+                            created_at=now,
+                            revoked=False,
+                        )
+                    )
+            except IntegrityError:
+                continue
+            return CreatedKey(key, ApiKeyInfo(prefix, name, now.isoformat(), False))
+        raise RuntimeError("could not make a unique API key prefix")  # 48 random bits: never
+
+    async def list_keys(self, user_guid: str) -> list[ApiKeyInfo]:
+        """The user's keys (revoked ones too), oldest first."""
+        async with self._storage.begin() as conn:
+            rows = (
+                await conn.execute(
+                    select(t.api_keys)
+                    .where(t.api_keys.c.user_guid == user_guid)
+                    .order_by(t.api_keys.c.id)
+                )
+            ).all()
+        return [
+            ApiKeyInfo(r.prefix, r.name or "", r.created_at.isoformat(), bool(r.revoked))
+            for r in rows
+        ]
+
+    async def revoke(self, prefix: str, user_guid: str | None = None) -> bool:
+        """Revoke the key with ``prefix`` (only ``user_guid``'s when given).
+
+        ``False`` when no such live key exists.
+        """
+        condition = (t.api_keys.c.prefix == prefix) & (t.api_keys.c.revoked.is_(False))
+        if user_guid is not None:
+            condition = condition & (t.api_keys.c.user_guid == user_guid)
+        async with self._storage.begin() as conn:
+            result = await conn.execute(update(t.api_keys).where(condition).values(revoked=True))
+        return result.rowcount > 0
+
+    async def lookup(self, key: str) -> str | None:
+        """The user GUID of a live (unrevoked) key, or ``None``."""
+        if not key.startswith(KEY_PREFIX) or len(key) > MAX_KEY_CHARS:
+            return None
+        async with self._storage.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(t.api_keys.c.user_guid, t.api_keys.c.revoked).where(
+                        t.api_keys.c.key_hash == hash_key(key)
+                    )
+                )
+            ).first()
+        if row is None or row.revoked:
+            return None
+        return str(row.user_guid)
