@@ -1,0 +1,112 @@
+"""``rentahal bench SCENARIO``: start what the scenario needs, load it, report, stop it all."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rentahal.bench.procs import BenchSetupError
+from rentahal.bench.report import ScenarioReport, dumps, render
+from rentahal.bench.scenarios._common import Phases
+
+bench_app = typer.Typer(
+    help="Benchmarks on loopback: each scenario starts its own broker and workers.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@bench_app.callback()
+def _group() -> None:
+    """Benchmarks on loopback; see docs/benchmarks.md."""
+
+
+JsonOpt = typer.Option(False, "--json", help="Print the report as JSON on stdout.")
+DurationOpt = typer.Option(5.0, "--duration", "-d", min=0.2, max=120, help="Seconds per cell.")
+
+ScenarioRun = Callable[[Phases, str], Coroutine[Any, Any, ScenarioReport]]
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+def _command() -> str:
+    args = sys.argv[1:]
+    return "rentahal " + " ".join(shlex.quote(a) for a in args) if args else "rentahal bench"
+
+
+def execute(run: ScenarioRun, as_json: bool, command: str | None = None) -> ScenarioReport:
+    """Run a scenario with a progress bar on stderr; print its report; exit 1 on failure."""
+    err = Console(stderr=True)
+    out = Console(width=None if sys.stdout.isatty() else 160)
+    command = command or _command()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        try:
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                report = runner.run(run(Phases(progress), command))
+        except (BenchSetupError, ValueError) as exc:
+            progress.stop()
+            err.print(f"[red]bench failed:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    if as_json:
+        print(dumps([report]))
+    else:
+        render(report, out)
+    if not report.ok:
+        err.print("[red]the run was not clean (errors or missing ledger rows); see above[/red]")
+        raise typer.Exit(1)
+    return report
+
+
+@bench_app.command()
+def overhead(
+    concurrency: str = typer.Option("1,16,64", help="Comma-separated client counts."),
+    duration: float = DurationOpt,
+    max_requests: int = typer.Option(100_000, min=1, help="Cap on requests per cell."),
+    vs_url: str = typer.Option(
+        "", "--vs-url", help="Another OpenAI-compatible gateway (loopback) to load beside ours."
+    ),
+    vs_model: str = typer.Option("", help="Model name to send to --vs-url."),
+    vs_api_key: str = typer.Option("", envvar="BENCH_VS_API_KEY", help="Bearer key for --vs-url."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Broker overhead: direct to an instant worker vs through the broker (WS, /v1)."""
+    from rentahal.bench.scenarios import overhead as scenario
+
+    opts = scenario.OverheadOptions(
+        concurrency=_ints(concurrency),
+        duration_s=duration,
+        max_requests=max_requests,
+        vs_url=vs_url,
+        vs_model=vs_model,
+        vs_api_key=vs_api_key,
+    )
+    execute(lambda phases, cmd: scenario.run(opts, phases, cmd), as_json)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 or v > 1024 for v in values):
+        raise typer.BadParameter("each value must be between 1 and 1024")
+    return values

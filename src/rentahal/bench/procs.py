@@ -1,0 +1,303 @@
+"""Start and stop what a scenario needs: reference workers, brokers, redis-server.
+
+Everything runs as child processes on 127.0.0.1 with its files in one temporary
+directory; :class:`Cluster` stops all of it (terminate, then kill after a grace
+period) however the scenario ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import psutil
+
+from rentahal.demo import free_port
+from rentahal.models import AIWorker
+from rentahal.storage.database import Storage
+
+STARTUP_TIMEOUT_S = 60.0
+STOP_GRACE_S = 10.0
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+class BenchSetupError(RuntimeError):
+    """What a scenario needs could not be started; the message says why."""
+
+
+def raise_nofile_limit() -> None:
+    """Raise this process's open-file limit to its hard limit (many sockets ahead)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def nofile_limit() -> int:
+    """The soft open-file limit of this process."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _clean_env(extra: dict[str, str]) -> dict[str, str]:
+    """Our environment minus the user's RENTAHAL_* settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RENTAHAL_")}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Child:
+    """One started process, its log file and the address it serves."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    address: str
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        return self.process.pid
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the process now."""
+        return int(psutil.Process(self.pid).memory_info().rss)
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The end of the log, for error messages."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _wait_http(child: Child, path: str, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    url = f"http://{child.address}{path}"
+    while time.monotonic() < deadline:
+        if child.process.poll() is not None:
+            raise BenchSetupError(
+                f"{child.name} exited with code {child.process.returncode} while starting; "
+                f"log {child.log}:\n{child.log_tail()}"
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise BenchSetupError(f"{child.name} did not answer {url} within {timeout_s:g}s")
+
+
+@dataclass
+class BrokerConfig:
+    """Environment overrides for a benchmark broker (see ``rentahal.config``)."""
+
+    max_connections: int = 1000
+    max_queue_size: int = 10000
+    max_queued_per_user: int = 1000
+    redis_url: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+class Cluster:
+    """A temporary directory with the processes of one scenario; a context manager."""
+
+    def __init__(self, keep_dir: bool = False) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="rentahal-bench-"))
+        self.db_path = self.dir / "bench.db"
+        self.children: list[Child] = []
+        self._keep_dir = keep_dir
+        raise_nofile_limit()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop_all()
+        if not self._keep_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _spawn(self, name: str, cmd: list[str], address: str, env: dict[str, str]) -> Child:
+        log = self.dir / f"{name}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=_clean_env(env),
+                cwd=self.dir,
+                preexec_fn=raise_nofile_limit,  # inherited limits may be low
+            )
+        child = Child(name, process, address, log)
+        self.children.append(child)
+        return child
+
+    def start_workers(
+        self, count: int, *, latency_ms: float = 0.0, max_concurrency: int = 0, prefix: str = "w"
+    ) -> list[Child]:
+        """Start ``count`` reference workers and wait until they are healthy."""
+        started = []
+        for i in range(count):
+            port = free_port()
+            cmd = [
+                sys.executable,
+                "-m",
+                "rentahal.worker",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--latency-ms",
+                str(latency_ms),
+                "--max-concurrency",
+                str(max_concurrency),
+                "--log-level",
+                "warning",
+            ]
+            started.append(self._spawn(f"{prefix}{i}", cmd, f"127.0.0.1:{port}", {}))
+        for child in started:
+            _wait_http(child, "/health")
+        return started
+
+    def seed(self, workers: list[AIWorker], sysop_guid: str | None = None) -> str:
+        """Create the database with ``workers`` and a sysop user; answers the sysop's GUID."""
+        guid = sysop_guid or str(uuid.uuid4())
+
+        async def run() -> None:
+            storage = Storage(f"sqlite+aiosqlite:///{self.db_path}")
+            try:
+                await storage.migrate()
+                for worker in workers:
+                    await storage.save_worker(worker)
+                user = await storage.get_or_create_user(guid)
+                if not user.is_sysop:
+                    await storage.set_sysop(guid, True)
+            finally:
+                await storage.close()
+
+        # In a thread of its own: callers may already run an event loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, run()).result()
+        return guid
+
+    def start_broker(self, config: BrokerConfig, name: str = "broker") -> Child:
+        """Start ``rentahal serve`` on a free port with the bench database; wait until ready."""
+        port = free_port()
+        env = {
+            "RENTAHAL_DATABASE__DATABASE_NAME": str(self.db_path),
+            "RENTAHAL_BROKER__REALMS_FILE": str(self.dir / "realms.yml"),
+            "RENTAHAL_PERFORMANCE__MAX_CONNECTIONS": str(config.max_connections),
+            "RENTAHAL_QUEUE__MAX_QUEUE_SIZE": str(config.max_queue_size),
+            "RENTAHAL_QUEUE__MAX_QUEUED_PER_USER": str(config.max_queued_per_user),
+            "RENTAHAL_WORKERS__HEALTH_CHECK_INTERVAL": "3600",
+            **config.extra_env,
+        }
+        cmd = [
+            sys.executable,
+            "-c",
+            "from rentahal.cli import app; app()",
+            "serve",
+            "--config",
+            str(self.dir / "config.ini"),  # absent: defaults plus the env overrides
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        if config.redis_url:
+            cmd += ["--redis", config.redis_url, "--node-id", name]
+        child = self._spawn(name, cmd, f"127.0.0.1:{port}", env)
+        _wait_http(child, "/debug/system_status")
+        return child
+
+    def start_redis(self) -> Child:
+        """Start a throw-away redis-server (no persistence) and wait for PONG."""
+        binary = shutil.which("redis-server") or REDIS_SERVER
+        if not Path(binary).exists():
+            raise BenchSetupError(
+                "redis-server is not installed (Debian: apt install redis-server)"
+            )
+        port = free_port()
+        cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+        cmd += ["no", "--dir", str(self.dir), "--maxclients", "10000"]
+        child = self._spawn("redis", cmd, f"127.0.0.1:{port}", {})
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if child.process.poll() is not None:
+                raise BenchSetupError(f"redis-server exited:\n{child.log_tail()}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), timeout=1) as sock,
+            ):
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return child
+            time.sleep(0.1)
+        raise BenchSetupError("redis-server did not answer PING within 15s")
+
+    def stop(self, child: Child) -> None:
+        """Terminate one child, killing it after a grace period."""
+        if child.process.poll() is None:
+            child.process.terminate()
+            try:
+                child.process.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait(timeout=STOP_GRACE_S)
+        with contextlib.suppress(ValueError):
+            self.children.remove(child)
+
+    def stop_all(self) -> None:
+        """Stop every child, newest first."""
+        for child in reversed(list(self.children)):
+            if child.process.poll() is None:
+                child.process.terminate()
+        for child in reversed(list(self.children)):
+            try:
+                child.process.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait(timeout=STOP_GRACE_S)
+        self.children.clear()
+
+
+def chat_worker(child: Child, *, max_concurrency: int, name: str | None = None) -> AIWorker:
+    """The broker's record of a reference worker serving chat over ``/predict``."""
+    return AIWorker(
+        name=name or child.name,
+        address=child.address,
+        type="chat",
+        protocol="predict",
+        max_concurrency=max_concurrency,
+    )
+
+
+def imagine_worker(child: Child, *, max_concurrency: int, name: str | None = None) -> AIWorker:
+    """The broker's record of a reference worker serving imagine (A1111 protocol)."""
+    return AIWorker(
+        name=name or child.name,
+        address=child.address,
+        type="imagine",
+        protocol="a1111",
+        max_concurrency=max_concurrency,
+    )
