@@ -1,0 +1,381 @@
+"""OpenAI-compatible routes under ``/v1``, so OpenAI SDKs and tools can use the broker.
+
+Every call is authenticated with an API key (``Authorization: Bearer``), and
+every error answers OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
+
+Chat and image generations run through the queue like any query. A streamed
+chat (``stream: true``) also runs through the queue: once the answer is
+complete it is sent as one content chunk (after a role chunk, before the
+finish chunk and ``data: [DONE]``). Clients see a valid stream, not
+token-by-token deltas; failures before the answer are ordinary HTTP errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+
+from rentahal.api.auth import Caller, broker_of
+from rentahal.api.queries import (
+    MAX_AUDIO_BYTES,
+    MAX_SPEECH_CHARS,
+    ApiError,
+    describe_error,
+    run_query,
+    run_speech,
+    run_transcription,
+)
+from rentahal.broker import Broker
+from rentahal.models import AIWorker, Query, Result
+
+logger = logging.getLogger(__name__)
+
+OWNER = "rentahal"
+
+
+def error_body(status: int, message: str, code: str | None, param: str | None = None) -> Any:
+    """OpenAI's error object for an HTTP ``status``."""
+    if status in (401, 403):
+        kind = "authentication_error"
+    elif status == 429:
+        kind = "rate_limit_error"
+    elif status >= 500:
+        kind = "server_error"
+    else:
+        kind = "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header")]
+    where = ".".join(loc) or None
+    text = str(first.get("msg", "invalid value"))
+    return (f"{where}: {text}" if where else text), where
+
+
+class _OpenAIRoute(APIRoute):
+    """Answers every failure of a ``/v1`` route in OpenAI's error shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                response: Response = await handler(request)
+            except RequestValidationError as exc:
+                message, param = _validation_message(exc)
+                return JSONResponse(error_body(400, message, "invalid_request", param), 400)
+            except HTTPException as exc:
+                body = error_body(exc.status_code, str(exc.detail), None)
+                return JSONResponse(body, exc.status_code)
+            except Exception as exc:  # every failure answers in OpenAI's shape
+                error = describe_error(exc)
+                return JSONResponse(
+                    error_body(error.status, error.message, error.code), error.status
+                )
+            return response
+
+        return guarded
+
+
+router = APIRouter(prefix="/v1", route_class=_OpenAIRoute, tags=["openai"])
+
+
+def _live(broker: Broker) -> list[AIWorker]:
+    return [w for w in broker.registry.workers() if not w.is_blacklisted]
+
+
+def served_models(broker: Broker) -> list[str]:
+    """Model ids live workers serve: their listed models, or the worker's name if none."""
+    names: set[str] = set()
+    for worker in _live(broker):
+        names.update(worker.models or [worker.name])
+    return sorted(names)
+
+
+def _family(worker: AIWorker) -> str:
+    return worker.protocol if worker.protocol in ("claude", "huggingface") else "worker_node"
+
+
+def resolve_model(broker: Broker, model: str, worker_types: Iterable[str]) -> tuple[str, str]:
+    """``(model_name, model_type)`` of a query for OpenAI ``model`` on ``worker_types``.
+
+    A model a live worker lists is asked for by name. The name of a live worker
+    that lists no models means "any model such a worker runs" (``model_name``
+    empty), since the broker routes by type and model, not by worker name.
+    Anything else is a 404 naming the model, answered before queueing.
+    """
+    if not model:
+        return "", "worker_node"
+    types = set(worker_types)
+    live = [w for w in _live(broker) if w.type in types]
+    for worker in live:
+        if model in worker.models:
+            return model, _family(worker)
+    for worker in live:
+        if not worker.models and worker.name == model:
+            return "", _family(worker)
+    kind = " or ".join(sorted(types))
+    raise ApiError(
+        404,
+        f"The model '{model}' does not exist or no live {kind} worker serves it",
+        "model_not_found",
+    )
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count (about four characters per token) for ``usage``."""
+    return math.ceil(len(text) / 4) if text else 0
+
+
+def _extras(result: Result) -> dict[str, Any]:
+    """Our additions to OpenAI answers (OpenAI SDKs keep unknown fields)."""
+    return {
+        "job_id": result.job_id,
+        "worker": result.worker,
+        "processing_time": result.processing_time,
+        "queue_wait": result.queue_wait,
+        "cost": result.cost,
+    }
+
+
+class _ImageURL(BaseModel):
+    url: str
+
+
+class _ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    text: str | None = None
+    image_url: _ImageURL | str | None = None
+
+
+class ChatMessage(BaseModel):
+    """One chat message: text, or a list of ``text`` and ``image_url`` parts."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: str | list[_ContentPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``; ``include_usage`` adds a final usage chunk."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields of ``/v1/chat/completions`` the broker uses; others are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ""
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+def prompt_and_image(messages: list[ChatMessage]) -> tuple[str, str | None]:
+    """The last user message's text and its image (a ``data:`` URI), if any."""
+    for message in reversed(messages):
+        if message.role != "user":
+            continue
+        if message.content is None or isinstance(message.content, str):
+            return message.content or "", None
+        texts: list[str] = []
+        images: list[str] = []
+        for part in message.content:
+            if part.type == "text":
+                texts.append(part.text or "")
+            elif part.type == "image_url" and part.image_url is not None:
+                url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+                if not url.startswith("data:"):
+                    raise ApiError(
+                        400,
+                        "image_url must be a data: URI; the broker fetches no URLs",
+                        "invalid_image_url",
+                    )
+                images.append(url)
+            else:
+                raise ApiError(400, f"Unsupported content part type '{part.type}'", "invalid_part")
+        if len(images) > 1:
+            raise ApiError(400, "Only one image per request is supported", "too_many_images")
+        return "\n".join(texts), images[0] if images else None
+    raise ApiError(400, "messages must contain a user message", "no_user_message")
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+async def _stream_answer(
+    base: dict[str, Any], text: str, usage: dict[str, int] | None
+) -> AsyncIterator[bytes]:
+    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return {**base, "object": "chat.completion.chunk", "choices": [choice]}
+
+    yield _sse(chunk({"role": "assistant", "content": ""}, None))
+    if text:
+        yield _sse(chunk({"content": text}, None))
+    yield _sse(chunk({}, "stop"))
+    if usage is not None:
+        yield _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+    yield b"data: [DONE]\n\n"
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, user: Caller, request: Request
+) -> dict[str, Any] | StreamingResponse:
+    """A chat (or, with an image part, vision) completion through the queue."""
+    broker = broker_of(request)
+    prompt, image = prompt_and_image(body.messages)
+    query_type: Literal["chat", "vision"] = "vision" if image else "chat"
+    model_name, model_type = resolve_model(broker, body.model, [query_type])
+    query = Query(
+        prompt=prompt,
+        query_type=query_type,
+        model_type=model_type,
+        model_name=model_name,
+        image=image,
+    )
+    result = await run_query(broker, user.guid, query)
+    prompt_tokens = estimate_tokens(prompt)
+    completion_tokens = estimate_tokens(result.result)
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    base = {
+        "id": f"chatcmpl-{result.job_id}",
+        "created": int(time.time()),
+        "model": body.model or result.worker or OWNER,
+        "system_fingerprint": None,
+    }
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        return StreamingResponse(
+            _stream_answer(base, result.result, usage if include_usage else None),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+    return {
+        **base,
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.result},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": usage,
+        OWNER: _extras(result),
+    }
+
+
+class ImageGenerationRequest(BaseModel):
+    """``/v1/images/generations``; one image per request, size chosen by the worker."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(min_length=1)
+    model: str | None = None
+    n: int | None = Field(default=1, ge=1, le=1)
+    size: str | None = None
+    response_format: Literal["b64_json", "url"] | None = None
+
+
+@router.post("/images/generations")
+async def images_generations(
+    body: ImageGenerationRequest, user: Caller, request: Request
+) -> dict[str, Any]:
+    """An image generation through the queue: ``b64_json`` (or a ``data:`` URI as ``url``)."""
+    broker = broker_of(request)
+    model_name, model_type = resolve_model(broker, body.model or "", ["imagine"])
+    query = Query(
+        prompt=body.prompt, query_type="imagine", model_type=model_type, model_name=model_name
+    )
+    result = await run_query(broker, user.guid, query)
+    if body.response_format == "url":
+        item = {"url": "data:image/png;base64," + result.result}
+    else:
+        item = {"b64_json": result.result}
+    return {"created": int(time.time()), "data": [item], OWNER: _extras(result)}
+
+
+@router.get("/models")
+async def list_models(user: Caller, request: Request) -> dict[str, Any]:
+    """The models live (not blacklisted) workers serve."""
+    return {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": OWNER}
+            for name in served_models(broker_of(request))
+        ],
+    }
+
+
+@router.post("/audio/transcriptions", response_model=None)
+async def audio_transcriptions(
+    user: Caller,
+    request: Request,
+    file: UploadFile = File(...),
+    model: str = Form(""),
+    response_format: str = Form("json"),
+) -> dict[str, Any] | PlainTextResponse:
+    """The text of an uploaded audio file (``model`` is ignored: any speech worker)."""
+    if response_format not in ("json", "text", "verbose_json"):
+        raise ApiError(
+            400, "response_format must be json, text or verbose_json", "invalid_response_format"
+        )
+    audio = await file.read(MAX_AUDIO_BYTES + 1)
+    result = await run_transcription(broker_of(request), user.guid, audio)
+    if response_format == "text":
+        return PlainTextResponse(result.result)
+    return {"text": result.result, OWNER: _extras(result)}
+
+
+class SpeechRequest(BaseModel):
+    """``/v1/audio/speech``; ``model`` and ``voice`` are the speech worker's choice."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ""
+    input: str = Field(min_length=1, max_length=MAX_SPEECH_CHARS)
+    voice: str | dict[str, Any] | None = None
+    response_format: str | None = None
+
+
+@router.post("/audio/speech", response_model=None)
+async def audio_speech(body: SpeechRequest, user: Caller, request: Request) -> Response:
+    """``input`` spoken as WAV audio (the only format offered)."""
+    if body.response_format not in (None, "wav"):
+        raise ApiError(400, "Only response_format 'wav' is offered", "unsupported_format")
+    result = await run_speech(broker_of(request), user.guid, body.input)
+    return Response(
+        base64.b64decode(result.result),
+        media_type="audio/wav",
+        headers={"X-RentAHal-Cost": f"{result.cost:.6f}", "X-RentAHal-Job": result.job_id},
+    )

@@ -1,0 +1,317 @@
+"""The original's HTTP routes: ``POST /api/chat|vision|imagine|whisper|bark``.
+
+Chat, vision and imagine run through the queue (``Broker.submit`` +
+``wait_result``) and are charged and recorded like WebSocket queries. Whisper
+(transcription of ``audio``) and bark (speech of ``prompt``) have no queued
+form (a queued ``speech`` query is transcribed *and then answered*), so they
+call the speech worker directly and are recorded in the ledger here.
+
+The helpers (:func:`run_query`, :func:`run_transcription`, :func:`run_speech`,
+:func:`describe_error`) are shared with the OpenAI-compatible routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict
+
+from rentahal.api.auth import AuthFailed, Caller, broker_of
+from rentahal.broker import Broker
+from rentahal.errors import (
+    BrokerError,
+    NoWorkerAvailable,
+    QueryRejected,
+    QueueFull,
+    StorageError,
+    WorkerError,
+    WorkerTimeout,
+)
+from rentahal.models import Job, Query, QueryType, Result
+
+logger = logging.getLogger(__name__)
+
+MAX_AUDIO_BYTES = 25 * 1024 * 1024
+MAX_SPEECH_CHARS = 5000
+# Beyond the queue wait and the worker attempts, room for the speech steps of a query.
+_RESULT_MARGIN_S = 10.0
+
+
+class ApiError(Exception):
+    """An HTTP error answer: ``status``, a readable ``message`` and a short ``code``."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+def describe_error(exc: Exception) -> ApiError:
+    """The HTTP status, message and code for a failure of an API call."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, AuthFailed):
+        return ApiError(exc.status, exc.message, exc.code)
+    message = str(exc)
+    if isinstance(exc, QueueFull):
+        return ApiError(429, message, "queue_full")
+    if isinstance(exc, NoWorkerAvailable):
+        return ApiError(503, message, "no_worker_available")
+    if isinstance(exc, QueryRejected):
+        return ApiError(400, message, "query_rejected")
+    if isinstance(exc, WorkerTimeout):
+        return ApiError(504, message, "worker_timeout")
+    if isinstance(exc, WorkerError):
+        return ApiError(502, message, "worker_failed")
+    if isinstance(exc, StorageError):
+        logger.error("storage error in an API call: %s", exc)
+        return ApiError(503, "The database is unavailable; please try again later", "storage")
+    if isinstance(exc, BrokerError):
+        return ApiError(500, message, "broker_error")
+    logger.error("API call failed", exc_info=exc)
+    return ApiError(500, "Internal error", "internal_error")
+
+
+def result_error(result: Result) -> ApiError:
+    """The error answer for a job that did not complete."""
+    if result.status == "cancelled":
+        return ApiError(409, "The query was cancelled", "cancelled")
+    message = result.error or "The query failed"
+    if result.worker is None:  # no worker ever took it
+        return ApiError(503, message, "no_worker_available")
+    return ApiError(502, message, "worker_failed")
+
+
+def result_timeout_s(broker: Broker, query_type: str) -> float:
+    """How long an HTTP caller waits for a queued job: queue limit plus every attempt."""
+    settings = broker.settings
+    attempts = settings.workers.max_attempts * broker.executor.timeout_for(query_type)
+    speech = 2 * settings.performance.query_timeout
+    return settings.queue.queue_timeout + attempts + speech + _RESULT_MARGIN_S
+
+
+async def run_query(broker: Broker, user_guid: str, query: Query) -> Result:
+    """Queue ``query`` for ``user_guid`` and wait for its completed :class:`Result`.
+
+    Raises ``QueryRejected`` (and subclasses) when it is refused, ``ApiError``
+    when it fails, is cancelled or takes too long; a caller that goes away
+    cancels the job.
+    """
+    job = await broker.submit(user_guid, query, want_result=True)
+    timeout_s = result_timeout_s(broker, query.query_type)
+    try:
+        result = await broker.wait_result(job.job_id, timeout_s)
+    except TimeoutError:
+        await broker.cancel(user_guid, job.job_id)
+        raise ApiError(504, f"No result within {timeout_s:g}s", "timeout") from None
+    except asyncio.CancelledError:
+        await asyncio.shield(broker.cancel(user_guid, job.job_id))
+        raise
+    if result.status != "done":
+        raise result_error(result)
+    return result
+
+
+async def _run_direct(
+    broker: Broker,
+    user_guid: str,
+    query: Query,
+    call: Callable[[], Awaitable[str]],
+    *,
+    prompt_is_result: bool = False,
+) -> Result:
+    """Run a speech call outside the queue, then price and record it like a queued job.
+
+    The billed time is the whole call, including any wait for a free speech
+    worker. With ``prompt_is_result`` the ledger row's prompt is the answer
+    (the transcription), so the user's history shows what was said.
+    """
+    job = Job(user_guid=user_guid, query=query, origin_node=broker.node_id)
+    started = time.monotonic()
+    try:
+        text = await call()
+    except WorkerError as exc:
+        failed = Result(
+            job_id=job.job_id,
+            user_guid=user_guid,
+            status="failed",
+            error=str(exc),
+            worker=exc.worker,
+            attempts=1,
+            processing_time=round(time.monotonic() - started, 6),
+            query_type=query.query_type,
+        )
+        await asyncio.shield(broker.ledger.record(job, broker.ledger.price(failed)))
+        raise
+    if prompt_is_result:
+        job = job.model_copy(update={"query": query.model_copy(update={"prompt": text})})
+    result = broker.ledger.price(
+        Result(
+            job_id=job.job_id,
+            user_guid=user_guid,
+            status="done",
+            result=text,
+            result_type="audio" if query.model_type == "speech" else "text",
+            processing_time=round(time.monotonic() - started, 6),
+            attempts=1,
+            query_type=query.query_type,
+        )
+    )
+    try:
+        await asyncio.shield(broker.ledger.record(job, result))
+    except StorageError as exc:
+        logger.error("could not record job %s: %s", job.job_id, exc)
+        result = result.model_copy(update={"recorded": False})
+    return result
+
+
+async def run_transcription(broker: Broker, user_guid: str, audio: bytes) -> Result:
+    """Speech to text on a speech worker, charged and recorded (``query_type`` speech)."""
+    if not audio:
+        raise QueryRejected("The audio is empty")
+    if len(audio) > MAX_AUDIO_BYTES:
+        raise QueryRejected(f"The audio is larger than {MAX_AUDIO_BYTES} bytes")
+
+    async def call() -> str:
+        return await broker.transcribe(audio)
+
+    query = Query(query_type="speech", model_type="worker_node")
+    return await _run_direct(broker, user_guid, query, call, prompt_is_result=True)
+
+
+async def run_speech(broker: Broker, user_guid: str, text: str) -> Result:
+    """Text to speech on a speech worker; the result is base64 WAV, charged and recorded."""
+    if not text.strip():
+        raise QueryRejected("The text to speak is empty")
+    if len(text) > MAX_SPEECH_CHARS:
+        raise QueryRejected(f"The text to speak is longer than {MAX_SPEECH_CHARS} characters")
+
+    async def call() -> str:
+        return base64.b64encode(await broker.speak(text)).decode("ascii")
+
+    query = Query(prompt=text, query_type="speech", model_type="speech")
+    return await _run_direct(broker, user_guid, query, call)
+
+
+def decode_base64(data: str | None, what: str) -> bytes:
+    """Bytes of a base64 field (a ``data:`` URI prefix is allowed); ``QueryRejected`` if bad."""
+    if not data:
+        raise QueryRejected(f"The query needs {what}")
+    if data.startswith("data:") and "," in data:
+        data = data.split(",", 1)[1]
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise QueryRejected(f"Invalid {what}: not valid base64") from None
+
+
+def result_body(result: Result) -> dict[str, Any]:
+    """The JSON answer of a legacy route."""
+    return {
+        "result": result.result,
+        "result_type": result.result_type,
+        "processing_time": result.processing_time,
+        "cost": result.cost,
+        "job_id": result.job_id,
+        "worker": result.worker,
+        "attempts": result.attempts,
+        "queue_wait": result.queue_wait,
+        "recorded": result.recorded,
+    }
+
+
+class _LegacyRoute(APIRoute):
+    """Turns broker and auth errors into ``{"detail": ...}`` answers with fitting statuses."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                response: Response = await handler(request)
+            except (RequestValidationError, HTTPException):
+                raise  # FastAPI's own 422 / HTTPException answers
+            except Exception as exc:  # unexpected ones are logged by describe_error
+                error = describe_error(exc)
+                headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+                return JSONResponse(
+                    {"detail": error.message, "code": error.code},
+                    status_code=error.status,
+                    headers=headers,
+                )
+            return response
+
+        return guarded
+
+
+router = APIRouter(route_class=_LegacyRoute, tags=["legacy"])
+
+
+class QueryBody(BaseModel):
+    """A Query as the original clients post it; the route decides ``query_type``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    query_type: str | None = None
+    model_type: str = "worker_node"
+    model_name: str | None = ""
+    image: str | None = None
+    audio: str | None = None
+
+    def to_query(self, query_type: QueryType) -> Query:
+        """The :class:`Query` with ``query_type`` fixed by the route."""
+        return Query(
+            prompt=self.prompt,
+            query_type=query_type,
+            model_type=self.model_type,
+            model_name=self.model_name or "",
+            image=self.image,
+            audio=self.audio,
+        )
+
+
+async def _queued(request: Request, user_guid: str, query: Query) -> dict[str, Any]:
+    return result_body(await run_query(broker_of(request), user_guid, query))
+
+
+@router.post("/api/chat")
+async def chat(body: QueryBody, user: Caller, request: Request) -> dict[str, Any]:
+    """A chat query through the queue."""
+    return await _queued(request, user.guid, body.to_query("chat"))
+
+
+@router.post("/api/vision")
+async def vision(body: QueryBody, user: Caller, request: Request) -> dict[str, Any]:
+    """A vision query (base64 ``image``) through the queue."""
+    return await _queued(request, user.guid, body.to_query("vision"))
+
+
+@router.post("/api/imagine")
+async def imagine(body: QueryBody, user: Caller, request: Request) -> dict[str, Any]:
+    """An image generation through the queue; the result is a base64 PNG."""
+    return await _queued(request, user.guid, body.to_query("imagine"))
+
+
+@router.post("/api/whisper")
+async def whisper(body: QueryBody, user: Caller, request: Request) -> dict[str, Any]:
+    """Transcription of the base64 ``audio``; the result is the text."""
+    audio = decode_base64(body.audio, "audio")
+    return result_body(await run_transcription(broker_of(request), user.guid, audio))
+
+
+@router.post("/api/bark")
+async def bark(body: QueryBody, user: Caller, request: Request) -> dict[str, Any]:
+    """Speech of ``prompt``; the result is a base64 WAV (``result_type`` audio)."""
+    return result_body(await run_speech(broker_of(request), user.guid, body.prompt))
