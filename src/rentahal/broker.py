@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,9 +25,13 @@ from rentahal.models import (
     Result,
     User,
 )
+from rentahal.realms.config import load_realms
 from rentahal.realms.connections import RealmConnectionManager
 from rentahal.realms.execution import QueryExecutor
+from rentahal.realms.metrics import RealmLive, RealmMetricsCollector
 from rentahal.realms.processor import QueryProcessor
+from rentahal.realms.router import RouterStats
+from rentahal.realms.service import RealmService
 from rentahal.realms.workers import WorkerRegistry
 from rentahal.storage.database import Storage
 from rentahal.storage.ledger import Ledger
@@ -38,6 +43,7 @@ LEGACY_QUEUE = "$LEGACY"
 BROADCAST_CHANNEL = "broadcast"
 CONTROL_CHANNEL = "control"
 QUEUE_UPDATE_MIN_INTERVAL_S = 0.1
+WATCHDOG_INTERVAL_S = 2.0
 
 
 def results_channel(node_id: str) -> str:
@@ -79,6 +85,11 @@ class Broker:
         self._last_queue_update: tuple[int, int] | None = None
         self._last_positions: dict[str, int] = {}
         self.most_connected = 0
+        self.realms: RealmService | None = None
+        self.metrics = RealmMetricsCollector(
+            lambda: self.realms.router.stats if self.realms else RouterStats()
+        )
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Migrate the database, load workers, start consumers and periodic jobs."""
@@ -91,17 +102,48 @@ class Broker:
         self.bus.subscribe(results_channel(self.node_id), self._on_result)
         self.bus.subscribe(CONTROL_CHANNEL, self._on_control)
         self._add_processor(LEGACY_QUEUE)
+        self._start_realms()
         self.health.start()
         self._notifier = asyncio.create_task(self._notify_queue_loop(), name="queue-notifier")
+        self._watchdog = asyncio.create_task(self._watchdog_loop(), name="realm-watchdog")
+
+    def _start_realms(self) -> None:
+        if not self.settings.broker.realms_enabled:
+            return
+        path = Path(self.settings.broker.realms_file)
+        realms_file = load_realms(path)
+        if not realms_file.enabled:
+            return
+        self.realms = RealmService(
+            realms_file,
+            path,
+            self.bus,
+            self.registry,
+            self.executor,
+            self._finish,
+            self.processors,
+        )
+        self.realms.start()
+
+    async def _watchdog_loop(self) -> None:
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            legacy = self.processors.get(LEGACY_QUEUE)
+            if legacy is not None and not legacy.alive:
+                logger.warning("legacy processor is not running; restarting it")
+                legacy.start()
+            if self.realms is not None:
+                self.realms.watchdog()
 
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
         """Stop consuming, drain running jobs, then stop periodic jobs and the bus."""
         await asyncio.gather(*(p.stop(drain_timeout_s) for p in self.processors.values()))
         await self.health.stop()
-        if self._notifier is not None:
-            self._notifier.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._notifier
+        for task in (self._notifier, self._watchdog):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for fut in self._waiters.values():
             if not fut.done():
                 fut.cancel()
@@ -142,9 +184,25 @@ class Broker:
         await self.broadcast({"type": "user_banned" if banned else "user_unbanned", "guid": guid})
         return True
 
-    def route(self, query: Query) -> str:
-        """The queue a query goes to."""
-        return LEGACY_QUEUE
+    async def route(self, query: Query) -> str:
+        """The queue a query goes to: its realm, or the legacy queue as the fallback."""
+        if self.realms is None:
+            return LEGACY_QUEUE
+        return await self.realms.route(query) or LEGACY_QUEUE
+
+    def realm_for_user(self, guid: str) -> str | None:
+        """The realm a user's connections are grouped in."""
+        return self.realms.registry.assign_user(guid) if self.realms else None
+
+    async def reroute(self, jobs: list[Job]) -> None:
+        """Queue jobs taken out of a stopped or deleted realm again, wherever they now go."""
+        for job in jobs:
+            queue = await self.route(job.query)
+            job.realm = queue
+            if job.job_id in self._owner:
+                self._owner[job.job_id] = (queue, job.user_guid)
+            await self.bus.enqueue(queue, job)
+        self.queue_changed()
 
     async def queue_depth(self) -> int:
         """Waiting plus running jobs, all queues."""
@@ -185,7 +243,7 @@ class Broker:
                 f"You already have {limits.max_queued_per_user} queries waiting; "
                 "please wait for them to finish"
             )
-        queue = self.route(query)
+        queue = await self.route(query)
         job = Job(user_guid=user_guid, query=query, realm=queue, origin_node=self.node_id)
         if want_result:
             self._waiters[job.job_id] = asyncio.get_running_loop().create_future()
@@ -255,6 +313,7 @@ class Broker:
     async def _finish(self, job: Job, result: Result) -> None:
         """Price, record and deliver a finished job (runs shielded)."""
         result = self.ledger.price(result)
+        self.metrics.observe(result)
         try:
             await self.ledger.record(job, result)
         except StorageError as exc:
@@ -447,3 +506,65 @@ class Broker:
             "queue_depth": await self.queue_depth(),
             "huggingface_models": len(self.hf_models),
         }
+
+    async def live_realms(self) -> list[RealmLive]:
+        """Queue depth, load, connections and worker health per queue (realms and legacy)."""
+        conns = self.connections.realm_counts()
+        rows = []
+        for name, processor in self.processors.items():
+            if self.realms is not None and name in self.realms.managers:
+                states = self.realms.managers[name].states()
+            elif name == LEGACY_QUEUE and self.realms is None:
+                states = self.registry.states()
+            else:
+                states = []
+            rows.append(
+                RealmLive(
+                    realm=name,
+                    queue_depth=await self.bus.depth(name),
+                    in_flight=processor.in_flight,
+                    connections=conns.get(name, 0),
+                    workers=[(s.worker.name, s.worker.health_score) for s in states],
+                )
+            )
+        return rows
+
+    async def realm_summary(self) -> list[dict[str, Any]]:
+        """Per realm: types, queue, load, totals and workers (for the dashboard)."""
+        out = []
+        for live in await self.live_realms():
+            totals = self.metrics.totals(live.realm)
+            types: list[str] = []
+            if self.realms is not None and live.realm in self.realms.registry.realms:
+                types = [self.realms.registry.realms[live.realm].config.primary_query_type]
+            elif live.realm == LEGACY_QUEUE:
+                types = ["chat", "vision", "imagine", "speech"]
+            workers = []
+            for name, health in live.workers:
+                state = self.registry.get(name)
+                workers.append(
+                    {
+                        "name": name,
+                        "health_score": health,
+                        "in_flight": state.in_flight if state else 0,
+                        "max_concurrency": state.worker.max_concurrency if state else 0,
+                    }
+                )
+            out.append(
+                {
+                    "name": live.realm,
+                    "query_types": types,
+                    "queue_depth": live.queue_depth,
+                    "in_flight": live.in_flight,
+                    "connections": live.connections,
+                    "processed": int(totals["processed"]),
+                    "errors": int(totals["errors"]),
+                    "stopped": bool(
+                        self.realms
+                        and live.realm in self.realms.registry.realms
+                        and self.realms.registry.realms[live.realm].stopped
+                    ),
+                    "workers": workers,
+                }
+            )
+        return out

@@ -165,6 +165,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(1011)
         return
     conn = Connection(websocket, user.guid, user.is_sysop)
+    conn.realm = broker.realm_for_user(user.guid)
     session = Session(broker=broker, conn=conn, user=user)
     writer = asyncio.create_task(conn.run_writer(), name=f"ws-writer:{guid[:8]}")
     broker.connections.add(conn)

@@ -1,0 +1,191 @@
+"""``realms.yml``: realms, pools, discovery and sharding settings.
+
+Absent file: the design's defaults (``$CHAT``, ``$VISION``, ``$IMAGINE`` plus
+``$SPEECH``). Validation errors name the file line of the offending key. The
+admin API saves changes atomically (write a temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rentahal.errors import ConfigError
+from rentahal.models import QUERY_TYPES
+from rentahal.realms.strategies import STRATEGY_NAMES
+
+
+class RealmConfig(BaseModel):
+    """One realm: the query type it owns, its worker bounds and backups."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    primary_query_type: str
+    min_workers: int = Field(default=1, ge=0)
+    max_workers: int = Field(default=10, ge=1)
+    backup_realms: list[str] = Field(default_factory=list)
+    strategy: str = "health"
+    queue_threshold: int = Field(default=50, ge=1)
+    description: str = ""
+
+    @field_validator("primary_query_type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in QUERY_TYPES:
+            raise ValueError(f"must be one of {', '.join(QUERY_TYPES)}")
+        return value
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in STRATEGY_NAMES:
+            raise ValueError(f"must be one of {', '.join(STRATEGY_NAMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RealmConfig:
+        if self.min_workers > self.max_workers:
+            raise ValueError("min_workers must not exceed max_workers")
+        return self
+
+
+class PoolConfig(BaseModel):
+    """A worker pool alias: queries whose ``model_name`` names the pool use its members."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query_type: str
+    realm: str | None = None
+    members: list[str] = Field(default_factory=list)
+    strategy: str = "health"
+    blacklisted: bool = False
+
+    _known_type = field_validator("query_type")(RealmConfig._known_type.__func__)  # type: ignore[attr-defined]
+    _known_strategy = field_validator("strategy")(RealmConfig._known_strategy.__func__)  # type: ignore[attr-defined]
+
+
+class DiscoveryConfig(BaseModel):
+    """Federation discovery of other broker instances."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    interval_s: float = Field(default=60.0, gt=0)
+    peers: list[str] = Field(default_factory=list)
+
+
+class ShardingConfig(BaseModel):
+    """User-data sharding by GUID."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    shards: list[str] = Field(default_factory=list)
+
+
+def _default_realms() -> dict[str, RealmConfig]:
+    return {
+        "$CHAT": RealmConfig(primary_query_type="chat", description="Chat LLMs"),
+        "$VISION": RealmConfig(
+            primary_query_type="vision", max_workers=5, description="Vision models"
+        ),
+        "$IMAGINE": RealmConfig(
+            primary_query_type="imagine", max_workers=5, description="Image generation"
+        ),
+        "$SPEECH": RealmConfig(primary_query_type="speech", max_workers=5, description="Speech"),
+    }
+
+
+class RealmsFile(BaseModel):
+    """The whole ``realms.yml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    federation_id: str = "rentahal-main"
+    federation_callback_url: str = "http://localhost:5000/api/federation/callback"
+    realms: dict[str, RealmConfig] = Field(default_factory=_default_realms)
+    pools: dict[str, PoolConfig] = Field(default_factory=dict)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    database_sharding: ShardingConfig = Field(default_factory=ShardingConfig)
+
+    @field_validator("realms")
+    @classmethod
+    def _realm_names(cls, value: dict[str, RealmConfig]) -> dict[str, RealmConfig]:
+        for name, realm in value.items():
+            if not name.startswith("$") or len(name) < 2:
+                raise ValueError(f"realm name {name!r} must start with '$'")
+            for backup in realm.backup_realms:
+                if backup not in value:
+                    raise ValueError(f"realm {name} names unknown backup realm {backup}")
+        return value
+
+
+def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the YAML node at ``loc`` (or of its nearest parent)."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for key in loc:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for key_node, value_node in node.value:
+            if key_node.value == str(key):
+                line = key_node.start_mark.line + 1
+                node = value_node
+                break
+        else:
+            break
+    return line
+
+
+def parse_realms(text: str, source: str = "realms.yml") -> RealmsFile:
+    """Validate YAML text; ``ConfigError`` names the line and key of each problem."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    try:
+        return RealmsFile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"])
+            line = _line_of(text, loc)
+            where = f"line {line}: " if line else ""
+            problems.append(f"{source}: {where}{'.'.join(str(p) for p in loc)}: {err['msg']}")
+        raise ConfigError("; ".join(problems)) from exc
+
+
+def load_realms(path: str | Path) -> RealmsFile:
+    """The realms file at ``path``, or the defaults when it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return RealmsFile()
+    return parse_realms(path.read_text(encoding="utf-8"), str(path))
+
+
+def save_realms(path: str | Path, realms: RealmsFile) -> None:
+    """Write ``realms`` to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(realms.model_dump(mode="json"), sort_keys=False)
+    fd, tmp = tempfile.mkstemp(prefix=".realms-", suffix=".yml", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
