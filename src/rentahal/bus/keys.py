@@ -1,0 +1,39 @@
+"""Every Redis key, stream and channel name of the distributed bus, built in one place.
+
+All names start with :data:`PREFIX`, so one Redis can be shared with other
+applications and ``redis-cli --scan --pattern 'rentahal:*'`` lists ours.
+"""
+
+from __future__ import annotations
+
+PREFIX = "rentahal"
+
+#: The pseudo-consumer of a queue's consumer group that owns jobs handed back
+#: (requeued, skipped by ``accept``, reclaimed from a dead node). Node ids must
+#: not take this name.
+HELD_CONSUMER = "__held__"
+
+
+def stream_key(queue: str) -> str:
+    """The Redis Stream holding ``queue``'s entries (one field: ``job_id``)."""
+    return f"{PREFIX}:queue:{queue}"
+
+
+def jobs_key(queue: str) -> str:
+    """Hash ``job_id -> Job JSON`` of the jobs in ``queue`` (waiting or taken)."""
+    return f"{PREFIX}:queue:{queue}:jobs"
+
+
+def job_index_key(queue: str) -> str:
+    """Hash ``job_id -> stream entry id`` of the jobs in ``queue`` (for remove and ack)."""
+    return f"{PREFIX}:queue:{queue}:index"
+
+
+def channel_key(channel: str) -> str:
+    """The pub/sub channel carrying the bus channel ``channel``."""
+    return f"{PREFIX}:channel:{channel}"
+
+
+def delivered_key(job_id: str) -> str:
+    """The marker set once the result of ``job_id`` was delivered (exactly-once guard)."""
+    return f"{PREFIX}:delivered:{job_id}"

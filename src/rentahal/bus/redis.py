@@ -1,0 +1,682 @@
+"""The distributed bus: realm queues on Redis Streams, broadcasts on Redis pub/sub.
+
+Queue layout (names in :mod:`rentahal.bus.keys`): one stream per queue whose
+entries carry only a ``job_id``; the job JSON lives in the hash ``jobs_key``
+(so a requeue can store the updated job) and ``job_index_key`` maps
+``job_id -> entry id``. Every node reads through one consumer group; its
+consumer name is the node id.
+
+A job is in exactly one of these states, and every change between them is one
+Redis command or one Lua script, so two nodes never both get it:
+
+* **new**: an entry after the group's last-delivered id (``XREADGROUP >`` hands
+  it to one node);
+* **held**: pending, owned by the pseudo-consumer :data:`~rentahal.bus.keys.HELD_CONSUMER`.
+  Jobs land here when a node requeues them, when ``accept`` refuses them, and
+  when they are reclaimed from a dead node. Held jobs are offered first, in
+  stream order (so a requeued job is back at its original place, the head);
+  they are visible to :meth:`RedisBus.waiting` and removable from any node;
+* **taken**: pending, owned by a node. A background task re-claims the node's
+  taken entries every ``claim_idle_ms / 3`` to keep them fresh; entries idle
+  longer than ``claim_idle_ms`` belong to a dead (or stuck) node and are moved
+  to *held* by whichever node looks next (the ``XAUTOCLAIM`` idea, done in Lua
+  so that held entries are skipped).
+
+``ack`` deletes the entry and the job (``XACK`` + ``XDEL``). Delivery is
+at-least-once: a job reclaimed from a node that was only slow runs twice, which
+is why the ledger is idempotent per job and :meth:`RedisBus.claim_delivery`
+exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from rentahal.bus import keys
+from rentahal.bus.base import JobFilter, MessageHandler
+from rentahal.errors import BusError
+from rentahal.models import Job
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+WAITING_CAP = 1000  # most jobs :meth:`RedisBus.waiting` returns and ``take`` scans when held
+_CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
+
+# KEYS: stream, index, jobs. ARGV: group, job_id, job JSON.
+_ENQUEUE = """
+redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+local id = redis.call('XADD', KEYS[1], '*', 'job_id', ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], id)
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+return id
+"""
+
+# Hand a pending entry from one consumer to another, only if ``from`` owns it.
+# KEYS: stream, jobs. ARGV: group, entry id, from, to, job_id, new job JSON or ''.
+_MOVE = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[4], 0, ARGV[2], 'JUSTID')
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], ARGV[5], ARGV[6]) end
+return 1
+"""
+
+# Reset the idle time of this node's entries; answer the ids it no longer owns.
+# KEYS: stream. ARGV: group, consumer, entry ids...
+_HEARTBEAT = """
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 0 or p[1][2] ~= ARGV[2] then
+    table.insert(lost, ARGV[i])
+  else
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  end
+end
+return lost
+"""
+
+# Move entries idle longer than min_idle from any real consumer to held; drop
+# consumers that own nothing and were idle for forget_ms.
+# KEYS: stream. ARGV: group, held, min_idle_ms, count, forget_ms.
+_RECLAIM = """
+local moved = {}
+local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if consumers.err then return moved end
+for _, c in ipairs(consumers) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  local name = info['name']
+  if name ~= ARGV[2] then
+    if tonumber(info['pending']) > 0 then
+      local p = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', tonumber(ARGV[3]),
+        '-', '+', tonumber(ARGV[4]), name)
+      for _, e in ipairs(p) do
+        redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, e[1], 'JUSTID')
+        table.insert(moved, e[1])
+      end
+    elseif tonumber(info['idle']) > tonumber(ARGV[5]) then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+    end
+  end
+end
+return moved
+"""
+
+# Cancel a waiting (new or held) job; nil when it is taken or unknown.
+# KEYS: stream, index, jobs. ARGV: group, job_id, held.
+_REMOVE = """
+local id = redis.call('HGET', KEYS[2], ARGV[2])
+if not id then return false end
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+if p.err then p = {} end
+if #p > 0 then
+  if p[1][2] ~= ARGV[3] then return false end
+  redis.call('XACK', KEYS[1], ARGV[1], id)
+elseif #redis.call('XRANGE', KEYS[1], id, id) == 0 then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[3], ARGV[2])
+  return false
+end
+redis.call('XDEL', KEYS[1], id)
+local body = redis.call('HGET', KEYS[3], ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+return body
+"""
+
+# Finish a job: forget its entry and, if the index still points there, the job.
+# KEYS: stream, index, jobs. ARGV: group, job_id, entry id or ''.
+_ACK = """
+local id = ARGV[3]
+if id == '' then
+  id = redis.call('HGET', KEYS[2], ARGV[2])
+  if not id then return 0 end
+end
+redis.pcall('XACK', KEYS[1], ARGV[1], id)
+local n = redis.call('XDEL', KEYS[1], id)
+if redis.call('HGET', KEYS[2], ARGV[2]) == id then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('HDEL', KEYS[3], ARGV[2])
+end
+return n
+"""
+
+# Waiting jobs = undelivered entries + held entries (every acked entry is deleted).
+# KEYS: stream. ARGV: group, held.
+_DEPTH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local len = redis.call('XLEN', KEYS[1])
+local s = redis.pcall('XPENDING', KEYS[1], ARGV[1])
+if s.err then return len end
+local held = 0
+if s[4] then
+  for _, c in ipairs(s[4]) do
+    if c[1] == ARGV[2] then held = tonumber(c[2]) end
+  end
+end
+return len - tonumber(s[1]) + held
+"""
+
+# {held [id, json, ...], new [id, json, ...]} in queue order, at most cap in all.
+# KEYS: stream, jobs. ARGV: group, held, cap, '1' for held only.
+_WAITING = """
+local out_held, out_new = {}, {}
+if redis.call('EXISTS', KEYS[1]) == 0 then return {out_held, out_new} end
+local cap = tonumber(ARGV[3])
+local function body(fields)
+  for i = 1, #fields, 2 do
+    if fields[i] == 'job_id' then return redis.call('HGET', KEYS[2], fields[i + 1]) end
+  end
+  return false
+end
+local last = '0-0'
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', cap, ARGV[2])
+if p.err then
+  p = {}
+else
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info['name'] == ARGV[1] then last = info['last-delivered-id'] end
+  end
+end
+local n = 0
+for _, e in ipairs(p) do
+  local r = redis.call('XRANGE', KEYS[1], e[1], e[1])
+  local b = #r > 0 and body(r[1][2])
+  if b then
+    table.insert(out_held, e[1])
+    table.insert(out_held, b)
+    n = n + 1
+  end
+end
+if ARGV[4] ~= '1' and n < cap then
+  for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', cap - n)) do
+    local b = body(e[2])
+    if b then
+      table.insert(out_new, e[1])
+      table.insert(out_new, b)
+    end
+  end
+end
+return {out_held, out_new}
+"""
+
+
+def _pairs(flat: list[str]) -> list[tuple[str, str]]:
+    return list(zip(flat[::2], flat[1::2], strict=True))
+
+
+class _QueueState:
+    __slots__ = ("ensured", "inflight", "last_reclaim", "woken")
+
+    def __init__(self) -> None:
+        self.ensured = False
+        self.inflight: dict[str, str] = {}  # job_id -> entry id of jobs this node took
+        self.last_reclaim = 0.0
+        self.woken = asyncio.Event()
+
+
+class RedisBus:
+    """The :class:`~rentahal.bus.base.Bus` on Redis Streams and pub/sub, shared by all nodes.
+
+    ``node_id`` names this node's consumer; ``claim_idle_ms`` is how long a taken
+    job may go without its node's heartbeat before another node takes it over;
+    ``block_ms`` bounds one ``XREADGROUP BLOCK`` and hence how late :meth:`wake`
+    and jobs requeued by other nodes are noticed; ``retry_s`` is how long one
+    operation retries a lost connection before raising :class:`BusError`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        node_id: str,
+        *,
+        group: str = "rentahal",
+        claim_idle_ms: int = 30000,
+        block_ms: int = 200,
+        retry_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        if not node_id or node_id == keys.HELD_CONSUMER:
+            raise ValueError(f"invalid node id {node_id!r}")
+        self.url = url
+        self.node_id = node_id
+        self.group = group
+        self.claim_idle_ms = claim_idle_ms
+        self.block_ms = max(1, block_ms)
+        self.retry_s = retry_s
+        self._redis: Redis = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=connect_timeout_s,
+            # Longer than any BLOCK, so a blocked read is never cut short.
+            socket_timeout=connect_timeout_s + self.block_ms / 1000,
+            retry=Retry(NoBackoff(), 0),  # we retry ourselves, with back-off and a limit
+            health_check_interval=30,
+        )
+        self._scripts = {
+            name: self._redis.register_script(src)
+            for name, src in (
+                ("enqueue", _ENQUEUE),
+                ("move", _MOVE),
+                ("heartbeat", _HEARTBEAT),
+                ("reclaim", _RECLAIM),
+                ("remove", _REMOVE),
+                ("ack", _ACK),
+                ("depth", _DEPTH),
+                ("waiting", _WAITING),
+            )
+        }
+        self._queues: dict[str, _QueueState] = {}
+        self._handlers: dict[str, list[MessageHandler]] = {}
+        self._listening = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    # lifecycle
+
+    async def start(self) -> None:
+        """Check the connection, then start the pub/sub listener and the heartbeat."""
+        await self._call(self._redis.ping, "ping")
+        self._tasks = [
+            asyncio.create_task(self._listen(), name=f"redis-bus-listen:{self.node_id}"),
+            asyncio.create_task(self._heartbeat(), name=f"redis-bus-heartbeat:{self.node_id}"),
+        ]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await self._listening.wait()
+
+    async def close(self, *, hand_back: bool = True) -> None:
+        """Stop the background tasks, hand taken jobs back (held), disconnect.
+
+        ``hand_back=False`` leaves taken jobs pending, as a crashed node would:
+        other nodes reclaim them after ``claim_idle_ms``.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        for q in self._queues.values():
+            q.woken.set()
+        if hand_back:
+            for queue, q in self._queues.items():
+                for job_id, entry in list(q.inflight.items()):
+                    try:
+                        async with asyncio.timeout(2.0):
+                            await self._move(queue, entry, self.node_id, keys.HELD_CONSUMER)
+                    except (BusError, TimeoutError, rexc.RedisError, OSError):
+                        logger.warning("could not hand back job %s; it is reclaimed later", job_id)
+                q.inflight.clear()
+        await self._redis.aclose()
+
+    # plumbing
+
+    async def _call(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run ``op``, retrying a lost connection with back-off for ``retry_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry_s
+        delay = 0.05
+        while True:
+            try:
+                return await op()
+            except _CONNECTION_ERRORS as exc:
+                if self._closed or loop.time() + delay > deadline:
+                    raise BusError(f"redis unreachable ({what}): {exc}") from exc
+                logger.debug("redis %s failed (%s); retrying in %.2fs", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except rexc.RedisError as exc:
+                raise BusError(f"redis {what} failed: {exc}") from exc
+
+    def _state(self, queue: str) -> _QueueState:
+        q = self._queues.get(queue)
+        if q is None:
+            q = self._queues[queue] = _QueueState()
+        return q
+
+    async def _ensure(self, queue: str) -> None:
+        """Create the group (and stream) of ``queue`` once, reclaiming this node's old entries.
+
+        A node restarted under the same id finds its previous life's taken
+        entries in its pending list; they go to held right away.
+        """
+        q = self._state(queue)
+        if q.ensured:
+            return
+        stream = keys.stream_key(queue)
+        try:
+            await self._redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+        except rexc.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        old = await self._redis.xpending_range(
+            stream, self.group, min="-", max="+", count=WAITING_CAP, consumername=self.node_id
+        )
+        for entry in old:
+            entry_id = str(entry["message_id"])
+            if entry_id not in q.inflight.values():
+                await self._move(queue, entry_id, self.node_id, keys.HELD_CONSUMER)
+        q.ensured = True
+
+    async def _move(
+        self, queue: str, entry: str, src: str, dst: str, job_id: str = "", body: str = ""
+    ) -> bool:
+        keys_ = [keys.stream_key(queue), keys.jobs_key(queue)]
+        args = [self.group, entry, src, dst, job_id, body]
+        return bool(await self._scripts["move"](keys=keys_, args=args))
+
+    def _parse(self, body: str) -> Job | None:
+        try:
+            return Job.model_validate_json(body)
+        except ValidationError:
+            logger.error("dropping an unreadable job: %.200s", body)
+            return None
+
+    # queues
+
+    async def enqueue(self, queue: str, job: Job) -> None:
+        """Append ``job`` to ``queue``."""
+        keys_ = [keys.stream_key(queue), keys.job_index_key(queue), keys.jobs_key(queue)]
+        args = [self.group, job.job_id, job.model_dump_json()]
+        await self._call(lambda: self._scripts["enqueue"](keys=keys_, args=args), "enqueue")
+
+    async def take(
+        self, queue: str, *, accept: JobFilter | None = None, timeout_s: float = 1.0
+    ) -> Job | None:
+        """The oldest acceptable job (held ones first), or ``None`` after ``timeout_s``.
+
+        A refused job is moved to held, where it keeps its place for the next
+        ``take`` on any node. While Redis is unreachable this waits (retrying)
+        and answers ``None`` at the deadline, so a consume loop survives a
+        Redis restart; other Redis errors raise :class:`BusError`.
+        """
+        q = self._state(queue)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        delay = 0.05
+        while not self._closed:
+            q.woken.clear()
+            try:
+                job = await self._take_once(queue, q, accept, deadline)
+                delay = 0.05
+            except _CONNECTION_ERRORS as exc:
+                q.ensured = False
+                remaining = deadline - loop.time()
+                logger.warning("redis unreachable while taking from %s: %s", queue, exc)
+                if remaining <= 0:
+                    return None
+                await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 2, 1.0)
+                continue
+            except rexc.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise BusError(f"redis take from {queue} failed: {exc}") from exc
+                q.ensured = False  # Redis lost the group (restarted empty): create it again
+                continue
+            except rexc.RedisError as exc:
+                raise BusError(f"redis take from {queue} failed: {exc}") from exc
+            if job is not None:
+                return job
+            if loop.time() >= deadline and not q.woken.is_set():
+                return None
+        return None
+
+    async def _take_once(
+        self, queue: str, q: _QueueState, accept: JobFilter | None, deadline: float
+    ) -> Job | None:
+        await self._ensure(queue)
+        await self._maybe_reclaim(queue, q)
+        job = await self._take_held(queue, q, accept)
+        if job is not None:
+            return job
+        remaining_ms = int((deadline - asyncio.get_running_loop().time()) * 1000)
+        block_ms = min(self.block_ms, remaining_ms) if remaining_ms >= 1 else None
+        return await self._take_new(queue, q, accept, block_ms)
+
+    async def _maybe_reclaim(self, queue: str, q: _QueueState) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - q.last_reclaim < self.claim_idle_ms / 2000:
+            return
+        q.last_reclaim = now
+        moved = await self._scripts["reclaim"](
+            keys=[keys.stream_key(queue)],
+            args=[
+                self.group,
+                keys.HELD_CONSUMER,
+                self.claim_idle_ms,
+                WAITING_CAP,
+                max(10 * self.claim_idle_ms, 60000),
+            ],
+        )
+        if moved:
+            logger.warning("reclaimed %d stale job(s) of %s", len(moved), queue)
+
+    async def _take_held(self, queue: str, q: _QueueState, accept: JobFilter | None) -> Job | None:
+        held, _new = await self._scripts["waiting"](
+            keys=[keys.stream_key(queue), keys.jobs_key(queue)],
+            args=[self.group, keys.HELD_CONSUMER, WAITING_CAP, "1"],
+        )
+        for entry, body in _pairs(held):
+            job = self._parse(body)
+            if job is None or (accept is not None and not accept(job)):
+                continue
+            # Another node may win the race for this entry: then try the next one.
+            if await self._claim(queue, q, entry, job.job_id, keys.HELD_CONSUMER):
+                return job
+        return None
+
+    async def _claim(self, queue: str, q: _QueueState, entry: str, job_id: str, src: str) -> bool:
+        q.inflight[job_id] = entry
+        try:
+            if await self._move(queue, entry, src, self.node_id):
+                return True
+        except BaseException:
+            q.inflight.pop(job_id, None)
+            raise
+        q.inflight.pop(job_id, None)
+        return False
+
+    async def _take_new(
+        self, queue: str, q: _QueueState, accept: JobFilter | None, block_ms: int | None
+    ) -> Job | None:
+        stream = keys.stream_key(queue)
+        reply = await self._redis.xreadgroup(
+            self.group, self.node_id, {stream: ">"}, count=1, block=block_ms
+        )
+        if not reply:
+            return None
+        entry, fields = reply[0][1][0]
+        job_id = fields.get("job_id", "")
+        q.inflight[job_id] = entry  # from here a cancellation must hand the entry back
+        try:
+            body = await self._redis.hget(keys.jobs_key(queue), job_id)
+            job = self._parse(body) if body else None
+            if job is None:
+                q.inflight.pop(job_id, None)
+                await self._scripts["ack"](
+                    keys=[stream, keys.job_index_key(queue), keys.jobs_key(queue)],
+                    args=[self.group, job_id, entry],
+                )
+                return None
+            if accept is None or accept(job):
+                return job
+        except BaseException:
+            q.inflight.pop(job_id, None)
+            await asyncio.shield(self._move(queue, entry, self.node_id, keys.HELD_CONSUMER))
+            raise
+        q.inflight.pop(job_id, None)
+        await self._move(queue, entry, self.node_id, keys.HELD_CONSUMER)
+        return None
+
+    def wake(self, queue: str) -> None:
+        """Make waiting :meth:`take` calls look again (within ``block_ms``)."""
+        self._state(queue).woken.set()
+
+    async def ack(self, queue: str, job_id: str) -> None:
+        """The job is finished: delete its entry and its JSON (``XACK`` + ``XDEL``)."""
+        entry = self._state(queue).inflight.pop(job_id, "")
+        keys_ = [keys.stream_key(queue), keys.job_index_key(queue), keys.jobs_key(queue)]
+        args = [self.group, job_id, entry]
+        await self._call(lambda: self._scripts["ack"](keys=keys_, args=args), "ack")
+
+    async def requeue(self, queue: str, job: Job) -> None:
+        """Hand a taken job back to held, at its original place, with ``job``'s new state.
+
+        A job this node did not take (or lost to a reclaim) is appended instead,
+        unless another node owns it now.
+        """
+        q = self._state(queue)
+        entry = q.inflight.pop(job.job_id, None)
+        body = job.model_dump_json()
+        if entry is not None:
+
+            async def _hold() -> bool:
+                return await self._move(
+                    queue, entry, self.node_id, keys.HELD_CONSUMER, job.job_id, body
+                )
+
+            if await self._call(_hold, "requeue"):
+                q.woken.set()
+                return
+            logger.warning("job %s was reclaimed by another node; not requeued", job.job_id)
+            return
+        await self.enqueue(queue, job)
+
+    async def remove(self, queue: str, job_id: str) -> Job | None:
+        """Take a waiting (new or held) job out, atomically against any node's ``take``."""
+        keys_ = [keys.stream_key(queue), keys.job_index_key(queue), keys.jobs_key(queue)]
+        args = [self.group, job_id, keys.HELD_CONSUMER]
+        body = await self._call(lambda: self._scripts["remove"](keys=keys_, args=args), "remove")
+        return self._parse(body) if body else None
+
+    async def waiting(self, queue: str) -> list[Job]:
+        """The waiting jobs in the order ``take`` offers them (at most :data:`WAITING_CAP`)."""
+        keys_ = [keys.stream_key(queue), keys.jobs_key(queue)]
+        args = [self.group, keys.HELD_CONSUMER, WAITING_CAP, "0"]
+        held, new = await self._call(
+            lambda: self._scripts["waiting"](keys=keys_, args=args), "waiting"
+        )
+        jobs = (self._parse(body) for _entry, body in _pairs(held) + _pairs(new))
+        return [job for job in jobs if job is not None]
+
+    async def depth(self, queue: str) -> int:
+        """How many jobs wait in ``queue`` (new plus held)."""
+        keys_ = [keys.stream_key(queue)]
+        args = [self.group, keys.HELD_CONSUMER]
+        return int(await self._call(lambda: self._scripts["depth"](keys=keys_, args=args), "depth"))
+
+    async def _heartbeat(self) -> None:
+        """Keep this node's taken entries fresh so no other node reclaims them."""
+        interval_s = max(self.claim_idle_ms / 3000, 0.02)
+        while True:
+            await asyncio.sleep(interval_s)
+            for queue, q in list(self._queues.items()):
+                if not q.inflight:
+                    continue
+                try:
+                    lost = await self._scripts["heartbeat"](
+                        keys=[keys.stream_key(queue)],
+                        args=[self.group, self.node_id, *q.inflight.values()],
+                    )
+                except rexc.RedisError as exc:
+                    logger.warning("heartbeat of %s failed: %s", queue, exc)
+                    continue
+                for entry in lost:
+                    for job_id, mine in list(q.inflight.items()):
+                        if mine == entry:
+                            logger.warning("job %s was taken over by another node", job_id)
+                            del q.inflight[job_id]
+
+    # exactly-once
+
+    async def claim_delivery(self, job_id: str, ttl_s: int = 86400) -> bool:
+        """True for the first caller (on any node) for ``job_id``; ``False`` ever after.
+
+        Guards delivering a result twice when a reclaimed job ran on two nodes.
+        """
+        key = keys.delivered_key(job_id)
+        ok = await self._call(
+            lambda: self._redis.set(key, self.node_id, nx=True, ex=ttl_s), "claim_delivery"
+        )
+        return bool(ok)
+
+    # pub/sub
+
+    async def publish(self, channel: str, message: dict[str, Any]) -> None:
+        """Send ``message`` (as JSON) to every subscriber of ``channel`` on every node."""
+        data = json.dumps(message)
+        key = keys.channel_key(channel)
+        await self._call(lambda: self._redis.publish(key, data), "publish")
+
+    def subscribe(self, channel: str, handler: MessageHandler) -> None:
+        """Call ``handler`` for each message on ``channel``.
+
+        Channels subscribed before :meth:`start` are listening when it returns;
+        later ones within ``block_ms``-ish (the listener's next turn).
+        """
+        self._handlers.setdefault(channel, []).append(handler)
+
+    async def _listen(self) -> None:
+        """Own the pub/sub connection: (re)subscribe, dispatch, reconnect with back-off."""
+        delay = 0.05
+        while True:
+            pubsub: PubSub = self._redis.pubsub(ignore_subscribe_messages=True)
+            subscribed: set[str] = set()
+            try:
+                while True:
+                    wanted = set(self._handlers) - subscribed
+                    if wanted:
+                        await pubsub.subscribe(*(keys.channel_key(c) for c in wanted))
+                        subscribed |= wanted
+                    self._listening.set()
+                    if not subscribed:
+                        await asyncio.sleep(self.block_ms / 1000)
+                        continue
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=self.block_ms / 1000
+                    )
+                    delay = 0.05
+                    if message is not None and message.get("type") == "message":
+                        await self._dispatch(str(message["channel"]), message["data"])
+            except _CONNECTION_ERRORS as exc:
+                logger.warning("pub/sub connection lost (%s); reconnecting in %.2fs", exc, delay)
+            finally:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2.0):
+                        await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _dispatch(self, key: str, data: str) -> None:
+        channel = key.removeprefix(keys.channel_key(""))
+        try:
+            message = json.loads(data)
+        except ValueError:
+            logger.error("dropping a non-JSON message on %s", channel)
+            return
+        for handler in list(self._handlers.get(channel, ())):
+            try:
+                await handler(message)
+            except Exception:
+                logger.exception("handler of channel %s failed", channel)
