@@ -110,3 +110,23 @@ def _ints(text: str) -> list[int]:
     if not values or any(v < 1 or v > 1024 for v in values):
         raise typer.BadParameter("each value must be between 1 and 1024")
     return values
+
+
+@bench_app.command()
+def connections(
+    clients: int = typer.Option(2000, min=1, max=20_000, help="Idle WebSocket clients to hold."),
+    deflate: bool = typer.Option(True, help="Negotiate permessage-deflate like a browser."),
+    sysop_first: bool = typer.Option(True, help="Connect the sysop before the clients."),
+    connect_timeout: float = typer.Option(90.0, min=1, max=600, help="Limit on connecting (s)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Memory per idle WebSocket connection and sysop_message fan-out time."""
+    from rentahal.bench.scenarios import connections as scenario
+
+    opts = scenario.ConnectionsOptions(
+        clients=clients,
+        deflate=deflate,
+        sysop_first=sysop_first,
+        connect_timeout_s=connect_timeout,
+    )
+    execute(lambda phases, cmd: scenario.run(opts, phases, cmd), as_json)
