@@ -73,9 +73,10 @@ def open_page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Open
 
     ``open_page(server, viewport=..., name=...)`` loads the broker's GUI and waits until the
     page's socket is connected. The first page's screenshot is named after the test, further
-    pages get ``-<name>`` appended.
+    pages get ``-<name>`` appended. An uncaught JavaScript error in any page fails the test.
     """
     opened: list[tuple[BrowserContext, Page, str]] = []
+    page_errors: list[str] = []
     base = screenshot_name(request.node.nodeid)
 
     def open_(
@@ -88,6 +89,7 @@ def open_page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Open
         context = browser.new_context(viewport=viewport or DESKTOP, **context_options)
         context.set_default_timeout(EXPECT_TIMEOUT_MS)
         page = context.new_page()
+        page.on("pageerror", lambda error: page_errors.append(f"{error.name}: {error.message}"))
         suffix = f"-{name}" if name else ("" if not opened else f"-{len(opened) + 1}")
         opened.append((context, page, base + suffix))
         page.goto(server.url + "/")
@@ -101,6 +103,8 @@ def open_page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Open
             page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
         finally:
             context.close()
+    if page_errors:
+        pytest.fail(f"uncaught errors in the page: {page_errors}")
 
 
 def wait_connected(page: Page) -> None:
