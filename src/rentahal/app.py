@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from rentahal.api import ws
+from rentahal.api import admin, metrics, ws
 from rentahal.api.debug import router as debug_router
 from rentahal.broker import Broker
 from rentahal.bus.base import Bus
@@ -66,6 +66,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.include_router(ws.router)
     app.include_router(debug_router)
+    app.include_router(metrics.router)
+    app.include_router(admin.router)
 
     @app.get("/", include_in_schema=False, response_model=None)
     async def index() -> FileResponse | HTMLResponse:

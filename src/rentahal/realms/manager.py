@@ -65,8 +65,9 @@ class RealmWorkerManager:
     def _pool_free(self, pool_name: str, query: Query, exclude: Iterable[str]) -> list[WorkerState]:
         pool = self.realms.pools[pool_name]
         wtype, family = dispatch_type(query), worker_family(query.model_type)
+        members = set(pool.members) & self.member_names()
         return self.workers.free(
-            self.workers.candidates(wtype, "", family, within=set(pool.members)), exclude
+            self.workers.candidates(wtype, "", family, within=members), exclude
         )
 
     def _own_free(self, query: Query, exclude: Iterable[str], model: str) -> list[WorkerState]:
@@ -104,6 +105,13 @@ class RealmWorkerManager:
         """True when some step of the selection order has a free worker."""
         free, _strategy, _cross = self._plan(query, ())
         return bool(free)
+
+    def peek(self, query: Query) -> AIWorker | None:
+        """The worker :meth:`reserve` would choose, without taking a slot."""
+        free, _strategy, _cross = self._plan(query, ())
+        if not free:
+            return None
+        return max(free, key=lambda s: s.worker.health_score).worker
 
     def reserve(self, query: Query, exclude: Iterable[str] = ()) -> AIWorker | None:
         """Take a slot following the selection order."""

@@ -213,6 +213,13 @@ class WorkerRegistry:
             dispatch_type(query), query.model_name, exclude, worker_family(query.model_type)
         )
 
+    def peek(self, query: Query) -> AIWorker | None:
+        """The worker :meth:`reserve` would choose, without taking a slot."""
+        free = self.free(
+            self.candidates(dispatch_type(query), query.model_name, worker_family(query.model_type))
+        )
+        return _HEALTH.pick(free).worker if free else None
+
     def reserve_type(
         self,
         worker_type: str,
@@ -340,7 +347,6 @@ class WorkerRegistry:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
-
 
 
 class _TypeSelector:

@@ -1,0 +1,61 @@
+"""``/metrics`` (Prometheus), the realm summary for the dashboard, and federation status."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from rentahal.broker import Broker
+
+router = APIRouter()
+
+
+def _broker(request: Request) -> Broker:
+    return request.app.state.broker  # type: ignore[no-any-return]
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition of every realm's figures."""
+    broker = _broker(request)
+    broker.metrics.sample(await broker.live_realms())
+    return Response(broker.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/api/realms/summary")
+async def realm_summary(request: Request) -> dict[str, Any]:
+    """Per realm: queue depth, load, totals and workers (polled by the dashboard)."""
+    return {"realms": await _broker(request).realm_summary(), "timestamp": time.time()}
+
+
+@router.get("/api/federation/status")
+async def federation_status(request: Request) -> dict[str, Any]:
+    """This instance's part of the federation: realms, workers, connections, totals."""
+    broker = _broker(request)
+    summary = broker.metrics.get_summary_metrics()
+    realms = broker.realms
+    return {
+        "federation_id": realms.registry.file.federation_id if realms else None,
+        "node_id": broker.node_id,
+        "realms_enabled": realms is not None,
+        "realms": await broker.realm_summary(),
+        "routing_table": realms.router.routing_table() if realms else {},
+        "router": (
+            {
+                "cross_realm_queries": realms.router.stats.cross_realm_queries,
+                "backup_routes": realms.router.stats.backup_routes,
+                "failed_routes": realms.router.stats.failed_routes,
+            }
+            if realms
+            else {}
+        ),
+        "workers": len(broker.registry.workers()),
+        "connections": broker.connections.count,
+        "peak_connections": broker.connections.peak,
+        "processed": summary["total_queries"],
+        "errors": summary["total_errors"],
+        "error_rate": summary["error_rate"],
+    }
