@@ -130,3 +130,55 @@ def connections(
         connect_timeout_s=connect_timeout,
     )
     execute(lambda phases, cmd: scenario.run(opts, phases, cmd), as_json)
+
+
+@bench_app.command()
+def capacity(
+    workers: int = typer.Option(4, min=1, max=32, help="Reference workers."),
+    latency_ms: float = typer.Option(100.0, min=1, max=10_000, help="Worker latency (ms)."),
+    caps: str = typer.Option("1,4", help="Comma-separated max_concurrency per worker."),
+    duration: float = typer.Option(8.0, "--duration", "-d", min=0.2, max=120),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Achieved throughput of W workers of latency L against the ideal W*cap/L."""
+    from rentahal.bench.scenarios import capacity as scenario
+
+    opts = scenario.CapacityOptions(
+        workers=workers, latency_ms=latency_ms, caps=_ints(caps), duration_s=duration
+    )
+    execute(lambda phases, cmd: scenario.run(opts, phases, cmd), as_json)
+
+
+@bench_app.command()
+def isolation(
+    chat_clients: int = typer.Option(4, min=1, max=256),
+    chat_latency_ms: float = typer.Option(20.0, min=0, max=10_000),
+    imagine_clients: int = typer.Option(16, min=1, max=256),
+    imagine_latency_ms: float = typer.Option(1000.0, min=1, max=60_000),
+    duration: float = typer.Option(8.0, "--duration", "-d", min=0.2, max=120),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Chat latency while slow imagine jobs saturate their worker, against chat alone."""
+    from rentahal.bench.scenarios import isolation as scenario
+
+    opts = scenario.IsolationOptions(
+        chat_clients=chat_clients,
+        chat_latency_ms=chat_latency_ms,
+        imagine_clients=imagine_clients,
+        imagine_latency_ms=imagine_latency_ms,
+        duration_s=duration,
+    )
+    execute(lambda phases, cmd: scenario.run(opts, phases, cmd), as_json)
+
+
+@bench_app.command()
+def nodes(
+    clients: int = typer.Option(32, min=2, max=1024),
+    duration: float = DurationOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """The same load on 1 and 2 broker nodes sharing redis-server (started here)."""
+    from rentahal.bench.scenarios import nodes as scenario
+
+    opts = scenario.NodesOptions(clients=clients, duration_s=duration)
+    execute(lambda phases, cmd: scenario.run(opts, phases, cmd), as_json)

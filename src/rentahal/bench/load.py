@@ -210,6 +210,7 @@ class WSQueryClient:
     def __init__(self, ws: ClientConnection, query: dict[str, Any]) -> None:
         self.ws = ws
         self._frame = orjson.dumps({"type": "submit_query", "query": query}).decode()
+        self.realm: str | None = None  # the queue the broker said it used
 
     @classmethod
     async def open(
@@ -235,6 +236,8 @@ class WSQueryClient:
             raw = await self.ws.recv(decode=False)
             # Cheap prefilter: most frames are queue_update/user_info we do not need to parse.
             if b'"query_result"' not in raw and b'"error"' not in raw:
+                if self.realm is None and b'"query_queued"' in raw:
+                    self.realm = str(orjson.loads(raw).get("realm"))
                 continue
             message = orjson.loads(raw)
             kind = message.get("type")

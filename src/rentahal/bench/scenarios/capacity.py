@@ -1,0 +1,92 @@
+"""``capacity``: W workers of latency L; achieved throughput against the ideal W*cap/L."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rentahal.bench.load import Client, WSQueryClient, close_clients, closed_loop, open_clients
+from rentahal.bench.procs import BrokerConfig, Cluster, chat_worker
+from rentahal.bench.report import ScenarioReport
+from rentahal.bench.scenarios._common import Phases, ledger_rows, ws_url
+
+
+@dataclass
+class CapacityOptions:
+    """Knobs of the ``capacity`` scenario."""
+
+    workers: int = 4
+    latency_ms: float = 100.0
+    caps: list[int] = field(default_factory=lambda: [1, 4])
+    duration_s: float = 8.0
+    warmup_s: float = 1.0
+    max_requests: int = 100_000
+
+
+async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioReport:
+    """Run the scenario and build its report."""
+    report = ScenarioReport(
+        scenario="capacity",
+        command=command,
+        columns=[
+            "workers x cap",
+            "latency ms",
+            "clients",
+            "ideal /s",
+            "achieved /s",
+            "% of ideal",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "ledger ok",
+        ],
+    )
+    for cap in opts.caps:
+        with Cluster() as cluster:
+            phases.start(f"starting {opts.workers} workers (cap {cap}) and broker")
+            workers = cluster.start_workers(
+                opts.workers, latency_ms=opts.latency_ms, max_concurrency=cap
+            )
+            cluster.seed([chat_worker(w, max_concurrency=cap) for w in workers])
+            broker = cluster.start_broker(BrokerConfig())
+            # Twice the slots: the queue never runs dry, so idle slots are the broker's fault.
+            n_clients = 2 * opts.workers * cap
+            clients: list[Client] = await open_clients(
+                lambda: WSQueryClient.open(ws_url(broker)), n_clients
+            )
+            tick = phases.start(f"{opts.workers} workers x cap {cap}, {n_clients} clients")
+            try:
+                res = await closed_loop(
+                    clients,
+                    f"cap {cap}",
+                    duration_s=opts.duration_s,
+                    max_requests=opts.max_requests,
+                    warmup_s=opts.warmup_s,
+                    on_progress=tick,
+                )
+            finally:
+                await close_clients(clients)
+            rows = ledger_rows(cluster.db_path)
+        ideal = opts.workers * cap * 1000.0 / opts.latency_ms
+        share = 100 * res.throughput / ideal
+        report.add_row(
+            f"{opts.workers} x {cap}",
+            opts.latency_ms,
+            n_clients,
+            ideal,
+            res.throughput,
+            share,
+            res.p50_ms,
+            res.p99_ms,
+            res.errors,
+            rows >= res.answered,
+        )
+        report.data[f"cap_{cap}"] = {**res.summary(), "ideal_per_s": ideal, "ledger_rows": rows}
+        report.target(f"capacity cap {cap}", ">= 95% of W*cap/L", f"{share:.1f}%", share >= 95)
+        report.ok = report.ok and res.ok > 0 and rows >= res.answered
+    phases.done()
+    report.notes += [
+        "Clients = 2 x total slots, so a slot is idle only while the broker hands over a job.",
+        "Worker latency is a sleep in the reference worker (--latency-ms); its --max-concurrency"
+        " equals the broker's max_concurrency for it.",
+    ]
+    return report
