@@ -46,11 +46,9 @@ from tests.support.servers import (
 
 def wire_api(app: FastAPI) -> None:
     """Include the API routers unless ``create_app`` already does."""
-    paths = {getattr(route, "path", None) for route in app.routes}
-    if "/api/chat" not in paths:
-        app.include_router(queries.router)
-    if "/v1/models" not in paths:
-        app.include_router(openai_api.router)
+    for router in (queries.router, openai_api.router):
+        if not any(getattr(route, "original_router", None) is router for route in app.routes):
+            app.include_router(router)
 
 
 def start_api_broker(

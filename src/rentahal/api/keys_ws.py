@@ -7,13 +7,15 @@ time the key is shown); ``list_api_keys`` -> ``api_keys`` {keys}; ``revoke_api_k
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from rentahal.api.messages import Handler, Session
 from rentahal.errors import QueryRejected
 from rentahal.storage.keys import MAX_NAME_CHARS, PREFIX_CHARS, KeyStore
+
+if TYPE_CHECKING:  # messages.py imports this module to merge KEY_HANDLERS
+    from rentahal.api.messages import Handler, Session
 
 
 class _KeyName(BaseModel):
