@@ -17,6 +17,7 @@ from playwright.sync_api import (
     BrowserContext,
     Page,
     Playwright,
+    ViewportSize,
     expect,
     sync_playwright,
 )
@@ -34,7 +35,7 @@ CHROMIUM_ARGS = [
 ]
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-DESKTOP = {"width": 1280, "height": 900}
+DESKTOP: ViewportSize = {"width": 1280, "height": 900}
 # Long enough for a query through a worker process; short enough to fail fast.
 EXPECT_TIMEOUT_MS = 15_000
 
@@ -82,7 +83,7 @@ def open_page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Open
     def open_(
         server: BrokerServer,
         *,
-        viewport: dict[str, int] | None = None,
+        viewport: ViewportSize | None = None,
         name: str | None = None,
         **context_options: Any,
     ) -> Page:

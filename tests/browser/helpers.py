@@ -6,7 +6,7 @@ import io
 import random
 
 from PIL import Image
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Dialog, FilePayload, Locator, Page, expect
 
 
 def ask(page: Page, prompt: str, query_type: str = "chat", *, keyboard: bool = True) -> Locator:
@@ -47,3 +47,21 @@ def noisy_png(width: int, height: int, seed: int = 7) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG")
     return out.getvalue()
+
+
+def record_dialogs(page: Page) -> list[str]:
+    """Dismiss every alert/confirm/prompt ``page`` opens; returns the list of their messages."""
+    messages: list[str] = []
+
+    def on_dialog(dialog: Dialog) -> None:
+        messages.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
+    return messages
+
+
+def choose_image(page: Page, name: str, png: bytes) -> None:
+    """Pick ``png`` in the vision file input, as if chosen in the file dialog."""
+    payload: FilePayload = {"name": name, "mimeType": "image/png", "buffer": png}
+    page.locator("#vision-file").set_input_files(files=[payload])

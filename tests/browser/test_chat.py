@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import Dialog, expect
+from playwright.sync_api import expect
 
 from tests.browser.conftest import OpenPage
-from tests.browser.helpers import answer_text, ask, total_cost
+from tests.browser.helpers import answer_text, ask, record_dialogs, total_cost
 from tests.support.servers import BrokerServer
 
 pytestmark = pytest.mark.browser
@@ -36,13 +36,7 @@ def test_markup_in_a_prompt_is_shown_as_text_and_runs_nothing(
     broker: BrokerServer, open_page: OpenPage
 ) -> None:
     page = open_page(broker)
-    dialogs: list[str] = []
-
-    def on_dialog(dialog: Dialog) -> None:
-        dialogs.append(dialog.message)
-        dialog.dismiss()
-
-    page.on("dialog", on_dialog)
+    dialogs = record_dialogs(page)
     hostile = "<img src=x onerror=alert(1)>"
 
     turn = ask(page, hostile)

@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 
 from rentahal.api.security import CONTENT_SECURITY_POLICY, add_security_headers
 from tests.browser.conftest import ROOT, OpenPage
-from tests.browser.helpers import answer_text, ask, noisy_png
+from tests.browser.helpers import answer_text, ask, choose_image, noisy_png
 from tests.support.servers import BrokerServer, broker_settings, demo_worker_records, seed
 
 pytestmark = pytest.mark.browser
@@ -56,9 +56,7 @@ def test_the_page_works_under_its_content_security_policy(
         arg=turn.locator("img.answer-image").element_handle(),
     )
     page.select_option("#query-type", "vision")
-    page.locator("#vision-file").set_input_files(
-        files=[{"name": "small.png", "mimeType": "image/png", "buffer": noisy_png(64, 48)}]
-    )
+    choose_image(page, "small.png", noisy_png(64, 48))
     page.wait_for_function(
         "img => img.complete && img.naturalWidth === 64",
         arg=page.locator("#vision-preview").element_handle(),
@@ -81,6 +79,10 @@ def test_readme_screenshot_of_the_gui(broker: BrokerServer, open_page: OpenPage)
     page.locator("#nickname").fill("ada")
     page.locator("#nickname-save").click()
     expect(page.locator("#user-nick")).to_have_text("ada")
+    # the sysop's own lists follow the rename
+    expect(page.locator("#active-users")).to_contain_text("ada (")
+    guid = page.evaluate("() => window.rentahal.state.user.guid")
+    expect(page.locator(f'#users-table tr[data-guid="{guid}"] td').first).to_have_text("ada")
 
     turn = ask(page, "What does RENT-A-HAL do?")
     expect(answer_text(turn)).to_contain_text("What does RENT-A-HAL do?")

@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import OpenPage
-from tests.browser.helpers import answer_text, ask, noisy_png
+from tests.browser.helpers import answer_text, ask, choose_image, noisy_png
 from tests.support.servers import BrokerServer
 
 pytestmark = pytest.mark.browser
@@ -22,9 +22,7 @@ def test_vision_upload_is_answered_with_the_preprocessed_size(
     expect(page.locator("#vision-box")).to_be_visible()
     # random pixels: about 1.4 MB of PNG, so the upload takes two 1 MiB chunks
     image = noisy_png(800, 600)
-    page.locator("#vision-file").set_input_files(
-        files=[{"name": "noise.png", "mimeType": "image/png", "buffer": image}]
-    )
+    choose_image(page, "noise.png", image)
     expect(page.locator("#vision-preview")).to_be_visible()
     expect(page.locator("#vision-file-name")).to_have_text("noise.png")
 

@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import OpenPage
-from tests.browser.helpers import answer_text, ask
+from tests.browser.helpers import answer_text, ask, record_dialogs
 from tests.support.servers import BrokerServer
 
 pytestmark = pytest.mark.browser
@@ -20,11 +20,18 @@ def test_a_sysop_bans_a_user_from_the_console(broker: BrokerServer, open_page: O
     expect(user.locator("#sysop-panel")).to_be_hidden()
     expect(user.locator("#banned-banner")).to_be_hidden()
     guid = user.evaluate("() => window.rentahal.state.user.guid")
-    nickname = user.evaluate("() => window.rentahal.state.user.nickname")
+    dialogs = record_dialogs(sysop)
+    # a nickname with markup is shown to the sysop as text
+    nickname = "<img src=x onerror=alert(1)>"
+    user.locator("#nickname").fill(nickname)
+    user.locator("#nickname-save").click()
+    expect(user.locator("#user-nick")).to_have_text(nickname)
 
     sysop.locator("#refresh-stats").click()
     row = sysop.locator(f'#users-table tr[data-guid="{guid}"]')
-    expect(row).to_contain_text(nickname)
+    expect(row.locator("td").first).to_have_text(nickname)
+    expect(sysop.locator("#active-users")).to_contain_text(nickname)
+    assert sysop.locator('img[src="x"]').count() == 0
     expect(row.locator(".user-status")).to_have_text("ok")
     row.locator(".ban-user").click()
 
@@ -38,6 +45,7 @@ def test_a_sysop_bans_a_user_from_the_console(broker: BrokerServer, open_page: O
     expect(sysop.locator("#banned-banner")).to_be_hidden()
     turn = ask(sysop, "still here")
     expect(answer_text(turn)).to_contain_text("still here")
+    assert dialogs == []
 
 
 def test_the_realm_dashboard_counts_processed_queries(

@@ -239,6 +239,10 @@ function showUser(user) {
   showCost();
   sysop.setVisible(Boolean(user.is_sysop));
   els.activeUsersBox.hidden = !user.is_sysop;
+  if (user.is_sysop) {
+    sysop.updateUser(user);
+    showActiveUsers();
+  }
   if (user.is_banned) banned();
 }
 

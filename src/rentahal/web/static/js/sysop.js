@@ -176,6 +176,14 @@ export class SysopConsole {
     this.renderUsers();
   }
 
+  /** A fresher copy of one user (e.g. our own `user_info` after a rename). */
+  updateUser(user) {
+    const known = this.users.find((u) => u.guid === user?.guid);
+    if (!known) return;
+    Object.assign(known, user);
+    this.renderUsers();
+  }
+
   userBanned(guid, banned) {
     const user = this.users.find((u) => u.guid === guid);
     if (user) {
