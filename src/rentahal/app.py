@@ -15,6 +15,8 @@ from fastapi.staticfiles import StaticFiles
 
 from rentahal.api import admin, metrics, ws
 from rentahal.api.debug import router as debug_router
+from rentahal.api.openai import router as openai_router
+from rentahal.api.queries import router as queries_router
 from rentahal.broker import Broker
 from rentahal.bus.base import Bus
 from rentahal.bus.memory import MemoryBus
@@ -66,6 +68,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.include_router(ws.router)
     app.include_router(debug_router)
+    app.include_router(queries_router)
+    app.include_router(openai_router)
     app.include_router(metrics.router)
     app.include_router(admin.router)
 

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from rentahal.config import Settings, load_settings
 from rentahal.errors import ConfigError
+from rentahal.keys_cli import keys_app
 from rentahal.worker.cli import worker_command
 
 app = typer.Typer(help="RENT-A-HAL realm broker", no_args_is_help=True, add_completion=False)
@@ -20,6 +21,7 @@ db_app = typer.Typer(help="Database maintenance", no_args_is_help=True)
 users_app = typer.Typer(help="User administration", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
 app.command("worker")(worker_command)
 console = Console()
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from rentahal.api.keys_ws import KEY_HANDLERS
 from rentahal.broker import Broker
 from rentahal.errors import BrokerError, QueryRejected, StorageError
 from rentahal.models import AIWorker, HuggingFaceModel, Job, Query, User, is_valid_guid
@@ -320,6 +321,7 @@ HANDLERS: dict[str, Handler] = {
     "unban_user": unban_user,
     "terminate_query": terminate_query,
     "sysop_message": sysop_message,
+    **KEY_HANDLERS,
 }
 
 SYSOP_ONLY = frozenset(
