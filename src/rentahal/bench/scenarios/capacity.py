@@ -51,7 +51,7 @@ async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioRe
             # Twice the slots: the queue never runs dry, so idle slots are the broker's fault.
             n_clients = 2 * opts.workers * cap
             clients: list[Client] = await open_clients(
-                lambda: WSQueryClient.open(ws_url(broker)), n_clients
+                lambda b=broker: WSQueryClient.open(ws_url(b)), n_clients
             )
             tick = phases.start(f"{opts.workers} workers x cap {cap}, {n_clients} clients")
             try:

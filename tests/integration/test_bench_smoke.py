@@ -1,0 +1,92 @@
+"""Every ``rentahal bench`` scenario at a tiny size, so the bench keeps working.
+
+A smoke test: it checks that each scenario starts what it needs, loads it, stops
+it and emits a well-formed JSON report. No timing assertion (figures on a shared
+CI machine mean nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from rentahal.bench import bench_app
+from rentahal.bench.procs import Cluster
+
+runner = CliRunner()
+
+
+def _bench(*args: str) -> dict[str, Any]:
+    result = runner.invoke(bench_app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report: dict[str, Any] = json.loads(result.stdout)
+    assert report["scenario"] == args[0]
+    assert report["rows"] and report["machine"]["cpus"] >= 1
+    return report
+
+
+def test_overhead_with_vs_url() -> None:
+    # Another OpenAI-compatible gateway: a reference worker's /v1/chat/completions.
+    with Cluster() as cluster:
+        (other,) = cluster.start_workers(1)
+        report = _bench(
+            "overhead",
+            "--concurrency",
+            "1,2",
+            "--duration",
+            "0.3",
+            "--vs-url",
+            f"http://{other.address}",
+        )
+    paths = {row[0] for row in report["rows"]}
+    assert {"direct /predict", "broker ws", f"vs http://{other.address}"} <= paths
+    assert report["data"]["ledger_rows"] >= report["data"]["broker_answered"] > 0
+
+
+def test_overhead_refuses_remote_vs_url() -> None:
+    result = runner.invoke(bench_app, ["overhead", "--vs-url", "http://example.com"])
+    assert result.exit_code == 2
+
+
+def test_capacity() -> None:
+    report = _bench(
+        "capacity", "--workers", "2", "--latency-ms", "20", "--caps", "1", "--duration", "0.5"
+    )
+    assert report["data"]["cap_1"]["ok"] > 0
+
+
+def test_connections() -> None:
+    report = _bench("connections", "--clients", "20", "--connect-timeout", "30")
+    assert report["data"]["connected"] == 20
+    assert report["data"]["received"] == 20
+
+
+def test_isolation() -> None:
+    report = _bench(
+        "isolation",
+        "--chat-clients",
+        "2",
+        "--imagine-clients",
+        "2",
+        "--imagine-latency-ms",
+        "300",
+        "--duration",
+        "0.5",
+    )
+    assert report["data"]["alone"]["ok"] > 0
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_nodes() -> None:
+    result = runner.invoke(bench_app, ["nodes", "--clients", "4", "--duration", "0.5", "--json"])
+    if result.exit_code == 2:  # multi-node mode missing: a clear message, never numbers
+        assert "multi-node mode is not functional" in result.output
+        return
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["data"]["ledger_rows"] == report["data"]["answered"] > 0
