@@ -1,0 +1,70 @@
+"""Fixtures of the bus tests: one Redis server for the session, buses of both kinds."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from tests.support.redis_server import RedisServer
+
+from rentahal.bus.memory import MemoryBus
+from rentahal.bus.redis import RedisBus
+
+Bus = MemoryBus | RedisBus
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server shared by the session; tests keep apart by unique queue names."""
+    with RedisServer() as server:
+        yield server
+
+
+class Nodes:
+    """Started buses, one per node id, closed after the test.
+
+    The memory bus is one process: every "node" is the same bus instance.
+    """
+
+    def __init__(self, kind: str, url: str = "") -> None:
+        self.kind = kind
+        self.url = url
+        self.buses: dict[str, Bus] = {}
+
+    async def node(self, node_id: str = "a", **options: int) -> Bus:
+        """The bus of ``node_id`` (started on first use)."""
+        if self.kind == "memory":
+            node_id = "memory"
+        if node_id not in self.buses:
+            bus: Bus = (
+                MemoryBus() if self.kind == "memory" else RedisBus(self.url, node_id, **options)
+            )
+            await bus.start()
+            self.buses[node_id] = bus
+        return self.buses[node_id]
+
+    async def close(self) -> None:
+        """Close every bus (they may already be closed)."""
+        for bus in self.buses.values():
+            await bus.close()
+
+
+@pytest.fixture(
+    params=["memory", pytest.param("redis", marks=pytest.mark.redis)],
+)
+async def nodes(request: pytest.FixtureRequest) -> AsyncIterator[Nodes]:
+    """Bus nodes of each implementation (Redis only starts a server when used)."""
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        result = Nodes("redis", server.url)
+    else:
+        result = Nodes("memory")
+    yield result
+    await result.close()
+
+
+@pytest.fixture
+def queue() -> str:
+    """A queue name no other test uses."""
+    return f"$TEST-{uuid.uuid4().hex[:8]}"
