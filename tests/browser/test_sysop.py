@@ -39,6 +39,8 @@ def test_a_sysop_bans_a_user_from_the_console(broker: BrokerServer, open_page: O
     expect(user.locator("#banned-banner")).to_contain_text("You are banned")
     expect(user.locator("#send")).to_be_disabled()
     expect(user.locator("#prompt")).to_be_disabled()
+    expect(user.locator("#mic")).to_be_disabled()
+    expect(user.locator("#nickname-save")).to_be_disabled()
     expect(row.locator(".user-status")).to_have_text("banned")
     expect(row.locator(".unban-user")).to_be_visible()
     # the sysop is untouched

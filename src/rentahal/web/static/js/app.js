@@ -251,8 +251,10 @@ function banned() {
   state.banned = true;
   els.banned.hidden = false;
   conn.stop();
-  els.send.disabled = true;
-  els.prompt.disabled = true;
+  // nothing on the page can reach the server any more: say so by disabling its controls
+  for (const form of [els.form, els.nicknameForm]) {
+    for (const control of form.elements) control.disabled = true;
+  }
   for (const entry of [...pending.entries]) pending.remove(entry);
 }
 
