@@ -39,7 +39,9 @@ def broker_factory(tmp_path: Path) -> Iterator[BrokerFactory]:
     started: list[BrokerServer] = []
 
     def start(workers: list[Any] | None = None, **sections: dict[str, Any]) -> BrokerServer:
-        settings = broker_settings(tmp_path, **sections)
+        home = tmp_path / f"broker{len(started)}"
+        home.mkdir(exist_ok=True)
+        settings = broker_settings(home, **sections)
         seed(settings, workers or [])
         server = BrokerServer(settings)
         server.start()

@@ -335,6 +335,8 @@ class Broker:
             if not fut.done():
                 fut.set_result(result)
             return
+        user = await self.get_user(result.user_guid) if result.status == "done" else None
+        # The result and the updated totals go out back to back, in this order.
         self.connections.send_user(result.user_guid, result.to_message())
         if not result.recorded:
             self.connections.send_user(
@@ -345,12 +347,10 @@ class Broker:
                     "message": "The query ran but could not be recorded: database unavailable",
                 },
             )
-        elif result.status == "done":
-            user = await self.get_user(result.user_guid)
-            if user is not None:
-                self.connections.send_user(
-                    result.user_guid, {"type": "user_info", "data": user.model_dump()}
-                )
+        elif user is not None:
+            self.connections.send_user(
+                result.user_guid, {"type": "user_info", "data": user.model_dump()}
+            )
 
     async def transcribe(self, audio: bytes) -> str:
         """Speech to text on a speech worker."""

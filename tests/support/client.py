@@ -52,6 +52,14 @@ class WSClient:
                 ):
                     return message
 
+    async def expect_any(self, kinds: tuple[str, ...], timeout_s: float = 10.0) -> dict[str, Any]:
+        """Read until a message of one of ``kinds`` arrives."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await self.recv(timeout_s)
+                if message.get("type") in kinds:
+                    return message
+
     async def connect_sequence(self) -> list[dict[str, Any]]:
         """Read the connect sequence up to ``huggingface_update`` (plus ``active_users``)."""
         out = []
