@@ -52,8 +52,29 @@ def test_cancelling_a_queued_query(
     assert worker_stats(slow_chat_worker)["requests_total"] == 1
 
 
+@pytest.fixture
+def start_again() -> Iterator[Callable[[BrokerServer], BrokerServer]]:
+    """Start a new broker on the port and with the settings of a stopped one.
+
+    Requested before ``open_page``, so the new broker outlives the page's final screenshot.
+    """
+    started: list[BrokerServer] = []
+
+    def start_again_(server: BrokerServer) -> BrokerServer:
+        again = BrokerServer(server.settings, port=server.port)
+        again.start()
+        started.append(again)
+        return again
+
+    yield start_again_
+    for server in started:
+        server.stop()
+
+
 def test_the_page_reconnects_to_a_restarted_broker(
-    broker: BrokerServer, open_page: OpenPage
+    broker: BrokerServer,
+    start_again: Callable[[BrokerServer], BrokerServer],
+    open_page: OpenPage,
 ) -> None:
     page = open_page(broker)
     state = page.locator("#connection-state")
@@ -65,14 +86,10 @@ def test_the_page_reconnects_to_a_restarted_broker(
     expect(state).to_have_text("reconnecting")
     expect(page.locator("#reconnect-info")).to_contain_text("retry")
 
-    restarted = BrokerServer(broker.settings, port=broker.port)
-    restarted.start()
-    try:
-        expect(state).to_have_attribute("data-state", "connected")
-        expect(state).to_have_text("connected")
-        turn = ask(page, "after the restart")
-        expect(answer_text(turn)).to_contain_text("after the restart")
-        # the same user (cookie) on the new broker, which reads the same database
-        expect(page.locator("#history .history-item")).to_have_count(2)
-    finally:
-        restarted.stop()
+    start_again(broker)
+    expect(state).to_have_attribute("data-state", "connected")
+    expect(state).to_have_text("connected")
+    turn = ask(page, "after the restart")
+    expect(answer_text(turn)).to_contain_text("after the restart")
+    # the same user (cookie) on the new broker, which reads the same database
+    expect(page.locator("#history .history-item")).to_have_count(2)
