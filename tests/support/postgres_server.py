@@ -134,17 +134,7 @@ class PostgresServer:
         log.close()
         deadline = time.monotonic() + timeout_s
         while True:
-            created = self._run(
-                str(self.bin / "createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                "postgres",
-                self.dbname,
-                timeout_s=10,
-            )
+            created = self._createdb(self.dbname)
             if created.returncode == 0:
                 return
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -154,6 +144,26 @@ class PostgresServer:
                     f"PostgreSQL did not start on {self.port}: {created.stderr}\n{output}"
                 )
             time.sleep(0.1)
+
+    def _createdb(self, name: str) -> subprocess.CompletedProcess[str]:
+        return self._run(
+            str(self.bin / "createdb"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            name,
+            timeout_s=10,
+        )
+
+    def create_database(self, name: str) -> str:
+        """Create another (empty) database on this server; its SQLAlchemy URL."""
+        created = self._createdb(name)
+        if created.returncode != 0:
+            raise RuntimeError(f"createdb {name} failed: {created.stderr}")
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT), then remove the cluster."""
