@@ -11,12 +11,14 @@ from typing import Protocol
 
 from rentahal.backends.health import HealthRules
 from rentahal.config import WorkerSettingsSection
-from rentahal.errors import NoWorkerAvailable, WorkerRateLimited
+from rentahal.errors import NoWorkerAvailable, WorkerRateLimited, WorkerRejected
 from rentahal.models import AIWorker, Query, dispatch_type, worker_family
 from rentahal.realms.strategies import HealthStrategy
 
 logger = logging.getLogger(__name__)
 _HEALTH = HealthStrategy()
+#: 4xx answers that blame the request's content rather than the worker or its configuration.
+_INPUT_FAULT_STATUSES = frozenset({400, 413, 415, 422})
 
 
 class WorkerSelector(Protocol):
@@ -299,7 +301,13 @@ class WorkerRegistry:
         state.circuit_open_until = 0.0
 
     def report_failure(self, name: str, error: Exception) -> None:
-        """A call failed: lower health at once; open the circuit after a streak; cool 429s."""
+        """A call failed: lower health at once; open the circuit after a streak; cool 429s.
+
+        A rejection of the request's content (400, 413, 415, 422: a bad prompt or
+        audio) is the query's fault, not the worker's: it is counted but neither
+        lowers health nor opens the circuit, so one user's bad input cannot shut
+        a worker off for everyone.
+        """
         state = self._states.get(name)
         if state is None:
             return
@@ -307,6 +315,8 @@ class WorkerRegistry:
         state.failures_total += 1
         if isinstance(error, WorkerRateLimited):
             state.cooldown_until = now + self.settings.rate_limit_cooldown_s
+            return
+        if isinstance(error, WorkerRejected) and error.status in _INPUT_FAULT_STATUSES:
             return
         self.rules.lower(state.worker, self.settings.health_error_delta)
         state.consecutive_failures += 1
