@@ -65,7 +65,7 @@ async def test_migrate_twice_is_idempotent(storage: Storage) -> None:
     async with storage.begin() as conn:
         version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
         stats_rows = (await conn.execute(select(func.count()).select_from(t.system_stats))).scalar()
-        tables = set(
+        tables: set[str] = set(
             (
                 await conn.execute(
                     text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
@@ -169,7 +169,7 @@ async def test_failed_and_cancelled_jobs_are_not_charged(storage: Storage) -> No
             Result(
                 job_id=job.job_id,
                 user_guid=user,
-                status=status,  # type: ignore[arg-type]
+                status=status,
                 processing_time=3.0,
                 error="boom",
             )

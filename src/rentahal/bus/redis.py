@@ -71,7 +71,10 @@ _MOVE = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[4], 0, ARGV[2], 'JUSTID')
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], ARGV[5], ARGV[6]) end
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
+  redis.call('HINCRBY', KEYS[2], 'rev:' .. ARGV[5], 1)
+end
 return 1
 """
 
@@ -129,13 +132,13 @@ if #p > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], id)
 elseif #redis.call('XRANGE', KEYS[1], id, id) == 0 then
   redis.call('HDEL', KEYS[2], ARGV[2])
-  redis.call('HDEL', KEYS[3], ARGV[2])
+  redis.call('HDEL', KEYS[3], ARGV[2], 'rev:' .. ARGV[2])
   return false
 end
 redis.call('XDEL', KEYS[1], id)
 local body = redis.call('HGET', KEYS[3], ARGV[2])
 redis.call('HDEL', KEYS[2], ARGV[2])
-redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2], 'rev:' .. ARGV[2])
 return body
 """
 
@@ -151,7 +154,7 @@ redis.pcall('XACK', KEYS[1], ARGV[1], id)
 local n = redis.call('XDEL', KEYS[1], id)
 if redis.call('HGET', KEYS[2], ARGV[2]) == id then
   redis.call('HDEL', KEYS[2], ARGV[2])
-  redis.call('HDEL', KEYS[3], ARGV[2])
+  redis.call('HDEL', KEYS[3], ARGV[2], 'rev:' .. ARGV[2])
 end
 return n
 """
@@ -172,8 +175,31 @@ end
 return len - tonumber(s[1]) + held
 """
 
+# Held entries as [id, job_id, revision, ...]: ``take`` fetches only bodies it
+# has not parsed yet (held jobs may carry large images and are scanned often).
+# KEYS: stream, jobs. ARGV: group, held, cap.
+_HELD = """
+local out = {}
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[3]), ARGV[2])
+if p.err then return out end
+for _, e in ipairs(p) do
+  local r = redis.call('XRANGE', KEYS[1], e[1], e[1])
+  if #r > 0 then
+    local f = r[1][2]
+    for i = 1, #f, 2 do
+      if f[i] == 'job_id' then
+        table.insert(out, e[1])
+        table.insert(out, f[i + 1])
+        table.insert(out, redis.call('HGET', KEYS[2], 'rev:' .. f[i + 1]) or '0')
+      end
+    end
+  end
+end
+return out
+"""
+
 # {held [id, json, ...], new [id, json, ...]} in queue order, at most cap in all.
-# KEYS: stream, jobs. ARGV: group, held, cap, '1' for held only.
+# KEYS: stream, jobs. ARGV: group, held, cap.
 _WAITING = """
 local out_held, out_new = {}, {}
 if redis.call('EXISTS', KEYS[1]) == 0 then return {out_held, out_new} end
@@ -205,7 +231,7 @@ for _, e in ipairs(p) do
     n = n + 1
   end
 end
-if ARGV[4] ~= '1' and n < cap then
+if n < cap then
   for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', cap - n)) do
     local b = body(e[2])
     if b then
@@ -223,11 +249,12 @@ def _pairs(flat: list[str]) -> list[tuple[str, str]]:
 
 
 class _QueueState:
-    __slots__ = ("ensured", "inflight", "last_reclaim", "woken")
+    __slots__ = ("ensured", "held", "inflight", "last_reclaim", "woken")
 
     def __init__(self) -> None:
         self.ensured = False
         self.inflight: dict[str, str] = {}  # job_id -> entry id of jobs this node took
+        self.held: dict[tuple[str, str], Job] = {}  # (entry id, revision) -> parsed held job
         self.last_reclaim = 0.0
         self.woken = asyncio.Event()
 
@@ -281,6 +308,7 @@ class RedisBus:
                 ("ack", _ACK),
                 ("depth", _DEPTH),
                 ("waiting", _WAITING),
+                ("held", _HELD),
             )
         }
         self._queues: dict[str, _QueueState] = {}
@@ -473,16 +501,28 @@ class RedisBus:
             logger.warning("reclaimed %d stale job(s) of %s", len(moved), queue)
 
     async def _take_held(self, queue: str, q: _QueueState, accept: JobFilter | None) -> Job | None:
-        held, _new = await self._scripts["waiting"](
+        flat = await self._scripts["held"](
             keys=[keys.stream_key(queue), keys.jobs_key(queue)],
-            args=[self.group, keys.HELD_CONSUMER, WAITING_CAP, "1"],
+            args=[self.group, keys.HELD_CONSUMER, WAITING_CAP],
         )
-        for entry, body in _pairs(held):
-            job = self._parse(body)
+        held = [(str(e), str(j), str(r)) for e, j, r in zip(*[iter(flat)] * 3, strict=True)]
+        missing = [(e, j, r) for e, j, r in held if (e, r) not in q.held]
+        if missing:
+            bodies: list[Any] = await self._redis.hmget(
+                keys.jobs_key(queue), [j for _e, j, _r in missing]
+            )
+            for (entry, _job_id, rev), body in zip(missing, bodies, strict=True):
+                job = self._parse(body) if body else None
+                if job is not None:
+                    q.held[entry, rev] = job
+        q.held = {(e, r): q.held[e, r] for e, _j, r in held if (e, r) in q.held}
+        for entry, _job_id, rev in held:
+            job = q.held.get((entry, rev))
             if job is None or (accept is not None and not accept(job)):
                 continue
             # Another node may win the race for this entry: then try the next one.
             if await self._claim(queue, q, entry, job.job_id, keys.HELD_CONSUMER):
+                q.held.pop((entry, rev), None)
                 return job
         return None
 
@@ -501,16 +541,16 @@ class RedisBus:
         self, queue: str, q: _QueueState, accept: JobFilter | None, block_ms: int | None
     ) -> Job | None:
         stream = keys.stream_key(queue)
-        reply = await self._redis.xreadgroup(
+        reply: Any = await self._redis.xreadgroup(
             self.group, self.node_id, {stream: ">"}, count=1, block=block_ms
         )
         if not reply:
             return None
-        entry, fields = reply[0][1][0]
-        job_id = fields.get("job_id", "")
+        entry_, fields = reply[0][1][0]
+        entry, job_id = str(entry_), str(fields.get("job_id", ""))
         q.inflight[job_id] = entry  # from here a cancellation must hand the entry back
         try:
-            body = await self._redis.hget(keys.jobs_key(queue), job_id)
+            body: Any = await self._redis.hget(keys.jobs_key(queue), job_id)
             job = self._parse(body) if body else None
             if job is None:
                 q.inflight.pop(job_id, None)
@@ -573,7 +613,7 @@ class RedisBus:
     async def waiting(self, queue: str) -> list[Job]:
         """The waiting jobs in the order ``take`` offers them (at most :data:`WAITING_CAP`)."""
         keys_ = [keys.stream_key(queue), keys.jobs_key(queue)]
-        args = [self.group, keys.HELD_CONSUMER, WAITING_CAP, "0"]
+        args: list[str | int] = [self.group, keys.HELD_CONSUMER, WAITING_CAP]
         held, new = await self._call(
             lambda: self._scripts["waiting"](keys=keys_, args=args), "waiting"
         )
@@ -664,7 +704,7 @@ class RedisBus:
             finally:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(2.0):
-                        await pubsub.aclose()
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 

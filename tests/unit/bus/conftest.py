@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from tests.support.redis_server import RedisServer
@@ -32,7 +33,7 @@ class Nodes:
         self.url = url
         self.buses: dict[str, Bus] = {}
 
-    async def node(self, node_id: str = "a", **options: int) -> Bus:
+    async def node(self, node_id: str = "a", **options: Any) -> Bus:
         """The bus of ``node_id`` (started on first use)."""
         if self.kind == "memory":
             node_id = "memory"

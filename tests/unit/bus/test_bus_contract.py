@@ -103,9 +103,9 @@ async def test_depth_and_waiting(nodes: Nodes, queue: str) -> None:
     assert [j.job_id for j in await bus.waiting(queue)] == [j.job_id for j in jobs]
     taken = [await bus.take(queue, timeout_s=1.0) for _ in range(2)]
     assert await bus.depth(queue) == 3
-    for job in taken:
-        assert job is not None
-        await bus.ack(queue, job.job_id)
+    for done in taken:
+        assert done is not None
+        await bus.ack(queue, done.job_id)
     assert await bus.depth(queue) == 3
     assert prompts(await bus.waiting(queue)) == ["2", "3", "4"]
 

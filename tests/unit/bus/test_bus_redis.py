@@ -224,3 +224,18 @@ async def test_bus_carries_on_after_redis_restart(own_redis: RedisServer, queue:
     finally:
         for bus in cluster.buses:
             await bus.close()
+
+
+async def test_held_job_changed_by_another_node_is_read_afresh(
+    cluster: Cluster, queue: str
+) -> None:
+    a, b = await cluster.node("a"), await cluster.node("b")
+    job = make_job("changing")
+    await a.enqueue(queue, job)
+    assert await a.take(queue, accept=lambda _j: False, timeout_s=0.1) is None  # a caches it
+    taken = await b.take(queue, timeout_s=1.0)
+    assert taken is not None
+    taken.attempts = 3
+    await b.requeue(queue, taken)
+    again = await a.take(queue, timeout_s=1.0)
+    assert again is not None and again.job_id == job.job_id and again.attempts == 3
