@@ -38,11 +38,11 @@ def broker_factory(tmp_path: Path) -> Iterator[BrokerFactory]:
     """Start brokers on free ports with their own SQLite file; stopped after the test."""
     started: list[BrokerServer] = []
 
-    def start(workers: list[Any] | None = None, **sections: dict[str, Any]) -> BrokerServer:
+    def start(records: list[Any] | None = None, **sections: dict[str, Any]) -> BrokerServer:
         home = tmp_path / f"broker{len(started)}"
         home.mkdir(exist_ok=True)
         settings = broker_settings(home, **sections)
-        seed(settings, workers or [])
+        seed(settings, records or [])
         server = BrokerServer(settings)
         server.start()
         started.append(server)

@@ -12,6 +12,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, delete, event, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -115,24 +117,36 @@ class Storage:
             raise StorageError(f"database error: {exc.orig}") from exc
 
     async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (idempotent)."""
+        """Bring the schema to the newest Alembic revision (idempotent).
+
+        A database already at the newest revision is only read, so a read-only
+        file can still be served.
+        """
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        head = ScriptDirectory.from_config(cfg).get_current_head()
 
         def _upgrade(conn: Connection) -> None:
-            cfg = AlembicConfig()
-            cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+            if MigrationContext.configure(conn).get_current_revision() == head:
+                return
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
         async with self.begin() as conn:
             await conn.run_sync(_upgrade)
-            await conn.execute(
-                insert(t.system_stats).from_select(
-                    ["id", "total_queries", "total_processing_time", "total_cost", "last_updated"],
-                    select(1, 0, 0.0, 0.0, func.current_timestamp()).where(
-                        ~select(t.system_stats.c.id).where(t.system_stats.c.id == 1).exists()
-                    ),
-                )
+            totals = await conn.execute(
+                select(t.system_stats.c.id).where(t.system_stats.c.id == 1)
             )
+            if totals.first() is None:
+                await conn.execute(
+                    insert(t.system_stats).values(
+                        id=1,
+                        total_queries=0,
+                        total_processing_time=0.0,
+                        total_cost=0.0,
+                        last_updated=_utcnow(),
+                    )
+                )
 
     async def get_user(self, guid: str) -> User | None:
         """The user with ``guid``, or ``None``."""
