@@ -111,5 +111,8 @@ async def run(opts: NodesOptions, phases: Phases, command: str) -> ScenarioRepor
         "coordination through Redis and that results reach the right node, not scale-out.",
         "Clients are split evenly over the nodes in the 2-node run; one shared SQLite file.",
     ]
+    report.notes += [
+        f"{r.label}: {r.errors} errors, first: {r.first_error}" for r in results if r.errors
+    ]
     report.ok = all(r.ok > 0 and r.errors == 0 for r in results) and rows == answered
     return report

@@ -154,6 +154,11 @@ async def run(opts: OverheadOptions, phases: Phases, command: str) -> ScenarioRe
     }
     _targets(report, results, opts, unavailable)
     report.notes += _notes(unavailable, vs_problem, rows, broker_answered, opts)
+    report.notes += [
+        f"{r.label} x{r.concurrency}: {r.errors} errors, first: {r.first_error}"
+        for r in results.values()
+        if r.errors
+    ]
     report.ok = all(r.ok > 0 for r in results.values()) and rows >= broker_answered
     return report
 
