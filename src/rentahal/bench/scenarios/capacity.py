@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from rentahal.bench.load import Client, WSQueryClient, close_clients, closed_loop, open_clients
@@ -51,7 +52,7 @@ async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioRe
             # Twice the slots: the queue never runs dry, so idle slots are the broker's fault.
             n_clients = 2 * opts.workers * cap
             clients: list[Client] = await open_clients(
-                lambda b=broker: WSQueryClient.open(ws_url(b)), n_clients
+                functools.partial(WSQueryClient.open, ws_url(broker)), n_clients
             )
             tick = phases.start(f"{opts.workers} workers x cap {cap}, {n_clients} clients")
             try:

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import websockets
+from websockets.asyncio.client import ClientConnection
 
 from rentahal.bench.procs import BenchSetupError, BrokerConfig, Cluster
 from rentahal.bench.report import ScenarioReport
@@ -44,7 +45,7 @@ class _SysopDrain:
         self.frames = 0
         self.task: asyncio.Task[None] | None = None
 
-    async def run(self, ws: websockets.asyncio.client.ClientConnection) -> None:
+    async def run(self, ws: ClientConnection) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
             async for raw in ws:
                 self.frames += 1

@@ -105,7 +105,7 @@ async def run(opts: IsolationOptions, phases: Phases, command: str) -> ScenarioR
             stop.set()
         finally:
             await close_clients(chat_clients)
-            await close_clients(flooders)  # type: ignore[arg-type]
+            await close_clients(flooders)
             if "flood" in locals():
                 flood.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
