@@ -13,8 +13,14 @@ import httpx
 
 from rentahal.backends import WorkerReply, get_backend
 from rentahal.config import Settings
-from rentahal.errors import BrokerError, WorkerError, WorkerRejected, WorkerTimeout
-from rentahal.models import AIWorker, Job, Query, Result
+from rentahal.errors import (
+    BrokerError,
+    NoWorkerAvailable,
+    WorkerError,
+    WorkerRejected,
+    WorkerTimeout,
+)
+from rentahal.models import AIWorker, Job, Query, Result, dispatch_type, worker_family
 from rentahal.realms.workers import WorkerRegistry, WorkerSelector
 
 logger = logging.getLogger(__name__)
@@ -102,6 +108,20 @@ class QueryExecutor:
         run.billed_s += time.monotonic() - started
         return reply
 
+    def _check_retry_possible(self, query: Query) -> None:
+        """Raise ``NoWorkerAvailable`` unless some worker for ``query`` is usable now.
+
+        A retry waits for a busy worker to free a slot, but not for circuits or
+        cool-downs to end: those outlast any reasonable wait of one query.
+        """
+        self.registry.check_servable(query)
+        now = time.monotonic()
+        states = self.registry.candidates(
+            dispatch_type(query), query.model_name, worker_family(query.model_type)
+        )
+        if not any(s.available(now) for s in states):
+            raise NoWorkerAvailable(f"No {dispatch_type(query)} worker is usable for a retry")
+
     async def _run_with_retries(
         self, query: Query, worker: AIWorker, run: _Run, selector: WorkerSelector
     ) -> WorkerReply:
@@ -111,9 +131,18 @@ class QueryExecutor:
         last: WorkerError | None = None
         for attempt in range(1, attempts_max + 1):
             if current is None:
-                current = await self.registry.acquire(
-                    selector, query, exclude=run.tried, timeout_s=self.timeout_for(query.query_type)
-                )
+                try:
+                    current = await self.registry.acquire(
+                        selector,
+                        query,
+                        exclude=run.tried,
+                        timeout_s=self.timeout_for(query.query_type),
+                        check=lambda: self._check_retry_possible(query),
+                    )
+                except NoWorkerAvailable:
+                    # No worker for another attempt: the user needs the failure that
+                    # happened, not "no worker became free".
+                    break
             run.attempts = attempt
             run.worker = current.name
             run.tried.append(current.name)
@@ -141,7 +170,9 @@ class QueryExecutor:
                 await asyncio.sleep(self.settings.workers.retry_backoff_s * 2 ** (attempt - 1))
         assert last is not None
         if run.attempts > 1:
-            raise type(last)(f"{last} (after {run.attempts} attempts)", worker=last.worker)
+            raise type(last)(
+                f"{last} (after {run.attempts} attempts)", worker=last.worker, status=last.status
+            )
         raise last
 
     async def _speech_call(self, method: str, run: _Run, *args: Any) -> Any:
