@@ -65,3 +65,7 @@ def test_the_realm_dashboard_counts_processed_queries(
     turn = ask(page, "and me")
     expect(answer_text(turn)).to_contain_text("and me")
     expect(processed).to_have_text("2")
+    # two answers since the page opened: two in the last minute, not a rate extrapolated
+    # from a few seconds
+    card = page.locator('#dashboard .realm-card[data-realm="$CHAT"]')
+    expect(card.locator(".realm-throughput")).to_have_text("2")

@@ -13,6 +13,14 @@ export function ratePerMinute(prev, next, key) {
   return Math.max(0, (Number(next[key]) - Number(prev[key])) / dt);
 }
 
+/** Answers counted in the last minute of `samples` (fewer when the page is younger). */
+export function answersInLastMinute(samples) {
+  if (samples.length < 2) return 0;
+  const last = samples[samples.length - 1];
+  const first = samples.find((s) => s.t >= last.t - 60_000) || last;
+  return Math.max(0, last.processed - first.processed);
+}
+
 function cssVar(name, fallback) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim() || fallback;
 }
@@ -162,7 +170,7 @@ export class Dashboard {
         stat('realm-inflight', 'in flight'),
         stat('realm-processed', 'processed'),
         stat('realm-errors', 'errors'),
-        stat('realm-throughput', 'per min')),
+        stat('realm-throughput', 'last min')),
       h('div', { class: 'charts' },
         chart('chart-queue', 'queue depth'),
         chart('chart-throughput', 'answers per minute'),
@@ -191,10 +199,9 @@ export class Dashboard {
       throughput.push(done);
       errorRate.push(done + failed > 0 ? (100 * failed) / (done + failed) : 0);
     }
-    // smooth the per-sample rate over the last minute for the headline number
-    const recent = samples.filter((s) => s.t >= samples[samples.length - 1].t - 60_000);
-    const perMin = recent.length > 1 ? ratePerMinute(recent[0], recent[recent.length - 1], 'processed') : 0;
-    set('realm-throughput', perMin.toFixed(1));
+    // the headline counts the answers of the last minute; extrapolating the rate of the
+    // first few seconds a page is open would turn one answer into "30 per minute"
+    set('realm-throughput', answersInLastMinute(samples));
 
     drawSparkline($('.chart-queue', card), samples.map((s) => s.queue_depth), { color: cssVar('--accent', '#3b82f6') });
     drawSparkline($('.chart-throughput', card), throughput, { color: cssVar('--good', '#16a34a') });
