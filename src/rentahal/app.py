@@ -40,9 +40,9 @@ def make_http_client(settings: Settings) -> httpx.AsyncClient:
 def make_bus(settings: Settings) -> Bus:
     """The memory bus, or the Redis bus when ``redis_url`` is set."""
     if settings.broker.redis_url:
-        from rentahal.bus.redis import RedisBus  # type: ignore[import-not-found]
+        from rentahal.bus.redis import RedisBus
 
-        return RedisBus(settings.broker.redis_url, settings.broker.resolved_node_id())  # type: ignore[no-any-return]
+        return RedisBus(settings.broker.redis_url, settings.broker.resolved_node_id())
     return MemoryBus()
 
 

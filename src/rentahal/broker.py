@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ from rentahal.models import (
 from rentahal.realms.config import load_realms
 from rentahal.realms.connections import RealmConnectionManager
 from rentahal.realms.execution import QueryExecutor
-from rentahal.realms.metrics import RealmLive, RealmMetricsCollector
+from rentahal.realms.metrics import RealmMetricsCollector
+from rentahal.realms.notifier import QueueNotifier
 from rentahal.realms.processor import QueryProcessor
 from rentahal.realms.router import RouterStats
 from rentahal.realms.service import RealmService
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 LEGACY_QUEUE = "$LEGACY"
 BROADCAST_CHANNEL = "broadcast"
 CONTROL_CHANNEL = "control"
-QUEUE_UPDATE_MIN_INTERVAL_S = 0.1
 WATCHDOG_INTERVAL_S = 2.0
 
 
@@ -79,11 +78,7 @@ class Broker:
         self._waiters: dict[str, asyncio.Future[Result]] = {}
         # job_id -> (queue, user_guid) of jobs queued from this node and not yet delivered
         self._owner: dict[str, tuple[str, str]] = {}
-        self._avg_s: defaultdict[str, float] = defaultdict(lambda: 1.0)
-        self._queue_event = asyncio.Event()
-        self._notifier: asyncio.Task[None] | None = None
-        self._last_queue_update: tuple[int, int] | None = None
-        self._last_positions: dict[str, int] = {}
+        self.notifier = QueueNotifier(self)
         self.most_connected = 0
         self.realms: RealmService | None = None
         self.metrics = RealmMetricsCollector(
@@ -104,7 +99,7 @@ class Broker:
         self._add_processor(LEGACY_QUEUE)
         self._start_realms()
         self.health.start()
-        self._notifier = asyncio.create_task(self._notify_queue_loop(), name="queue-notifier")
+        self.notifier.start()
         self._watchdog = asyncio.create_task(self._watchdog_loop(), name="realm-watchdog")
 
     def _start_realms(self) -> None:
@@ -120,7 +115,7 @@ class Broker:
             self.bus,
             self.registry,
             self.executor,
-            self._finish,
+            self.finish,
             self.processors,
         )
         self.realms.start()
@@ -139,7 +134,8 @@ class Broker:
         """Stop consuming, drain running jobs, then stop periodic jobs and the bus."""
         await asyncio.gather(*(p.stop(drain_timeout_s) for p in self.processors.values()))
         await self.health.stop()
-        for task in (self._notifier, self._watchdog):
+        await self.notifier.stop()
+        for task in (self._watchdog,):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -150,7 +146,7 @@ class Broker:
         await self.bus.close()
 
     def _add_processor(self, queue: str) -> QueryProcessor:
-        processor = QueryProcessor(queue, self.bus, self.registry, self.executor, self._finish)
+        processor = QueryProcessor(queue, self.bus, self.registry, self.executor, self.finish)
         self.processors[queue] = processor
         processor.start()
         return processor
@@ -294,7 +290,7 @@ class Broker:
                 error="Cancelled",
                 queue_wait=max(0.0, time.time() - job.submitted_at),
             )
-            await self._finish(job, result)
+            await self.finish(job, result)
             return True
         processor = self.processors.get(queue)
         return processor is not None and processor.cancel(job_id)
@@ -310,7 +306,7 @@ class Broker:
         self.queue_changed()
         return count
 
-    async def _finish(self, job: Job, result: Result) -> None:
+    async def finish(self, job: Job, result: Result) -> None:
         """Price, record and deliver a finished job (runs shielded)."""
         result = self.ledger.price(result)
         self.metrics.observe(result)
@@ -319,9 +315,7 @@ class Broker:
         except StorageError as exc:
             logger.error("could not record job %s: %s", job.job_id, exc)
             result = result.model_copy(update={"recorded": False})
-        if result.status == "done":
-            avg = self._avg_s[job.query.query_type]
-            self._avg_s[job.query.query_type] = 0.8 * avg + 0.2 * result.processing_time
+        self.notifier.observe(result)
         await self.bus.ack(job.realm, job.job_id)
         await self.bus.publish(results_channel(job.origin_node), result.model_dump())
         self.queue_changed()
@@ -329,7 +323,7 @@ class Broker:
     async def _on_result(self, message: dict[str, Any]) -> None:
         result = Result.model_validate(message)
         self._owner.pop(result.job_id, None)
-        self._last_positions.pop(result.job_id, None)
+        self.notifier.forget(result.job_id)
         fut = self._waiters.get(result.job_id)
         if fut is not None:
             if not fut.done():
@@ -376,73 +370,7 @@ class Broker:
 
     def queue_changed(self) -> None:
         """Schedule a ``queue_update`` broadcast soon (coalesced)."""
-        self._queue_event.set()
-
-    def queue_totals(self, depth: int) -> tuple[int, int]:
-        """``(depth, total)`` as the original client draws them (total never 0)."""
-        return depth, max(1, len(self.registry.workers()))
-
-    async def _notify_queue_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self._queue_event.wait()
-            event = self._queue_event.is_set()
-            self._queue_event.clear()
-            try:
-                await self._expire_waiting()
-                totals = self.queue_totals(await self.queue_depth())
-                if event or totals != self._last_queue_update:
-                    self._last_queue_update = totals
-                    self.connections.broadcast(
-                        {"type": "queue_update", "depth": totals[0], "total": totals[1]}
-                    )
-                    await self._send_positions()
-            except Exception:
-                logger.exception("queue notifier round failed")
-            await asyncio.sleep(QUEUE_UPDATE_MIN_INTERVAL_S)
-
-    async def _send_positions(self) -> None:
-        for queue, processor in self.processors.items():
-            waiting = await self.bus.waiting(queue)
-            capacity = max(1, processor.in_flight or 1)
-            for index, job in enumerate(waiting, start=1):
-                if self._last_positions.get(job.job_id) == index:
-                    continue
-                self._last_positions[job.job_id] = index
-                eta = index * self._avg_s[job.query.query_type] / capacity
-                self.connections.send_user(
-                    job.user_guid,
-                    {
-                        "type": "queue_position",
-                        "job_id": job.job_id,
-                        "position": index,
-                        "eta_s": round(eta, 1),
-                    },
-                )
-
-    async def _expire_waiting(self) -> None:
-        limit = self.settings.queue.queue_timeout
-        now = time.time()
-        for queue in self.processors:
-            for job in await self.bus.waiting(queue):
-                if now - job.submitted_at <= limit:
-                    continue
-                if await self.bus.remove(queue, job.job_id) is None:
-                    continue
-                job.move_to(QueryState.FAILED)
-                await self._finish(
-                    job,
-                    Result(
-                        job_id=job.job_id,
-                        user_guid=job.user_guid,
-                        status="failed",
-                        realm=job.realm,
-                        query_type=job.query.query_type,
-                        error=f"No worker could take the query within {limit:g}s",
-                        queue_wait=now - job.submitted_at,
-                    ),
-                )
+        self.notifier.changed()
 
     async def add_worker(self, worker: AIWorker) -> None:
         """Register (or replace) a worker, persist it, tell everyone."""
@@ -497,74 +425,3 @@ class Broker:
         await self.broadcast(
             {"type": "huggingface_update", "models": [m.model_dump() for m in self.hf_models]}
         )
-
-    async def system_status(self) -> dict[str, Any]:
-        """``/debug/system_status``."""
-        return {
-            "database_exists": True,
-            "total_workers": len(self.registry.workers()),
-            "queue_depth": await self.queue_depth(),
-            "huggingface_models": len(self.hf_models),
-        }
-
-    async def live_realms(self) -> list[RealmLive]:
-        """Queue depth, load, connections and worker health per queue (realms and legacy)."""
-        conns = self.connections.realm_counts()
-        rows = []
-        for name, processor in self.processors.items():
-            if self.realms is not None and name in self.realms.managers:
-                states = self.realms.managers[name].states()
-            elif name == LEGACY_QUEUE and self.realms is None:
-                states = self.registry.states()
-            else:
-                states = []
-            rows.append(
-                RealmLive(
-                    realm=name,
-                    queue_depth=await self.bus.depth(name),
-                    in_flight=processor.in_flight,
-                    connections=conns.get(name, 0),
-                    workers=[(s.worker.name, s.worker.health_score) for s in states],
-                )
-            )
-        return rows
-
-    async def realm_summary(self) -> list[dict[str, Any]]:
-        """Per realm: types, queue, load, totals and workers (for the dashboard)."""
-        out = []
-        for live in await self.live_realms():
-            totals = self.metrics.totals(live.realm)
-            types: list[str] = []
-            if self.realms is not None and live.realm in self.realms.registry.realms:
-                types = [self.realms.registry.realms[live.realm].config.primary_query_type]
-            elif live.realm == LEGACY_QUEUE:
-                types = ["chat", "vision", "imagine", "speech"]
-            workers = []
-            for name, health in live.workers:
-                state = self.registry.get(name)
-                workers.append(
-                    {
-                        "name": name,
-                        "health_score": health,
-                        "in_flight": state.in_flight if state else 0,
-                        "max_concurrency": state.worker.max_concurrency if state else 0,
-                    }
-                )
-            out.append(
-                {
-                    "name": live.realm,
-                    "query_types": types,
-                    "queue_depth": live.queue_depth,
-                    "in_flight": live.in_flight,
-                    "connections": live.connections,
-                    "processed": int(totals["processed"]),
-                    "errors": int(totals["errors"]),
-                    "stopped": bool(
-                        self.realms
-                        and live.realm in self.realms.registry.realms
-                        and self.realms.registry.realms[live.realm].stopped
-                    ),
-                    "workers": workers,
-                }
-            )
-        return out

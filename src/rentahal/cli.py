@@ -11,6 +11,7 @@ import typer
 import uvicorn
 from rich.console import Console
 
+from rentahal.bench import bench_app
 from rentahal.config import Settings, load_settings
 from rentahal.errors import ConfigError
 from rentahal.keys_cli import keys_app
@@ -22,6 +23,7 @@ users_app = typer.Typer(help="User administration", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
+app.add_typer(bench_app, name="bench")
 app.command("worker")(worker_command)
 console = Console()
 

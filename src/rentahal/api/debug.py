@@ -6,13 +6,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from rentahal.status import system_status
+
 router = APIRouter()
 
 
 @router.get("/debug/system_status")
-async def system_status(request: Request) -> dict[str, Any]:
+async def debug_system_status(request: Request) -> dict[str, Any]:
     """Database, worker, queue and model counts."""
-    return await request.app.state.broker.system_status()  # type: ignore[no-any-return]
+    return await system_status(request.app.state.broker)
 
 
 @router.get("/healthz", include_in_schema=False)

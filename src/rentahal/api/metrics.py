@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from rentahal.broker import Broker
+from rentahal.status import live_realms, realm_summary
 
 router = APIRouter()
 
@@ -21,14 +22,14 @@ def _broker(request: Request) -> Broker:
 async def metrics(request: Request) -> Response:
     """Prometheus exposition of every realm's figures."""
     broker = _broker(request)
-    broker.metrics.sample(await broker.live_realms())
+    broker.metrics.sample(await live_realms(broker))
     return Response(broker.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/api/realms/summary")
-async def realm_summary(request: Request) -> dict[str, Any]:
+async def realms_summary(request: Request) -> dict[str, Any]:
     """Per realm: queue depth, load, totals and workers (polled by the dashboard)."""
-    return {"realms": await _broker(request).realm_summary(), "timestamp": time.time()}
+    return {"realms": await realm_summary(_broker(request)), "timestamp": time.time()}
 
 
 @router.get("/api/federation/status")
@@ -41,7 +42,7 @@ async def federation_status(request: Request) -> dict[str, Any]:
         "federation_id": realms.registry.file.federation_id if realms else None,
         "node_id": broker.node_id,
         "realms_enabled": realms is not None,
-        "realms": await broker.realm_summary(),
+        "realms": await realm_summary(broker),
         "routing_table": realms.router.routing_table() if realms else {},
         "router": (
             {

@@ -1,0 +1,131 @@
+"""QueueNotifier: coalesced ``queue_update`` broadcasts, per-job positions, queue expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from rentahal.models import QueryState, Result
+
+if TYPE_CHECKING:
+    from rentahal.broker import Broker
+
+logger = logging.getLogger(__name__)
+
+MIN_INTERVAL_S = 0.1
+PERIOD_S = 1.0
+
+
+class QueueNotifier:
+    """Tells clients how the queues move, at most every ``MIN_INTERVAL_S``.
+
+    ``queue_update`` goes to everyone when something changed (and at least
+    every second while it keeps changing); ``queue_position`` goes to the owner
+    of each waiting job whose position moved, with an ETA from recent
+    processing times. Jobs waiting longer than ``queue_timeout`` fail.
+    """
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_totals: tuple[int, int] | None = None
+        self._positions: dict[str, int] = {}
+        self._avg_s: defaultdict[str, float] = defaultdict(lambda: 1.0)
+
+    def start(self) -> None:
+        """Start the loop."""
+        self._task = asyncio.create_task(self._run(), name="queue-notifier")
+
+    async def stop(self) -> None:
+        """Stop the loop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def changed(self) -> None:
+        """Something moved: broadcast soon."""
+        self._event.set()
+
+    def forget(self, job_id: str) -> None:
+        """A job left the queue for good."""
+        self._positions.pop(job_id, None)
+
+    def observe(self, result: Result) -> None:
+        """Fold a finished job's time into the ETA estimate of its query type."""
+        if result.status == "done":
+            avg = self._avg_s[result.query_type]
+            self._avg_s[result.query_type] = 0.8 * avg + 0.2 * result.processing_time
+
+    def totals(self, depth: int) -> tuple[int, int]:
+        """``(depth, total)`` as the original client draws them (total never 0)."""
+        return depth, max(1, len(self.broker.registry.workers()))
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PERIOD_S):
+                    await self._event.wait()
+            event = self._event.is_set()
+            self._event.clear()
+            try:
+                await self._expire_waiting()
+                totals = self.totals(await self.broker.queue_depth())
+                if event or totals != self._last_totals:
+                    self._last_totals = totals
+                    self.broker.connections.broadcast(
+                        {"type": "queue_update", "depth": totals[0], "total": totals[1]}
+                    )
+                    await self._send_positions()
+            except Exception:
+                logger.exception("queue notifier round failed")
+            await asyncio.sleep(MIN_INTERVAL_S)
+
+    async def _send_positions(self) -> None:
+        broker = self.broker
+        for queue, processor in list(broker.processors.items()):
+            waiting = await broker.bus.waiting(queue)
+            capacity = max(1, processor.in_flight)
+            for index, job in enumerate(waiting, start=1):
+                if self._positions.get(job.job_id) == index:
+                    continue
+                self._positions[job.job_id] = index
+                eta = index * self._avg_s[job.query.query_type] / capacity
+                broker.connections.send_user(
+                    job.user_guid,
+                    {
+                        "type": "queue_position",
+                        "job_id": job.job_id,
+                        "position": index,
+                        "eta_s": round(eta, 1),
+                    },
+                )
+
+    async def _expire_waiting(self) -> None:
+        broker = self.broker
+        limit = broker.settings.queue.queue_timeout
+        now = time.time()
+        for queue in list(broker.processors):
+            for job in await broker.bus.waiting(queue):
+                if now - job.submitted_at <= limit:
+                    continue
+                if await broker.bus.remove(queue, job.job_id) is None:
+                    continue
+                job.move_to(QueryState.FAILED)
+                await broker.finish(
+                    job,
+                    Result(
+                        job_id=job.job_id,
+                        user_guid=job.user_guid,
+                        status="failed",
+                        realm=job.realm,
+                        query_type=job.query.query_type,
+                        error=f"No worker could take the query within {limit:g}s",
+                        queue_wait=now - job.submitted_at,
+                    ),
+                )
