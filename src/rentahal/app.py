@@ -17,6 +17,7 @@ from rentahal.api import admin, metrics, ws
 from rentahal.api.debug import router as debug_router
 from rentahal.api.openai import router as openai_router
 from rentahal.api.queries import router as queries_router
+from rentahal.api.security import add_security_headers
 from rentahal.broker import Broker
 from rentahal.bus.base import Bus
 from rentahal.bus.memory import MemoryBus
@@ -66,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="RENT-A-HAL broker", lifespan=lifespan)
     app.state.settings = settings
+    add_security_headers(app)
     app.include_router(ws.router)
     app.include_router(debug_router)
     app.include_router(queries_router)
