@@ -53,7 +53,7 @@ def _worker(name: str, address: str, wtype: str = "chat", **kw: Any) -> AIWorker
 
 def _record(update: dict[str, Any], name: str) -> dict[str, Any]:
     [record] = [w for w in update["workers"] if w["name"] == name]
-    return record
+    return record  # type: ignore[no-any-return]
 
 
 async def _next_update(client: WSClient, timeout_s: float = 5.0) -> dict[str, Any]:
@@ -133,7 +133,7 @@ async def test_unanswered_probes_cost_five(
         workers={"health_check_interval": 0.2},
     )
     client = await open_client(server)
-    scores = []
+    scores: list[float] = []
     while not scores or scores[-1] > 0:
         scores.append(_record(await _next_update(client), "gone")["health_score"])
     assert all(a - b == 5 for a, b in itertools.pairwise(scores))

@@ -13,7 +13,7 @@ from rentahal.models import AIWorker
 
 
 def _worker(wtype: str = "chat", **kw: Any) -> AIWorker:
-    return AIWorker(name=f"w-{wtype}", address="127.0.0.1:1", type=wtype, **kw)
+    return AIWorker(name=f"w-{wtype}", address="127.0.0.1:1", type=wtype, **kw)  # type: ignore[arg-type]
 
 
 RULES = HealthRules()

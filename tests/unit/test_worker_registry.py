@@ -43,7 +43,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 def _worker(name: str, wtype: str = "chat", **kw: Any) -> AIWorker:
-    return AIWorker(name=name, address="127.0.0.1:1", type=wtype, **kw)
+    return AIWorker(name=name, address="127.0.0.1:1", type=wtype, **kw)  # type: ignore[arg-type]
 
 
 def _registry(*workers: AIWorker, **settings: Any) -> WorkerRegistry:
