@@ -47,6 +47,8 @@ from tests.support.servers import free_port, seed
 
 NODE_START_TIMEOUT_S = 60.0
 NODE_STOP_TIMEOUT_S = 20.0
+# Set (to anything) to keep the temp dir with the node logs after the run.
+KEEP_DIR_ENV = "CLUSTER_KEEP_DIR"
 
 # Settings every node gets unless the test overrides them.
 _BASE_ENV: dict[str, str] = {
@@ -184,7 +186,10 @@ class Cluster:
             self.postgres.stop()
         with contextlib.suppress(Exception):
             self.redis.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if os.environ.get(KEEP_DIR_ENV):
+            print(f"cluster logs kept in {self.dir}")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Cluster:
         return self.open()
@@ -379,12 +384,16 @@ class Cluster:
         self._wait_ready(node)
         return node
 
+    def start_nodes(self, indices: list[int]) -> None:
+        """Start the nodes ``indices`` in parallel and wait until all are ready."""
+        for i in indices:
+            self._spawn(self.nodes[i])
+        for i in indices:
+            self._wait_ready(self.nodes[i])
+
     def start_all(self) -> None:
         """Start every node that is down, in parallel, and wait until all are ready."""
-        for node in self.nodes:
-            self._spawn(node)
-        for node in self.nodes:
-            self._wait_ready(node)
+        self.start_nodes([node.index for node in self.nodes])
 
     def kill(self, i: int) -> None:
         """SIGKILL node ``i``: no shutdown code runs, as after a crash."""
