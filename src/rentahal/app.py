@@ -21,6 +21,7 @@ from rentahal.api.security import add_security_headers
 from rentahal.broker import Broker
 from rentahal.bus.base import Bus
 from rentahal.bus.memory import MemoryBus
+from rentahal.bus.state import ClusterState, MemoryState
 from rentahal.config import Settings
 from rentahal.storage.database import Storage
 
@@ -43,8 +44,21 @@ def make_bus(settings: Settings) -> Bus:
     if settings.broker.redis_url:
         from rentahal.bus.redis import RedisBus
 
-        return RedisBus(settings.broker.redis_url, settings.broker.resolved_node_id())
+        return RedisBus(
+            settings.broker.redis_url,
+            settings.broker.resolved_node_id(),
+            claim_idle_ms=int(settings.broker.claim_idle_s * 1000),
+        )
     return MemoryBus()
+
+
+def make_state(settings: Settings) -> ClusterState:
+    """Shared cluster state: in Redis when ``redis_url`` is set, else in memory."""
+    if settings.broker.redis_url:
+        from rentahal.bus.state import RedisState
+
+        return RedisState(settings.broker.redis_url)
+    return MemoryState()
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -57,7 +71,9 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(storage.close)
             client = make_http_client(settings)
             stack.push_async_callback(client.aclose)
-            broker = Broker(settings, storage, make_bus(settings), client)
+            state = make_state(settings)
+            stack.push_async_callback(state.close)
+            broker = Broker(settings, storage, make_bus(settings), client, state)
             await broker.start()
             stack.push_async_callback(broker.stop)
             app.state.broker = broker

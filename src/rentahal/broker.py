@@ -13,6 +13,7 @@ import httpx
 
 from rentahal.backends.health import HealthMonitor
 from rentahal.bus.base import Bus
+from rentahal.bus.state import ClusterState, MemoryState
 from rentahal.config import Settings
 from rentahal.errors import QueryRejected, QueueFull, StorageError
 from rentahal.models import (
@@ -25,7 +26,7 @@ from rentahal.models import (
     User,
 )
 from rentahal.realms.config import load_realms
-from rentahal.realms.connections import RealmConnectionManager
+from rentahal.realms.connections import Connection, RealmConnectionManager
 from rentahal.realms.execution import QueryExecutor
 from rentahal.realms.metrics import RealmMetricsCollector
 from rentahal.realms.notifier import QueueNotifier
@@ -42,27 +43,35 @@ logger = logging.getLogger(__name__)
 LEGACY_QUEUE = "$LEGACY"
 BROADCAST_CHANNEL = "broadcast"
 CONTROL_CHANNEL = "control"
+RESULTS_CHANNEL = "results"
 WATCHDOG_INTERVAL_S = 2.0
-
-
-def results_channel(node_id: str) -> str:
-    """The channel on which ``node_id`` receives results of jobs it queued."""
-    return f"results:{node_id}"
 
 
 class Broker:
     """Queues queries, runs them on workers, records them, and delivers results."""
 
     def __init__(
-        self, settings: Settings, storage: Storage, bus: Bus, client: httpx.AsyncClient
+        self,
+        settings: Settings,
+        storage: Storage,
+        bus: Bus,
+        client: httpx.AsyncClient,
+        state: ClusterState | None = None,
     ) -> None:
         self.settings = settings
         self.storage = storage
         self.bus = bus
         self.client = client
         self.node_id = settings.broker.resolved_node_id()
+        self.state: ClusterState = state or MemoryState()
+        self.distributed = state is not None and not isinstance(state, MemoryState)
         self.ledger = Ledger(storage, settings.costs)
         self.registry = WorkerRegistry(settings.workers)
+        if self.distributed:
+            self.registry.cluster = self.state
+            self.registry.on_cluster_release = self._announce_slot_free
+            perf = settings.performance
+            self.registry.lease_s = max(perf.query_timeout, perf.imagine_timeout) + 60
         self.executor = QueryExecutor(self.registry, client, settings)
         self.connections = RealmConnectionManager()
         self.uploads = ChunkAssembler(settings.chunking, expiry_s=settings.queue.queue_timeout)
@@ -74,6 +83,9 @@ class Broker:
             self.registry.rules,
             settings.workers,
             self._health_changed,
+            is_leader=lambda: self.state.try_lead(
+                "health", self.node_id, settings.workers.health_check_interval * 3
+            ),
         )
         self._waiters: dict[str, asyncio.Future[Result]] = {}
         # job_id -> (queue, user_guid) of jobs queued from this node and not yet delivered
@@ -94,7 +106,7 @@ class Broker:
         self.hf_models = await self.storage.list_hf_models()
         await self.bus.start()
         self.bus.subscribe(BROADCAST_CHANNEL, self._on_broadcast)
-        self.bus.subscribe(results_channel(self.node_id), self._on_result)
+        self.bus.subscribe(RESULTS_CHANNEL, self._on_result)
         self.bus.subscribe(CONTROL_CHANNEL, self._on_control)
         self._add_processor(LEGACY_QUEUE)
         self._start_realms()
@@ -117,6 +129,7 @@ class Broker:
             self.executor,
             self.finish,
             self.processors,
+            on_start=self.job_started,
         )
         self.realms.start()
 
@@ -146,7 +159,9 @@ class Broker:
         await self.bus.close()
 
     def _add_processor(self, queue: str) -> QueryProcessor:
-        processor = QueryProcessor(queue, self.bus, self.registry, self.executor, self.finish)
+        processor = QueryProcessor(
+            queue, self.bus, self.registry, self.executor, self.finish, on_start=self.job_started
+        )
         self.processors[queue] = processor
         processor.start()
         return processor
@@ -201,8 +216,10 @@ class Broker:
         self.queue_changed()
 
     async def queue_depth(self) -> int:
-        """Waiting plus running jobs, all queues."""
-        waiting = sum([await self.bus.depth(q) for q in self.processors])
+        """Waiting plus running jobs, all queues (all nodes in a cluster)."""
+        waiting = sum([await self.bus.depth(q) for q in list(self.processors)])
+        if self.distributed:
+            return waiting + await self.state.running_count()
         return waiting + sum(p.in_flight for p in self.processors.values())
 
     async def submit(self, user_guid: str, query: Query, *, want_result: bool = False) -> Job:
@@ -271,17 +288,32 @@ class Broker:
             self._waiters.pop(job_id, None)
 
     async def cancel(self, user_guid: str, job_id: str, *, by_sysop: bool = False) -> bool:
-        """Cancel a queued or running job of ``user_guid`` (sysops: of anyone)."""
-        entry = self._owner.get(job_id)
-        if entry is None:
+        """Cancel a queued or running job of ``user_guid`` (sysops: of anyone), on any node."""
+        for queue in list(self.processors):
+            job = await self.bus.remove(queue, job_id)
+            if job is None:
+                continue
+            if job.user_guid != user_guid and not by_sysop:
+                await self.bus.requeue(queue, job)
+                return False
+            await self._finish_cancelled(job)
+            return True
+        running = await self.state.running(job_id)
+        if running is None:
             return False
-        queue, owner = entry
+        node, owner = running
         if owner != user_guid and not by_sysop:
             return False
-        job = await self.bus.remove(queue, job_id)
-        if job is not None:
-            job.move_to(QueryState.CANCELLED)
-            result = Result(
+        if node == self.node_id:
+            return self._cancel_local(job_id)
+        await self.bus.publish(CONTROL_CHANNEL, {"op": "cancel", "job_id": job_id, "node": node})
+        return True
+
+    async def _finish_cancelled(self, job: Job) -> None:
+        job.move_to(QueryState.CANCELLED)
+        await self.finish(
+            job,
+            Result(
                 job_id=job.job_id,
                 user_guid=job.user_guid,
                 status="cancelled",
@@ -289,35 +321,54 @@ class Broker:
                 query_type=job.query.query_type,
                 error="Cancelled",
                 queue_wait=max(0.0, time.time() - job.submitted_at),
-            )
-            await self.finish(job, result)
-            return True
-        processor = self.processors.get(queue)
-        return processor is not None and processor.cancel(job_id)
+            ),
+        )
+
+    def _cancel_local(self, job_id: str) -> bool:
+        return any(p.cancel(job_id) for p in list(self.processors.values()))
 
     async def terminate_user(self, guid: str, *, broadcast: bool = True) -> int:
-        """Drop every queued and running job of ``guid``."""
-        jobs = [jid for jid, (_q, g) in self._owner.items() if g == guid]
+        """Drop every queued and running job of ``guid`` on every node."""
         count = 0
-        for job_id in jobs:
-            count += await self.cancel(guid, job_id, by_sysop=True)
+        for queue in list(self.processors):
+            for job in await self.bus.waiting(queue):
+                if job.user_guid == guid and await self.bus.remove(queue, job.job_id):
+                    await self._finish_cancelled(job)
+                    count += 1
+        await self.bus.publish(CONTROL_CHANNEL, {"op": "terminate", "guid": guid})
         if broadcast:
             await self.broadcast({"type": "query_terminated", "guid": guid})
         self.queue_changed()
         return count
 
+    async def job_started(self, job: Job) -> None:
+        """A processor of this node started ``job`` (so cancels can find it)."""
+        await self.state.set_running(job.job_id, self.node_id, job.user_guid)
+
     async def finish(self, job: Job, result: Result) -> None:
-        """Price, record and deliver a finished job (runs shielded)."""
+        """Price, record and deliver a finished job, once (runs shielded).
+
+        A job run twice (its node was presumed dead) is recorded and delivered
+        only by the first run to finish.
+        """
         result = self.ledger.price(result)
-        self.metrics.observe(result)
+        first, user = True, None
         try:
-            await self.ledger.record(job, result)
+            first, user = await self.ledger.record_with_totals(job, result)
         except StorageError as exc:
             logger.error("could not record job %s: %s", job.job_id, exc)
             result = result.model_copy(update={"recorded": False})
-        self.notifier.observe(result)
+        await self.state.clear_running(job.job_id)
         await self.bus.ack(job.realm, job.job_id)
-        await self.bus.publish(results_channel(job.origin_node), result.model_dump())
+        if not first:
+            return
+        self.metrics.observe(result)
+        self.notifier.observe(result)
+        if user is not None:
+            result = result.model_copy(update={"user": user})
+        payload = result.model_dump()
+        await self.state.post_result(job.user_guid, payload)
+        await self.bus.publish(RESULTS_CHANNEL, payload)
         self.queue_changed()
 
     async def _on_result(self, message: dict[str, Any]) -> None:
@@ -328,23 +379,38 @@ class Broker:
         if fut is not None:
             if not fut.done():
                 fut.set_result(result)
+            await self.state.mark_delivered(result.job_id)
             return
-        user = await self.get_user(result.user_guid) if result.status == "done" else None
-        # The result and the updated totals go out back to back, in this order.
-        self.connections.send_user(result.user_guid, result.to_message())
+        if self.deliver(result, self.connections.of_user(result.user_guid)):
+            await self.state.mark_delivered(result.job_id)
+
+    def deliver(self, result: Result, conns: list[Connection]) -> bool:
+        """Send a result (and the updated totals right after it) to sockets that lack it."""
+        frames = [result.to_message()]
         if not result.recorded:
-            self.connections.send_user(
-                result.user_guid,
+            frames.append(
                 {
                     "type": "error",
                     "job_id": result.job_id,
                     "message": "The query ran but could not be recorded: database unavailable",
-                },
+                }
             )
-        elif user is not None:
-            self.connections.send_user(
-                result.user_guid, {"type": "user_info", "data": user.model_dump()}
-            )
+        elif result.user is not None:
+            frames.append({"type": "user_info", "data": result.user.model_dump()})
+        sent = False
+        for conn in conns:
+            if conn.note_delivered(result.job_id):
+                for frame in frames:
+                    conn.send(frame)
+                sent = True
+        return sent
+
+    async def deliver_pending(self, conn: Connection) -> None:
+        """Results of the user that no socket received (they were offline): send them now."""
+        for message in await self.state.undelivered(conn.user_guid):
+            result = Result.model_validate(message)
+            if self.deliver(result, [conn]):
+                await self.state.mark_delivered(result.job_id)
 
     async def transcribe(self, audio: bytes) -> str:
         """Speech to text on a speech worker."""
@@ -362,11 +428,49 @@ class Broker:
         self.connections.broadcast(envelope["message"], sysops_only=envelope["sysops_only"])
 
     async def _on_control(self, message: dict[str, Any]) -> None:
-        if message.get("op") == "ban":
+        op = message.get("op")
+        if op == "ban":
             self.connections.close_user(
                 message["guid"],
                 {"type": "error", "message": "You are banned from using this service."},
             )
+        elif op == "cancel" and message.get("node") == self.node_id:
+            self._cancel_local(message["job_id"])
+        elif op == "terminate":
+            for processor in list(self.processors.values()):
+                for job_id, job in list(processor.running_jobs.items()):
+                    if job.user_guid == message["guid"]:
+                        processor.cancel(job_id)
+        elif op == "slot_free":
+            self.registry.slot_freed(message["worker"])
+        elif message.get("origin") == self.node_id:
+            return
+        elif op == "workers_changed":
+            await self._reload_workers()
+        elif op == "health":
+            for data in message["workers"]:
+                state = self.registry.get(data["name"])
+                if state is not None:
+                    state.worker.health_score = data["health_score"]
+                    state.worker.is_blacklisted = data["is_blacklisted"]
+            self.registry.changed()
+
+    async def _announce_slot_free(self, worker: str) -> None:
+        await self.bus.publish(CONTROL_CHANNEL, {"op": "slot_free", "worker": worker})
+
+    async def _reload_workers(self) -> None:
+        stored = {w.name: w for w in await self.storage.list_workers()}
+        for name in [w.name for w in self.registry.workers() if w.name not in stored]:
+            self.registry.remove(name)
+        for worker in stored.values():
+            current = self.registry.get(worker.name)
+            if current is None or current.worker.model_dump(
+                exclude={"health_score", "is_blacklisted", "last_active"}
+            ) != worker.model_dump(exclude={"health_score", "is_blacklisted", "last_active"}):
+                self.registry.add(worker)
+
+    async def _workers_changed(self) -> None:
+        await self.bus.publish(CONTROL_CHANNEL, {"op": "workers_changed", "origin": self.node_id})
 
     def queue_changed(self) -> None:
         """Schedule a ``queue_update`` broadcast soon (coalesced)."""
@@ -376,6 +480,7 @@ class Broker:
         """Register (or replace) a worker, persist it, tell everyone."""
         await self.storage.save_worker(worker)
         self.registry.add(worker)
+        await self._workers_changed()
         await self.broadcast_workers()
         self.queue_changed()
 
@@ -383,6 +488,7 @@ class Broker:
         """Forget a worker; running calls on it finish."""
         found = self.registry.remove(name)
         found = await self.storage.delete_worker(name) or found
+        await self._workers_changed()
         await self.broadcast_workers()
         self.queue_changed()
         return found
@@ -391,6 +497,7 @@ class Broker:
         """Clear blacklist and circuits and restore health (one or all workers)."""
         changed = self.registry.reset_health(name)
         await self.storage.save_health(changed)
+        await self._publish_health(changed)
         await self.broadcast_workers()
         return len(changed)
 
@@ -404,8 +511,20 @@ class Broker:
         except StorageError as exc:
             logger.error("could not save worker health: %s", exc)
         if workers:
+            await self._publish_health(workers)
             await self.broadcast_workers()
             self.queue_changed()
+
+    async def _publish_health(self, workers: list[AIWorker]) -> None:
+        if not self.distributed or not workers:
+            return
+        data = [
+            {"name": w.name, "health_score": w.health_score, "is_blacklisted": w.is_blacklisted}
+            for w in workers
+        ]
+        await self.bus.publish(
+            CONTROL_CHANNEL, {"op": "health", "workers": data, "origin": self.node_id}
+        )
 
     async def add_hf_model(self, model: HuggingFaceModel) -> None:
         """Make a Hugging Face model available."""

@@ -153,6 +153,7 @@ class BrokerSettings(_Section):
     redis_url: str = ""
     realms_enabled: bool = True
     realms_file: str = "realms.yml"
+    claim_idle_s: float = Field(default=30.0, gt=0)
 
     def resolved_node_id(self) -> str:
         """This process's node id (generated when not configured)."""

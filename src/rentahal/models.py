@@ -221,6 +221,7 @@ class Result(BaseModel):
     realm: str = "$LEGACY"
     query_type: str = "chat"
     recorded: bool = True
+    user: User | None = None  # the user's totals after this query was charged
 
     def to_message(self) -> dict[str, Any]:
         """The ``query_result`` (or ``error``) frame for the original client, with our extras."""

@@ -13,16 +13,11 @@ from PIL import Image, UnidentifiedImageError
 
 from rentahal.config import ChunkingSettings
 from rentahal.errors import QueryRejected
+from rentahal.media import strip_data_uri
 
 MAX_SIDE = 512
 JPEG_QUALITY = 85
 MAX_PIXELS = 64_000_000
-
-
-def _strip_data_uri(data: str) -> str:
-    if data.startswith("data:") and "," in data:
-        return data.split(",", 1)[1]
-    return data
 
 
 def preprocess_image_sync(image_b64: str, max_bytes: int) -> str:
@@ -31,7 +26,7 @@ def preprocess_image_sync(image_b64: str, max_bytes: int) -> str:
     Raises ``QueryRejected`` for bad base64, data that is not an image, or
     images over ``max_bytes`` / the pixel limit.
     """
-    raw_b64 = _strip_data_uri(image_b64.strip())
+    raw_b64 = strip_data_uri(image_b64.strip())
     if len(raw_b64) > max_bytes * 4 // 3 + 4:
         raise QueryRejected(f"Image too large (limit {max_bytes // (1024 * 1024)} MiB)")
     try:

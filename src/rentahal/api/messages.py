@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pydantic import BaseModel, Field, ValidationError
 from rentahal.api.keys_ws import KEY_HANDLERS
 from rentahal.broker import Broker
 from rentahal.errors import BrokerError, QueryRejected, StorageError
+from rentahal.media import decode_audio
 from rentahal.models import AIWorker, HuggingFaceModel, Job, Query, User, is_valid_guid
 from rentahal.realms.connections import Connection
 
@@ -169,21 +169,9 @@ async def vision_chunk(session: Session, message: dict[str, Any]) -> None:
     session.send(await _queued_message(session, job))
 
 
-def _decode_audio(data: str) -> bytes:
-    if data.startswith("data:") and "," in data:
-        data = data.split(",", 1)[1]
-    try:
-        audio = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise QueryRejected("Invalid audio data: not valid base64") from None
-    if not audio:
-        raise QueryRejected("Invalid audio data: empty")
-    return audio
-
-
 async def speech_to_text(session: Session, message: dict[str, Any]) -> None:
     """Transcribe audio on a speech worker."""
-    audio = _decode_audio(_Audio.model_validate(message).audio)
+    audio = decode_audio(_Audio.model_validate(message).audio)
 
     async def run() -> None:
         text = await session.broker.transcribe(audio)

@@ -172,6 +172,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     broker.most_connected = max(broker.most_connected, len(broker.connections.users()))
     try:
         if await _send_connect_sequence(session, fresh):
+            await broker.deliver_pending(conn)
             await broadcast_active_users(broker)
             await _reader(session)
     except WebSocketDisconnect:

@@ -83,12 +83,14 @@ class HealthMonitor:
         rules: HealthRules,
         settings: WorkerSettingsSection,
         on_change: Callable[[list[AIWorker]], Awaitable[None]],
+        is_leader: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._list_workers = list_workers
         self._client = client
         self._rules = rules
         self._settings = settings
         self._on_change = on_change
+        self._is_leader = is_leader
         self._task: asyncio.Task[None] | None = None
 
     def _timeout_for(self, worker: AIWorker) -> float:
@@ -103,14 +105,17 @@ class HealthMonitor:
             *(probe_worker(self._client, w, self._timeout_for(w)) for w in workers)
         )
         changed = [w for w, s in zip(workers, statuses, strict=True) if self._rules.apply(w, s)]
-        ok = [w for w, s in zip(workers, statuses, strict=True) if s == 200]
-        await self._on_change(changed + [w for w in ok if w not in changed])
+        if changed:
+            await self._on_change(changed)
         return changed
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._settings.health_check_interval)
             try:
+                # In a cluster only the node holding the lease probes.
+                if self._is_leader is not None and not await self._is_leader():
+                    continue
                 await self.check_all()
             except Exception:
                 logger.exception("health check round failed")

@@ -37,3 +37,23 @@ def channel_key(channel: str) -> str:
 def delivered_key(job_id: str) -> str:
     """The marker set once the result of ``job_id`` was delivered (exactly-once guard)."""
     return f"{PREFIX}:delivered:{job_id}"
+
+
+def slots_key(worker: str) -> str:
+    """Sorted set ``holder -> lease expiry`` of the calls running on ``worker``."""
+    return f"{PREFIX}:slots:{worker}"
+
+
+def leader_key(role: str) -> str:
+    """The lock naming the node that performs ``role`` (for example ``health``)."""
+    return f"{PREFIX}:leader:{role}"
+
+
+def mailbox_key(user_guid: str) -> str:
+    """List of the user's recent results, for delivery on reconnect."""
+    return f"{PREFIX}:mailbox:{user_guid}"
+
+
+def running_key() -> str:
+    """Hash ``job_id -> node_id|user_guid`` of jobs running on any node."""
+    return f"{PREFIX}:running"

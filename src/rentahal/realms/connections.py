@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Any
 
 import orjson
@@ -14,6 +14,8 @@ from starlette.websockets import WebSocket
 logger = logging.getLogger(__name__)
 
 _CLOSE = object()
+# Results remembered per socket so a result is never sent to it twice.
+DELIVERED_MEMORY = 256
 
 
 def encode(message: dict[str, Any]) -> str:
@@ -38,6 +40,14 @@ class Connection:
         self.closed = False
         self._outbox: asyncio.Queue[object] = asyncio.Queue(maxsize=outbox_size)
         self.close_code = 1000
+        self._delivered: deque[str] = deque(maxlen=DELIVERED_MEMORY)
+
+    def note_delivered(self, job_id: str) -> bool:
+        """Remember that this socket got ``job_id``'s result; False if it already had."""
+        if job_id in self._delivered:
+            return False
+        self._delivered.append(job_id)
+        return True
 
     def send_text(self, text: str) -> bool:
         """Queue a frame; False (and the socket is closed) when it cannot keep up."""
@@ -95,6 +105,10 @@ class RealmConnectionManager:
     def count(self) -> int:
         """Open sockets."""
         return sum(len(c) for c in self._by_user.values())
+
+    def of_user(self, guid: str) -> list[Connection]:
+        """The open sockets of one user."""
+        return list(self._by_user.get(guid, ()))
 
     def users(self) -> list[str]:
         """GUIDs with at least one open socket."""

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from rentahal.errors import (
     WorkerRejected,
     WorkerTimeout,
 )
+from rentahal.media import decode_audio
 from rentahal.models import AIWorker, Job, Query, Result, dispatch_type, worker_family
 from rentahal.realms.workers import WorkerRegistry, WorkerSelector
 
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 class _Run:
     """Book-keeping of one job's calls."""
 
+    job_id: str = ""
     billed_s: float = 0.0
     attempts: int = 0
     worker: str | None = None
@@ -58,7 +61,7 @@ class QueryExecutor:
 
         Retries reserve through ``selector`` (the realm's manager; default: any worker).
         """
-        run = _Run()
+        run = _Run(job_id=job.job_id)
         queue_wait = max(0.0, time.time() - job.submitted_at)
         base = {
             "job_id": job.job_id,
@@ -119,8 +122,36 @@ class QueryExecutor:
         states = self.registry.candidates(
             dispatch_type(query), query.model_name, worker_family(query.model_type)
         )
-        if not any(s.available(now) for s in states):
+        # Slots held on other nodes free up soon; circuits and cool-downs do not.
+        if not any(s.available(now, ignore_saturation=True) for s in states):
             raise NoWorkerAvailable(f"No {dispatch_type(query)} worker is usable for a retry")
+
+    async def _confirmed(
+        self, query: Query, selector: WorkerSelector, run: _Run, first: AIWorker | None
+    ) -> tuple[AIWorker, str | None]:
+        """A worker reserved locally and, in a cluster, confirmed in shared state.
+
+        ``first`` is an already reserved worker (or None). Returns the worker and
+        the holder id of its cluster slot (None on a single node).
+        """
+        candidate = first
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_for(query.query_type)
+        while True:
+            if candidate is None:
+                candidate = await self.registry.acquire(
+                    selector,
+                    query,
+                    exclude=run.tried,
+                    timeout_s=max(0.0, deadline - loop.time()),
+                    check=lambda: self._check_retry_possible(query),
+                )
+            if self.registry.cluster is None:
+                return candidate, None
+            holder = f"{run.job_id}:{uuid.uuid4().hex[:8]}"
+            if await self.registry.confirm(candidate, holder):
+                return candidate, holder
+            candidate = None  # every slot is busy on other nodes: wait for another
 
     async def _run_with_retries(
         self, query: Query, worker: AIWorker, run: _Run, selector: WorkerSelector
@@ -130,19 +161,14 @@ class QueryExecutor:
         current: AIWorker | None = worker
         last: WorkerError | None = None
         for attempt in range(1, attempts_max + 1):
-            if current is None:
-                try:
-                    current = await self.registry.acquire(
-                        selector,
-                        query,
-                        exclude=run.tried,
-                        timeout_s=self.timeout_for(query.query_type),
-                        check=lambda: self._check_retry_possible(query),
-                    )
-                except NoWorkerAvailable:
-                    # No worker for another attempt: the user needs the failure that
-                    # happened, not "no worker became free".
-                    break
+            try:
+                current, holder = await self._confirmed(query, selector, run, current)
+            except NoWorkerAvailable:
+                if last is None:
+                    raise
+                # No worker for another attempt: the user needs the failure that
+                # happened, not "no worker became free".
+                break
             run.attempts = attempt
             run.worker = current.name
             run.tried.append(current.name)
@@ -164,7 +190,7 @@ class QueryExecutor:
                 self.registry.report_success(current.name)
                 return reply
             finally:
-                self.registry.release(current.name)
+                await asyncio.shield(self.registry.release_call(current.name, holder))
             current = None
             if attempt < attempts_max:
                 await asyncio.sleep(self.settings.workers.retry_backoff_s * 2 ** (attempt - 1))
@@ -179,6 +205,11 @@ class QueryExecutor:
         worker = await self.registry.acquire_type(
             "speech", timeout_s=self.settings.performance.query_timeout
         )
+        holder: str | None = None
+        if self.registry.cluster is not None:
+            holder = f"{run.job_id or 'speech'}:{uuid.uuid4().hex[:8]}"
+            if not await self.registry.confirm(worker, holder):
+                raise NoWorkerAvailable("Every speech worker is busy on other nodes")
         try:
             backend = get_backend(worker.protocol)
             fn = getattr(backend, method, None)
@@ -196,10 +227,10 @@ class QueryExecutor:
             self.registry.report_failure(worker.name, exc)
             raise
         finally:
-            self.registry.release(worker.name)
+            await asyncio.shield(self.registry.release_call(worker.name, holder))
 
     async def _transcribe(self, query: Query, run: _Run) -> str:
-        audio = base64.b64decode(query.audio or "", validate=False)
+        audio = decode_audio(query.audio or "")
         text = await self._speech_call("transcribe", run, audio, "audio.webm")
         return str(text)
 

@@ -45,9 +45,11 @@ class QueryProcessor:
         executor: QueryExecutor,
         finish: FinishHandler,
         selector: WorkerSelector | None = None,
+        on_start: Callable[[Job], Awaitable[None]] | None = None,
     ) -> None:
         self.queue = queue
         self.selector: WorkerSelector = selector or registry
+        self._on_start = on_start
         self.bus = bus
         self.registry = registry
         self.executor = executor
@@ -102,6 +104,8 @@ class QueryProcessor:
         worker_state = self.registry.get(worker_name)
         try:
             job.move_to(QueryState.RUNNING)
+            if self._on_start is not None:
+                await self._on_start(job)
             if worker_state is None:
                 raise RuntimeError(f"worker {worker_name} vanished")
             result = await self.executor.execute(job, worker_state.worker, self.selector)

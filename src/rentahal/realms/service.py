@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from rentahal.bus.base import Bus
@@ -35,6 +36,7 @@ class RealmService:
         executor: QueryExecutor,
         finish: FinishHandler,
         processors: dict[str, QueryProcessor],
+        on_start: Callable[[Job], Awaitable[None]] | None = None,
     ) -> None:
         self.path = path
         self.bus = bus
@@ -42,6 +44,7 @@ class RealmService:
         self.executor = executor
         self._finish = finish
         self.processors = processors
+        self._on_start = on_start
         self.registry = RealmRegistry(realms_file)
         self.router = FederationRouter(self.registry, workers)
         self.managers: dict[str, RealmWorkerManager] = {}
@@ -60,7 +63,13 @@ class RealmService:
         processor = self.processors.get(name)
         if processor is None:
             processor = self.processors[name] = QueryProcessor(
-                name, self.bus, self.workers, self.executor, self._finish, selector=manager
+                name,
+                self.bus,
+                self.workers,
+                self.executor,
+                self._finish,
+                selector=manager,
+                on_start=self._on_start,
             )
         processor.start()
 

@@ -85,6 +85,4 @@ def make_strategy(name: str) -> Strategy:
     try:
         return factories[name]()
     except KeyError:
-        raise ValueError(
-            f"unknown strategy {name!r}; known: {', '.join(STRATEGY_NAMES)}"
-        ) from None
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGY_NAMES)}") from None

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from rentahal.backends.health import HealthRules
+from rentahal.bus.state import ClusterState
 from rentahal.config import WorkerSettingsSection
 from rentahal.errors import NoWorkerAvailable, WorkerRateLimited, WorkerRejected
 from rentahal.models import AIWorker, Query, dispatch_type, worker_family
@@ -17,6 +18,9 @@ from rentahal.realms.strategies import HealthStrategy
 
 logger = logging.getLogger(__name__)
 _HEALTH = HealthStrategy()
+# How long a worker counts as full after other nodes held all its slots
+# (cleared earlier by a slot-freed notice).
+SATURATION_S = 1.0
 #: 4xx answers that blame the request's content rather than the worker or its configuration.
 _INPUT_FAULT_STATUSES = frozenset({400, 413, 415, 422})
 
@@ -47,6 +51,7 @@ class WorkerState:
     circuit_open_until: float = 0.0
     half_open_trial: bool = False
     cooldown_until: float = 0.0
+    saturated_until: float = 0.0
     calls_total: int = 0
     failures_total: int = 0
     tags: set[str] = field(default_factory=set)
@@ -57,9 +62,14 @@ class WorkerState:
             return "closed"
         return "open" if now < self.circuit_open_until else "half_open"
 
-    def available(self, now: float) -> bool:
-        """Not blacklisted, not cooling down, circuit closed (or a free half-open trial)."""
-        if self.worker.is_blacklisted or now < self.cooldown_until:
+    def available(self, now: float, *, ignore_saturation: bool = False) -> bool:
+        """Not blacklisted, not cooling down, circuit closed (or a free half-open trial).
+
+        A worker whose slots are all held by other nodes is unavailable unless
+        ``ignore_saturation`` (that passes within a query's wait).
+        """
+        saturated = 0.0 if ignore_saturation else self.saturated_until
+        if self.worker.is_blacklisted or now < max(self.cooldown_until, saturated):
             return False
         state = self.circuit(now)
         if state == "open":
@@ -86,6 +96,10 @@ class WorkerRegistry:
         self._states: dict[str, WorkerState] = {}
         self._listeners: list[Callable[[], None]] = []
         self._waiters: list[asyncio.Future[None]] = []
+        # Cluster mode: slots are confirmed in shared state; None on a single node.
+        self.cluster: ClusterState | None = None
+        self.on_cluster_release: Callable[[str], Awaitable[None]] | None = None
+        self.lease_s = 600.0
 
     def add(self, worker: AIWorker) -> None:
         """Add or replace a worker (keeps in-flight counts of a replaced one)."""
@@ -284,6 +298,39 @@ class WorkerRegistry:
             check=lambda: self.check_type_servable(worker_type),
         )
 
+    async def confirm(self, worker: AIWorker, holder: str) -> bool:
+        """Confirm a locally reserved slot cluster-wide (always true on one node).
+
+        When every slot is taken on other nodes, the local reservation is
+        released and the worker counts as saturated until a slot frees up.
+        """
+        if self.cluster is None:
+            return True
+        if await self.cluster.acquire_slot(
+            worker.name, worker.max_concurrency, holder, self.lease_s
+        ):
+            return True
+        state = self._states.get(worker.name)
+        if state is not None:
+            state.saturated_until = time.monotonic() + SATURATION_S
+        self.release(worker.name)
+        return False
+
+    async def release_call(self, name: str, holder: str | None) -> None:
+        """Release a slot taken by :meth:`reserve` and confirmed for ``holder``."""
+        self.release(name)
+        if self.cluster is not None and holder is not None:
+            await self.cluster.release_slot(name, holder)
+            if self.on_cluster_release is not None:
+                await self.on_cluster_release(name)
+
+    def slot_freed(self, name: str) -> None:
+        """Another node released a slot of ``name``: it may be free again."""
+        state = self._states.get(name)
+        if state is not None and state.saturated_until:
+            state.saturated_until = 0.0
+            self._notify()
+
     def release(self, name: str) -> None:
         """Give back a slot taken by :meth:`reserve`."""
         state = self._states.get(name)
@@ -345,6 +392,10 @@ class WorkerRegistry:
             changed.append(state.worker)
         self._notify()
         return changed
+
+    def changed(self) -> None:
+        """Health or membership changed outside the registry: wake waiting consumers."""
+        self._notify()
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever capacity may have grown."""

@@ -14,7 +14,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, delete, event, func, insert, select, update
+from sqlalchemy import Connection, delete, event, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -25,6 +25,7 @@ from rentahal.storage import tables as t
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+MIGRATE_LOCK = 0x52454E54  # "RENT": the advisory lock key of schema migrations
 
 
 def _utcnow() -> datetime:
@@ -67,7 +68,8 @@ def _worker_from_row(row: Any) -> AIWorker:
     )
 
 
-def _user_from_row(row: Any) -> User:
+def user_from_row(row: Any) -> User:
+    """A ``users`` row as a :class:`User`."""
     return User(
         guid=row.guid,
         nickname=row.nickname or "",
@@ -133,10 +135,13 @@ class Storage:
             command.upgrade(cfg, "head")
 
         async with self.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Nodes starting together migrate one after another.
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATE_LOCK}
+                )
             await conn.run_sync(_upgrade)
-            totals = await conn.execute(
-                select(t.system_stats.c.id).where(t.system_stats.c.id == 1)
-            )
+            totals = await conn.execute(select(t.system_stats.c.id).where(t.system_stats.c.id == 1))
             if totals.first() is None:
                 await conn.execute(
                     insert(t.system_stats).values(
@@ -152,7 +157,7 @@ class Storage:
         """The user with ``guid``, or ``None``."""
         async with self.begin() as conn:
             row = (await conn.execute(select(t.users).where(t.users.c.guid == guid))).first()
-        return _user_from_row(row) if row else None
+        return user_from_row(row) if row else None
 
     async def get_or_create_user(self, guid: str) -> User:
         """The user with ``guid``; created (sysop if the very first) when unknown."""
@@ -205,7 +210,7 @@ class Storage:
         """Every user, by nickname."""
         async with self.begin() as conn:
             rows = (await conn.execute(select(t.users).order_by(t.users.c.nickname))).all()
-        return [_user_from_row(r) for r in rows]
+        return [user_from_row(r) for r in rows]
 
     async def users_by_guid(self, guids: list[str]) -> list[User]:
         """The users among ``guids`` that exist."""
@@ -213,7 +218,7 @@ class Storage:
             return []
         async with self.begin() as conn:
             rows = (await conn.execute(select(t.users).where(t.users.c.guid.in_(guids)))).all()
-        return [_user_from_row(r) for r in rows]
+        return [user_from_row(r) for r in rows]
 
     async def recent_queries(self, guid: str, limit: int = 10) -> list[dict[str, Any]]:
         """The user's newest query rows, newest first, all columns."""

@@ -9,9 +9,9 @@ from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
 
 from rentahal.config import CostSettings
-from rentahal.models import Job, Result
+from rentahal.models import Job, Result, User
 from rentahal.storage import tables as t
-from rentahal.storage.database import Storage
+from rentahal.storage.database import Storage, user_from_row
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ class Ledger:
         Idempotent per ``job_id``: a second record of the same job (a job
         re-delivered after a node died) changes nothing and answers ``False``.
         """
+        first, _user = await self.record_with_totals(job, result)
+        return first
+
+    async def record_with_totals(self, job: Job, result: Result) -> tuple[bool, User | None]:
+        """:meth:`record`, also answering the user's updated row when the query was charged."""
         storage = self._storage.for_user(job.user_guid)
         now = datetime.now(UTC).replace(tzinfo=None)
         charged = result.status == "done"
@@ -64,16 +69,22 @@ class Ledger:
                         result_type=result.result_type if charged else None,
                     )
                 )
+                user = None
                 if charged:
-                    await conn.execute(
-                        update(t.users)
-                        .where(t.users.c.guid == job.user_guid)
-                        .values(
-                            total_query_time=t.users.c.total_query_time + result.processing_time,
-                            total_cost=t.users.c.total_cost + result.cost,
-                            query_count=t.users.c.query_count + 1,
+                    row = (
+                        await conn.execute(
+                            update(t.users)
+                            .where(t.users.c.guid == job.user_guid)
+                            .values(
+                                total_query_time=t.users.c.total_query_time
+                                + result.processing_time,
+                                total_cost=t.users.c.total_cost + result.cost,
+                                query_count=t.users.c.query_count + 1,
+                            )
+                            .returning(*t.users.c)
                         )
-                    )
+                    ).first()
+                    user = user_from_row(row) if row is not None else None
                     await conn.execute(
                         update(t.system_stats)
                         .where(t.system_stats.c.id == 1)
@@ -87,5 +98,5 @@ class Ledger:
                     )
         except IntegrityError:
             logger.info("job %s already recorded; not charged twice", job.job_id)
-            return False
-        return True
+            return False, None
+        return True, user

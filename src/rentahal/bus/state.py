@@ -1,0 +1,236 @@
+"""Cluster-wide state beside the bus: worker slots, leadership, result mailboxes, running jobs.
+
+The memory implementation serves one node; the Redis one is shared by every
+node using the same Redis. Slots are leases in a sorted set (expiring on
+their own if a node dies), so counts are never negative and heal themselves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from typing import Any, Protocol
+
+import orjson
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+
+from rentahal.bus import keys
+from rentahal.errors import BusError
+
+MAILBOX_TTL_S = 600
+MAILBOX_LENGTH = 50
+
+_ACQUIRE = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+  return 1
+end
+return 0
+"""
+
+_LEAD = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class ClusterState(Protocol):
+    """Facts every node must agree on."""
+
+    async def close(self) -> None:
+        """Disconnect."""
+        ...
+
+    async def acquire_slot(self, worker: str, cap: int, holder: str, lease_s: float) -> bool:
+        """Take one of ``worker``'s ``cap`` slots for ``holder``; False when all are taken."""
+        ...
+
+    async def release_slot(self, worker: str, holder: str) -> None:
+        """Give a slot back."""
+        ...
+
+    async def try_lead(self, role: str, node_id: str, ttl_s: float) -> bool:
+        """Take or renew the lock of ``role``; True while this node holds it."""
+        ...
+
+    async def post_result(self, user_guid: str, result: dict[str, Any]) -> None:
+        """Keep a result for delivery to the user's sockets, also after a reconnect."""
+        ...
+
+    async def undelivered(self, user_guid: str) -> list[dict[str, Any]]:
+        """The user's kept results that no socket has received yet."""
+        ...
+
+    async def mark_delivered(self, job_id: str) -> bool:
+        """Note that a socket received ``job_id``'s result; True the first time."""
+        ...
+
+    async def set_running(self, job_id: str, node_id: str, user_guid: str) -> None:
+        """Note that ``node_id`` runs ``job_id``."""
+        ...
+
+    async def clear_running(self, job_id: str) -> None:
+        """The job finished."""
+        ...
+
+    async def running(self, job_id: str) -> tuple[str, str] | None:
+        """``(node_id, user_guid)`` of a running job, or None."""
+        ...
+
+    async def running_count(self) -> int:
+        """Jobs running on all nodes."""
+        ...
+
+
+class MemoryState:
+    """State of a single node (the embedded deployment)."""
+
+    def __init__(self) -> None:
+        self._mail: defaultdict[str, deque[tuple[float, dict[str, Any]]]] = defaultdict(
+            lambda: deque(maxlen=MAILBOX_LENGTH)
+        )
+        self._delivered: dict[str, float] = {}
+        self._running: dict[str, tuple[str, str]] = {}
+
+    async def close(self) -> None:
+        return None
+
+    async def acquire_slot(self, worker: str, cap: int, holder: str, lease_s: float) -> bool:
+        return True  # the local registry already counts every call of the only node
+
+    async def release_slot(self, worker: str, holder: str) -> None:
+        return None
+
+    async def try_lead(self, role: str, node_id: str, ttl_s: float) -> bool:
+        return True
+
+    def _prune(self, now: float) -> None:
+        for job_id in [j for j, t in self._delivered.items() if now - t > MAILBOX_TTL_S]:
+            del self._delivered[job_id]
+
+    async def post_result(self, user_guid: str, result: dict[str, Any]) -> None:
+        self._mail[user_guid].append((time.monotonic(), result))
+
+    async def undelivered(self, user_guid: str) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        self._prune(now)
+        box = self._mail.get(user_guid)
+        if not box:
+            return []
+        return [
+            r for t, r in box if now - t <= MAILBOX_TTL_S and r.get("job_id") not in self._delivered
+        ]
+
+    async def mark_delivered(self, job_id: str) -> bool:
+        first = job_id not in self._delivered
+        self._delivered[job_id] = time.monotonic()
+        return first
+
+    async def set_running(self, job_id: str, node_id: str, user_guid: str) -> None:
+        self._running[job_id] = (node_id, user_guid)
+
+    async def clear_running(self, job_id: str) -> None:
+        self._running.pop(job_id, None)
+
+    async def running(self, job_id: str) -> tuple[str, str] | None:
+        return self._running.get(job_id)
+
+    async def running_count(self) -> int:
+        return len(self._running)
+
+
+class RedisState:
+    """State shared by every node of one Redis."""
+
+    def __init__(self, url: str, connect_timeout_s: float = 5.0) -> None:
+        self._redis: Redis = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=connect_timeout_s,
+            socket_timeout=connect_timeout_s,
+            health_check_interval=30,
+        )
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._lead = self._redis.register_script(_LEAD)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def _do(self, what: str, coro: Any) -> Any:
+        try:
+            return await coro
+        except (rexc.RedisError, OSError) as exc:
+            raise BusError(f"redis {what} failed: {exc}") from exc
+
+    async def acquire_slot(self, worker: str, cap: int, holder: str, lease_s: float) -> bool:
+        got = await self._do(
+            "acquire_slot",
+            self._acquire(keys=[keys.slots_key(worker)], args=[cap, int(lease_s * 1000), holder]),
+        )
+        return bool(got)
+
+    async def release_slot(self, worker: str, holder: str) -> None:
+        await self._do("release_slot", self._redis.zrem(keys.slots_key(worker), holder))
+
+    async def try_lead(self, role: str, node_id: str, ttl_s: float) -> bool:
+        got = await self._do(
+            "try_lead", self._lead(keys=[keys.leader_key(role)], args=[node_id, int(ttl_s * 1000)])
+        )
+        return bool(got)
+
+    async def post_result(self, user_guid: str, result: dict[str, Any]) -> None:
+        key = keys.mailbox_key(user_guid)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.rpush(key, orjson.dumps(result))
+        pipe.ltrim(key, -MAILBOX_LENGTH, -1)
+        pipe.expire(key, MAILBOX_TTL_S)
+        await self._do("post_result", pipe.execute())
+
+    async def undelivered(self, user_guid: str) -> list[dict[str, Any]]:
+        raw = await self._do("mailbox", self._redis.lrange(keys.mailbox_key(user_guid), 0, -1))
+        results = [orjson.loads(r) for r in raw]
+        if not results:
+            return []
+        flags = await self._do(
+            "delivered",
+            self._redis.mget([keys.delivered_key(r["job_id"]) for r in results]),
+        )
+        return [r for r, flag in zip(results, flags, strict=True) if flag is None]
+
+    async def mark_delivered(self, job_id: str) -> bool:
+        got = await self._do(
+            "mark_delivered",
+            self._redis.set(keys.delivered_key(job_id), "1", nx=True, ex=MAILBOX_TTL_S),
+        )
+        return bool(got)
+
+    async def set_running(self, job_id: str, node_id: str, user_guid: str) -> None:
+        await self._do(
+            "set_running", self._redis.hset(keys.running_key(), job_id, f"{node_id}|{user_guid}")
+        )
+
+    async def clear_running(self, job_id: str) -> None:
+        await self._do("clear_running", self._redis.hdel(keys.running_key(), job_id))
+
+    async def running(self, job_id: str) -> tuple[str, str] | None:
+        value = await self._do("running", self._redis.hget(keys.running_key(), job_id))
+        if value is None:
+            return None
+        node, _, guid = str(value).partition("|")
+        return node, guid
+
+    async def running_count(self) -> int:
+        return int(await self._do("running_count", self._redis.hlen(keys.running_key())))
