@@ -45,6 +45,8 @@ BROADCAST_CHANNEL = "broadcast"
 CONTROL_CHANNEL = "control"
 RESULTS_CHANNEL = "results"
 WATCHDOG_INTERVAL_S = 2.0
+USER_CACHE_S = 10.0
+USER_CACHE_SIZE = 100_000
 
 
 class Broker:
@@ -92,6 +94,7 @@ class Broker:
         self._owner: dict[str, tuple[str, str]] = {}
         self.notifier = QueueNotifier(self)
         self.most_connected = 0
+        self._users: dict[str, tuple[float, User]] = {}
         self.realms: RealmService | None = None
         self.metrics = RealmMetricsCollector(
             lambda: self.realms.router.stats if self.realms else RouterStats()
@@ -146,6 +149,7 @@ class Broker:
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
         """Stop consuming, drain running jobs, then stop periodic jobs and the bus."""
         await asyncio.gather(*(p.stop(drain_timeout_s) for p in self.processors.values()))
+        await self.ledger.close()
         await self.health.stop()
         await self.notifier.stop()
         for task in (self._watchdog,):
@@ -171,8 +175,23 @@ class Broker:
         return await self.storage.for_user(guid).get_or_create_user(guid)
 
     async def get_user(self, guid: str) -> User | None:
-        """A user by GUID."""
-        return await self.storage.for_user(guid).get_user(guid)
+        """A user by GUID (read from the database)."""
+        user = await self.storage.for_user(guid).get_user(guid)
+        if user is not None:
+            self._users[guid] = (time.monotonic(), user)
+        return user
+
+    async def cached_user(self, guid: str) -> User | None:
+        """A user by GUID, from a short-lived cache that bans and renames invalidate."""
+        hit = self._users.get(guid)
+        if hit is not None and time.monotonic() - hit[0] < USER_CACHE_S:
+            return hit[1]
+        return await self.get_user(guid)
+
+    def _forget_user(self, guid: str) -> None:
+        self._users.pop(guid, None)
+        if len(self._users) > USER_CACHE_SIZE:
+            self._users.clear()
 
     async def set_nickname(self, guid: str, nickname: str) -> User:
         """Rename a user; ``QueryRejected`` when the name is invalid or taken."""
@@ -181,6 +200,7 @@ class Broker:
             raise QueryRejected("Nickname must be 1 to 50 characters")
         if not await self.storage.for_user(guid).set_nickname(guid, nickname):
             raise QueryRejected("Nickname already taken")
+        self._forget_user(guid)
         user = await self.get_user(guid)
         assert user is not None
         return user
@@ -189,6 +209,7 @@ class Broker:
         """Ban (closing every live session of the user on every node) or unban."""
         if not await self.storage.for_user(guid).set_banned(guid, banned):
             return False
+        self._forget_user(guid)
         if banned:
             await self.terminate_user(guid, broadcast=False)
         await self.bus.publish(CONTROL_CHANNEL, {"op": "ban" if banned else "unban", "guid": guid})
@@ -224,7 +245,7 @@ class Broker:
 
     async def submit(self, user_guid: str, query: Query, *, want_result: bool = False) -> Job:
         """Validate and queue a query; ``QueryRejected`` says why not."""
-        user = await self.get_user(user_guid)
+        user = await self.cached_user(user_guid)
         if user is None:
             raise QueryRejected("Unknown user")
         if user.is_banned:
@@ -366,6 +387,7 @@ class Broker:
         self.notifier.observe(result)
         if user is not None:
             result = result.model_copy(update={"user": user})
+            self._users[user.guid] = (time.monotonic(), user)
         payload = result.model_dump()
         await self.state.post_result(job.user_guid, payload)
         await self.bus.publish(RESULTS_CHANNEL, payload)
@@ -429,6 +451,8 @@ class Broker:
 
     async def _on_control(self, message: dict[str, Any]) -> None:
         op = message.get("op")
+        if op in ("ban", "unban"):
+            self._forget_user(message["guid"])
         if op == "ban":
             self.connections.close_user(
                 message["guid"],

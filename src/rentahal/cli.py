@@ -57,6 +57,7 @@ def _run_server(settings: Settings) -> None:
         log_level="info",
         ws_max_size=4 * (settings.websocket.max_message_size + 16 * 1024),
         ws_ping_interval=None,
+        ws_per_message_deflate=settings.websocket.per_message_deflate,
     )
 
 

@@ -67,6 +67,8 @@ class WebsocketSettings(_Section):
     """``[Websocket]``: frame size limit (a chunk envelope allowance is added)."""
 
     max_message_size: int = Field(default=1048576, ge=1024)
+    # Compression costs ~50 KiB and CPU per socket; base64 images barely shrink.
+    per_message_deflate: bool = False
 
 
 class WorkerSettingsSection(_Section):

@@ -79,6 +79,7 @@ class BrokerServer(ThreadServer):
             create_app(settings),
             port=port,
             ws_max_size=4 * (settings.websocket.max_message_size + 16 * 1024),
+            ws_per_message_deflate=settings.websocket.per_message_deflate,
         )
         self.settings = settings
 

@@ -22,6 +22,7 @@ router = APIRouter()
 # A vision chunk carries up to ``chunk_size`` characters plus a small JSON envelope.
 ENVELOPE_ALLOWANCE = 16 * 1024
 BANNED_MESSAGE = "You are banned from using this service."
+CONNECTED_LISTED = 20
 AVERAGE_TYPES = (
     ("Chat", "chat"),
     ("Vision", "vision"),
@@ -45,10 +46,13 @@ async def welcome_messages(broker: Broker, user: User) -> list[str]:
         f"{label}: {averages.get(key, 0.0):.2f}s" for label, key in AVERAGE_TYPES
     ]
     guids = broker.connections.users()
-    connected = await broker.storage.users_by_guid(guids)
+    # Name at most CONNECTED_LISTED users, so a connect costs the same at any load.
+    connected = await broker.storage.users_by_guid(guids[:CONNECTED_LISTED])
     user_lines = ["Connected users:"] + [
         f"{u.nickname}: {u.query_count} queries, ${u.total_cost:.2f}" for u in connected
     ]
+    if len(guids) > CONNECTED_LISTED:
+        user_lines.append(f"... and {len(guids) - CONNECTED_LISTED} more")
     return [
         "\n".join(lines),
         f"Your total lifetime costs: ${user.total_cost:.2f}",
@@ -75,13 +79,6 @@ async def _send_connect_sequence(session: Session, fresh_cookie: bool) -> bool:
     conn.send({"type": "worker_update", "workers": broker.registry.public()})
     conn.send({"type": "huggingface_update", "models": [m.model_dump() for m in broker.hf_models]})
     return True
-
-
-async def broadcast_active_users(broker: Broker) -> None:
-    """Tell sysops who is connected."""
-    broker.connections.broadcast(
-        {"type": "active_users", "users": broker.connections.users()}, sysops_only=True
-    )
 
 
 def _frame_limit(broker: Broker) -> int:
@@ -173,7 +170,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     try:
         if await _send_connect_sequence(session, fresh):
             await broker.deliver_pending(conn)
-            await broadcast_active_users(broker)
+            broker.notifier.users_changed()
             await _reader(session)
     except WebSocketDisconnect:
         pass
@@ -192,4 +189,4 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
                 await websocket.close()
             except Exception:
                 logger.debug("close after session end failed", exc_info=True)
-        await broadcast_active_users(broker)
+        broker.notifier.users_changed()

@@ -36,6 +36,8 @@ class QueueNotifier:
         self._last_totals: tuple[int, int] | None = None
         self._positions: dict[str, int] = {}
         self._avg_s: defaultdict[str, float] = defaultdict(lambda: 1.0)
+        self._users_changed = False
+        self._queue_dirty = False
 
     def start(self) -> None:
         """Start the loop."""
@@ -49,7 +51,13 @@ class QueueNotifier:
                 await self._task
 
     def changed(self) -> None:
-        """Something moved: broadcast soon."""
+        """A queue moved: broadcast soon."""
+        self._queue_dirty = True
+        self._event.set()
+
+    def users_changed(self) -> None:
+        """Someone connected or left: tell sysops soon (coalesced)."""
+        self._users_changed = True
         self._event.set()
 
     def forget(self, job_id: str) -> None:
@@ -71,12 +79,18 @@ class QueueNotifier:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PERIOD_S):
                     await self._event.wait()
-            event = self._event.is_set()
             self._event.clear()
+            queue_event, self._queue_dirty = self._queue_dirty, False
             try:
+                if self._users_changed:
+                    self._users_changed = False
+                    connections = self.broker.connections
+                    connections.broadcast(
+                        {"type": "active_users", "users": connections.users()}, sysops_only=True
+                    )
                 await self._expire_waiting()
                 totals = self.totals(await self.broker.queue_depth())
-                if event or totals != self._last_totals:
+                if queue_event or totals != self._last_totals:
                     self._last_totals = totals
                     self.broker.connections.broadcast(
                         {"type": "queue_update", "depth": totals[0], "total": totals[1]}
