@@ -63,6 +63,7 @@ _BASE_ENV: dict[str, str] = {
 # RENTAHAL_* variable is a configuration error, so these are passed only when
 # the setting exists): a short reclaim time so a killed node's jobs move fast.
 _OPTIONAL_BROKER_ENV: dict[str, str] = {
+    "claim_idle_s": "3",
     "claim_idle_ms": "3000",
     "drain_timeout_s": "10",
 }
