@@ -290,12 +290,18 @@ async def test_cancel_through_another_node(cluster: Cluster) -> None:
         on_b = ClusterUser(on_a.guid)
         await on_b.connect(cluster.node(1).ws_url)
         await on_b.send({"type": "cancel_query", "job_id": job_id})
-        assert await on_b.pump(lambda: on_b.cancelled[job_id] > 0 or bool(on_b.errors), 10), (
-            "node B never answered the cancel"
-        )
+        # The socket that submitted (node A) learns of the cancellation ...
+        if not await on_a.pump(lambda: on_a.cancelled[job_id] > 0 or bool(on_b.errors), 10):
+            await on_b.pump(lambda: bool(on_b.errors), 1)
+            rows = await cluster.fetch("SELECT status, cost FROM queries WHERE job_id = $1", job_id)
+            pytest.fail(
+                "no query_cancelled on node A within 10 s of cancel_query via node B; "
+                f"errors on B {on_b.errors}; ledger rows {rows}"
+            )
         assert not on_b.errors, f"cancel via node B refused: {on_b.errors}"
-        assert await on_a.pump(lambda: on_a.cancelled[job_id] > 0, 5), (
-            "query_cancelled did not reach the socket on node A"
+        # ... and so does the user's socket on node B, as every result reaches all of them.
+        assert await on_b.pump(lambda: on_b.cancelled[job_id] > 0, 5), (
+            "query_cancelled reached the user's socket on node A but not the one on node B"
         )
         rows: list[dict[str, Any]] = []
         deadline = time.monotonic() + 10
@@ -311,6 +317,22 @@ async def test_cancel_through_another_node(cluster: Cluster) -> None:
         if on_b is not None:
             await on_b.close()
         cluster.stop_worker("glacial")
+
+
+@pytest.mark.timeout(60)
+async def test_result_reaches_the_users_sockets_on_every_node(cluster: Cluster) -> None:
+    cluster.prepare([cluster.record("fast1")])
+    guid = new_guid()
+    tabs = [ClusterUser(guid) for _ in range(3)]
+    try:
+        for i, tab in enumerate(tabs):
+            await tab.connect(cluster.node(i).ws_url)
+        (job_id,) = await tabs[0].submit(1, "three tabs")
+        await asyncio.gather(*(t.pump(lambda t=t: t.settled([job_id]), 10) for t in tabs))
+        got = [i for i, t in enumerate(tabs) if t.answered([job_id])]
+        assert got == [0, 1, 2], f"the result reached the tabs on nodes {got} only"
+    finally:
+        await close_all(tabs)
 
 
 # 5 ---------------------------------------------------------------------------------
