@@ -16,9 +16,8 @@ from rentahal.bus.base import Bus
 from rentahal.bus.state import ClusterState, MemoryState
 from rentahal.config import Settings
 from rentahal.errors import QueryRejected, QueueFull, StorageError
+from rentahal.fleet import CONTROL_CHANNEL, Fleet
 from rentahal.models import (
-    AIWorker,
-    HuggingFaceModel,
     Job,
     Query,
     QueryState,
@@ -42,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 LEGACY_QUEUE = "$LEGACY"
 BROADCAST_CHANNEL = "broadcast"
-CONTROL_CHANNEL = "control"
 RESULTS_CHANNEL = "results"
 WATCHDOG_INTERVAL_S = 2.0
 USER_CACHE_S = 10.0
@@ -69,22 +67,22 @@ class Broker:
         self.distributed = state is not None and not isinstance(state, MemoryState)
         self.ledger = Ledger(storage, settings.costs)
         self.registry = WorkerRegistry(settings.workers)
+        self.fleet = Fleet(self)
         if self.distributed:
             self.registry.cluster = self.state
-            self.registry.on_cluster_release = self._announce_slot_free
+            self.registry.on_cluster_release = self.fleet.announce_slot_free
             perf = settings.performance
             self.registry.lease_s = max(perf.query_timeout, perf.imagine_timeout) + 60
         self.executor = QueryExecutor(self.registry, client, settings)
         self.connections = RealmConnectionManager()
         self.uploads = ChunkAssembler(settings.chunking, expiry_s=settings.queue.queue_timeout)
         self.processors: dict[str, QueryProcessor] = {}
-        self.hf_models: list[HuggingFaceModel] = []
         self.health = HealthMonitor(
             self.registry.workers,
             client,
             self.registry.rules,
             settings.workers,
-            self._health_changed,
+            self.fleet.health_changed,
             is_leader=lambda: self.state.try_lead(
                 "health", self.node_id, settings.workers.health_check_interval * 3
             ),
@@ -104,9 +102,7 @@ class Broker:
     async def start(self) -> None:
         """Migrate the database, load workers, start consumers and periodic jobs."""
         await self.storage.migrate()
-        for worker in await self.storage.list_workers():
-            self.registry.add(worker)
-        self.hf_models = await self.storage.list_hf_models()
+        await self.fleet.load()
         await self.bus.start()
         self.bus.subscribe(BROADCAST_CHANNEL, self._on_broadcast)
         self.bus.subscribe(RESULTS_CHANNEL, self._on_result)
@@ -465,106 +461,9 @@ class Broker:
                 for job_id, job in list(processor.running_jobs.items()):
                     if job.user_guid == message["guid"]:
                         processor.cancel(job_id)
-        elif op == "slot_free":
-            self.registry.slot_freed(message["worker"])
-        elif message.get("origin") == self.node_id:
-            return
-        elif op == "workers_changed":
-            await self._reload_workers()
-        elif op == "health":
-            for data in message["workers"]:
-                state = self.registry.get(data["name"])
-                if state is not None:
-                    state.worker.health_score = data["health_score"]
-                    state.worker.is_blacklisted = data["is_blacklisted"]
-            self.registry.changed()
-
-    async def _announce_slot_free(self, worker: str) -> None:
-        await self.bus.publish(CONTROL_CHANNEL, {"op": "slot_free", "worker": worker})
-
-    async def _reload_workers(self) -> None:
-        stored = {w.name: w for w in await self.storage.list_workers()}
-        for name in [w.name for w in self.registry.workers() if w.name not in stored]:
-            self.registry.remove(name)
-        for worker in stored.values():
-            current = self.registry.get(worker.name)
-            if current is None or current.worker.model_dump(
-                exclude={"health_score", "is_blacklisted", "last_active"}
-            ) != worker.model_dump(exclude={"health_score", "is_blacklisted", "last_active"}):
-                self.registry.add(worker)
-
-    async def _workers_changed(self) -> None:
-        await self.bus.publish(CONTROL_CHANNEL, {"op": "workers_changed", "origin": self.node_id})
+        else:
+            await self.fleet.handle_control(message)
 
     def queue_changed(self) -> None:
         """Schedule a ``queue_update`` broadcast soon (coalesced)."""
         self.notifier.changed()
-
-    async def add_worker(self, worker: AIWorker) -> None:
-        """Register (or replace) a worker, persist it, tell everyone."""
-        await self.storage.save_worker(worker)
-        self.registry.add(worker)
-        await self._workers_changed()
-        await self.broadcast_workers()
-        self.queue_changed()
-
-    async def remove_worker(self, name: str) -> bool:
-        """Forget a worker; running calls on it finish."""
-        found = self.registry.remove(name)
-        found = await self.storage.delete_worker(name) or found
-        await self._workers_changed()
-        await self.broadcast_workers()
-        self.queue_changed()
-        return found
-
-    async def reset_health(self, name: str | None = None) -> int:
-        """Clear blacklist and circuits and restore health (one or all workers)."""
-        changed = self.registry.reset_health(name)
-        await self.storage.save_health(changed)
-        await self._publish_health(changed)
-        await self.broadcast_workers()
-        return len(changed)
-
-    async def broadcast_workers(self) -> None:
-        """Send ``worker_update`` to everyone."""
-        await self.broadcast({"type": "worker_update", "workers": self.registry.public()})
-
-    async def _health_changed(self, workers: list[AIWorker]) -> None:
-        try:
-            await self.storage.save_health(workers)
-        except StorageError as exc:
-            logger.error("could not save worker health: %s", exc)
-        if workers:
-            await self._publish_health(workers)
-            await self.broadcast_workers()
-            self.queue_changed()
-
-    async def _publish_health(self, workers: list[AIWorker]) -> None:
-        if not self.distributed or not workers:
-            return
-        data = [
-            {"name": w.name, "health_score": w.health_score, "is_blacklisted": w.is_blacklisted}
-            for w in workers
-        ]
-        await self.bus.publish(
-            CONTROL_CHANNEL, {"op": "health", "workers": data, "origin": self.node_id}
-        )
-
-    async def add_hf_model(self, model: HuggingFaceModel) -> None:
-        """Make a Hugging Face model available."""
-        await self.storage.add_hf_model(model)
-        self.hf_models = await self.storage.list_hf_models()
-        await self.broadcast_hf_models()
-
-    async def remove_hf_model(self, name: str) -> bool:
-        """Remove a Hugging Face model."""
-        found = await self.storage.remove_hf_model(name)
-        self.hf_models = await self.storage.list_hf_models()
-        await self.broadcast_hf_models()
-        return found
-
-    async def broadcast_hf_models(self) -> None:
-        """Send ``huggingface_update`` to everyone."""
-        await self.broadcast(
-            {"type": "huggingface_update", "models": [m.model_dump() for m in self.hf_models]}
-        )

@@ -18,7 +18,7 @@ async def system_status(broker: Broker) -> dict[str, Any]:
         "database_exists": True,
         "total_workers": len(broker.registry.workers()),
         "queue_depth": await broker.queue_depth(),
-        "huggingface_models": len(broker.hf_models),
+        "huggingface_models": len(broker.fleet.hf_models),
     }
 
 

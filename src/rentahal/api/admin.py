@@ -153,7 +153,7 @@ async def add_realm_worker(request: Request, name: str, body: dict[str, Any]) ->
     except ValidationError as exc:
         first = exc.errors()[0]
         raise HTTPException(422, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    await _broker(request).add_worker(worker)
+    await _broker(request).fleet.add_worker(worker)
     return worker.public()
 
 
@@ -164,7 +164,7 @@ async def remove_realm_worker(request: Request, name: str, worker: str) -> Respo
     state = _broker(request).registry.get(worker)
     if state is None or service.registry.realm_of_worker(state.worker) != name:
         raise HTTPException(404, f"No worker {worker} in realm {name}")
-    await _broker(request).remove_worker(worker)
+    await _broker(request).fleet.remove_worker(worker)
     return Response(status_code=204)
 
 

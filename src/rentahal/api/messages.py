@@ -228,32 +228,32 @@ async def get_stats(session: Session, message: dict[str, Any]) -> None:
 
 async def add_worker(session: Session, message: dict[str, Any]) -> None:
     """Register a worker."""
-    await session.broker.add_worker(_Worker.model_validate(message).worker)
+    await session.broker.fleet.add_worker(_Worker.model_validate(message).worker)
 
 
 async def remove_worker(session: Session, message: dict[str, Any]) -> None:
     """Remove a worker."""
     name = _WorkerName.model_validate(message).worker_name
-    if not await session.broker.remove_worker(name):
+    if not await session.broker.fleet.remove_worker(name):
         raise QueryRejected(f"No worker named '{name}'")
 
 
 async def reset_worker_health(session: Session, message: dict[str, Any]) -> None:
     """Clear blacklist and circuit of one worker (or all)."""
     name = _OptionalWorkerName.model_validate(message).worker_name
-    if not await session.broker.reset_health(name) and name:
+    if not await session.broker.fleet.reset_health(name) and name:
         raise QueryRejected(f"No worker named '{name}'")
 
 
 async def add_huggingface_model(session: Session, message: dict[str, Any]) -> None:
     """Make a Hugging Face model available."""
-    await session.broker.add_hf_model(_HfModel.model_validate(message).model)
+    await session.broker.fleet.add_hf_model(_HfModel.model_validate(message).model)
 
 
 async def remove_huggingface_model(session: Session, message: dict[str, Any]) -> None:
     """Remove a Hugging Face model."""
     name = _ModelName.model_validate(message).model_name
-    if not await session.broker.remove_hf_model(name):
+    if not await session.broker.fleet.remove_hf_model(name):
         raise QueryRejected(f"No Hugging Face model named '{name}'")
 
 

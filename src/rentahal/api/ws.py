@@ -77,7 +77,9 @@ async def _send_connect_sequence(session: Session, fresh_cookie: bool) -> bool:
     rows = await broker.storage.for_user(user.guid).recent_queries(user.guid, limit=10)
     conn.send({"type": "previous_queries", "data": rows})
     conn.send({"type": "worker_update", "workers": broker.registry.public()})
-    conn.send({"type": "huggingface_update", "models": [m.model_dump() for m in broker.hf_models]})
+    conn.send(
+        {"type": "huggingface_update", "models": [m.model_dump() for m in broker.fleet.hf_models]}
+    )
     return True
 
 

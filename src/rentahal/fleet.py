@@ -1,0 +1,148 @@
+"""The fleet: workers and Hugging Face models, persisted and kept in step across nodes."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from rentahal.errors import StorageError
+from rentahal.models import AIWorker, HuggingFaceModel
+
+if TYPE_CHECKING:
+    from rentahal.broker import Broker
+
+logger = logging.getLogger(__name__)
+
+CONTROL_CHANNEL = "control"
+_VOLATILE = {"health_score", "is_blacklisted", "last_active"}
+
+
+class Fleet:
+    """Adds, removes and heals workers; every node's registry follows the database.
+
+    Changes are saved first, then announced on the control channel so other
+    nodes reload; health found by the probing node travels the same way.
+    """
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.hf_models: list[HuggingFaceModel] = []
+
+    async def load(self) -> None:
+        """Fill the registry and model list from the database."""
+        for worker in await self.broker.storage.list_workers():
+            self.broker.registry.add(worker)
+        self.hf_models = await self.broker.storage.list_hf_models()
+
+    async def _announce(self, op: str, **fields: Any) -> None:
+        broker = self.broker
+        await broker.bus.publish(CONTROL_CHANNEL, {"op": op, "origin": broker.node_id, **fields})
+
+    async def handle_control(self, message: dict[str, Any]) -> None:
+        """Apply another node's fleet change (own messages are ignored)."""
+        op = message.get("op")
+        registry = self.broker.registry
+        if op == "slot_free":
+            registry.slot_freed(message["worker"])
+        elif message.get("origin") == self.broker.node_id:
+            return
+        elif op == "workers_changed":
+            await self.reload_workers()
+        elif op == "models_changed":
+            self.hf_models = await self.broker.storage.list_hf_models()
+        elif op == "health":
+            for data in message["workers"]:
+                state = registry.get(data["name"])
+                if state is not None:
+                    state.worker.health_score = data["health_score"]
+                    state.worker.is_blacklisted = data["is_blacklisted"]
+            registry.changed()
+
+    async def announce_slot_free(self, worker: str) -> None:
+        """Tell every node that a cluster slot of ``worker`` was released."""
+        await self._announce("slot_free", worker=worker)
+
+    async def reload_workers(self) -> None:
+        """Make the registry match the database (keeping live state of unchanged workers)."""
+        registry = self.broker.registry
+        stored = {w.name: w for w in await self.broker.storage.list_workers()}
+        for name in [w.name for w in registry.workers() if w.name not in stored]:
+            registry.remove(name)
+        for worker in stored.values():
+            current = registry.get(worker.name)
+            if current is None or current.worker.model_dump(exclude=_VOLATILE) != worker.model_dump(
+                exclude=_VOLATILE
+            ):
+                registry.add(worker)
+
+    async def add_worker(self, worker: AIWorker) -> None:
+        """Register (or replace) a worker, persist it, tell everyone."""
+        await self.broker.storage.save_worker(worker)
+        self.broker.registry.add(worker)
+        await self._announce("workers_changed")
+        await self.broadcast_workers()
+        self.broker.queue_changed()
+
+    async def remove_worker(self, name: str) -> bool:
+        """Forget a worker; running calls on it finish."""
+        found = self.broker.registry.remove(name)
+        found = await self.broker.storage.delete_worker(name) or found
+        await self._announce("workers_changed")
+        await self.broadcast_workers()
+        self.broker.queue_changed()
+        return found
+
+    async def reset_health(self, name: str | None = None) -> int:
+        """Clear blacklist and circuits and restore health (one or all workers)."""
+        changed = self.broker.registry.reset_health(name)
+        await self.broker.storage.save_health(changed)
+        await self._publish_health(changed)
+        await self.broadcast_workers()
+        return len(changed)
+
+    async def broadcast_workers(self) -> None:
+        """Send ``worker_update`` to everyone."""
+        await self.broker.broadcast(
+            {"type": "worker_update", "workers": self.broker.registry.public()}
+        )
+
+    async def health_changed(self, workers: list[AIWorker]) -> None:
+        """The probes changed these workers' health: save, share, broadcast."""
+        try:
+            await self.broker.storage.save_health(workers)
+        except StorageError as exc:
+            logger.error("could not save worker health: %s", exc)
+        if workers:
+            await self._publish_health(workers)
+            await self.broadcast_workers()
+            self.broker.queue_changed()
+
+    async def _publish_health(self, workers: list[AIWorker]) -> None:
+        if not self.broker.distributed or not workers:
+            return
+        data = [
+            {"name": w.name, "health_score": w.health_score, "is_blacklisted": w.is_blacklisted}
+            for w in workers
+        ]
+        await self._announce("health", workers=data)
+
+    async def add_hf_model(self, model: HuggingFaceModel) -> None:
+        """Make a Hugging Face model available."""
+        await self.broker.storage.add_hf_model(model)
+        self.hf_models = await self.broker.storage.list_hf_models()
+        await self._announce("models_changed")
+        await self.broadcast_hf_models()
+
+    async def remove_hf_model(self, name: str) -> bool:
+        """Remove a Hugging Face model."""
+        found = await self.broker.storage.remove_hf_model(name)
+        self.hf_models = await self.broker.storage.list_hf_models()
+        await self._announce("models_changed")
+        await self.broadcast_hf_models()
+        return found
+
+    async def broadcast_hf_models(self) -> None:
+        """Send ``huggingface_update`` to everyone."""
+        await self.broker.broadcast(
+            {"type": "huggingface_update", "models": [m.model_dump() for m in self.hf_models]}
+        )
