@@ -27,6 +27,9 @@ app.add_typer(bench_app, name="bench")
 app.command("worker")(worker_command)
 console = Console()
 
+# How long a stopping node waits for open connections before closing them.
+GRACEFUL_SHUTDOWN_S = 10
+
 ConfigOpt = typer.Option(Path("config.ini"), "--config", "-c", help="config.ini to read.")
 
 
@@ -58,6 +61,7 @@ def _run_server(settings: Settings) -> None:
         ws_max_size=4 * (settings.websocket.max_message_size + 16 * 1024),
         ws_ping_interval=None,
         ws_per_message_deflate=settings.websocket.per_message_deflate,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
 
 
