@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
+import aiohttp
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -18,6 +18,7 @@ from rentahal.api.debug import router as debug_router
 from rentahal.api.openai import router as openai_router
 from rentahal.api.queries import router as queries_router
 from rentahal.api.security import add_security_headers
+from rentahal.backends import HttpClient
 from rentahal.broker import Broker
 from rentahal.bus.base import Bus
 from rentahal.bus.memory import MemoryBus
@@ -30,12 +31,16 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "web" / "static"
 
 
-def make_http_client(settings: Settings) -> httpx.AsyncClient:
-    """The one pooled HTTP client of this process (per-call timeouts override the default)."""
+def make_http_client(settings: Settings) -> HttpClient:
+    """The one pooled HTTP client of this process (per-call timeouts override the default).
+
+    Call it inside the running loop; the caller closes it.
+    """
     perf = settings.performance
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(perf.query_timeout, connect=perf.connect_timeout),
-        limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+    connector = aiohttp.TCPConnector(limit=512, limit_per_host=0, ttl_dns_cache=300)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=perf.query_timeout, sock_connect=perf.connect_timeout),
     )
 
 
@@ -70,7 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
             storage = Storage(settings.database.url)
             stack.push_async_callback(storage.close)
             client = make_http_client(settings)
-            stack.push_async_callback(client.aclose)
+            stack.push_async_callback(client.close)
             state = make_state(settings)
             stack.push_async_callback(state.close)
             broker = Broker(settings, storage, make_bus(settings), client, state)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
+import aiohttp
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from rentahal.backends.health import HealthMonitor, HealthRules, probe_worker
 from rentahal.config import WorkerSettingsSection
 from rentahal.models import AIWorker
+from tests.fakes import FakeServer, FakeState
 
 
 def _worker(wtype: str = "chat", **kw: Any) -> AIWorker:
@@ -132,42 +139,65 @@ def test_lower_is_the_passive_path() -> None:
 # --- probing --------------------------------------------------------------------------------
 
 
-def _client(handler: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+def _health_app(status: int) -> Callable[[FakeState], Starlette]:
+    """A worker whose ``GET /health`` always answers ``status``."""
+
+    def create_app(state: FakeState) -> Starlette:
+        async def health(request: Request) -> JSONResponse:
+            await state.record(request)
+            return JSONResponse({"status": "healthy" if status == 200 else "down"}, status)
+
+        return Starlette(routes=[Route("/health", health)])
+
+    return create_app
 
 
-async def test_probe_statuses_and_no_answer() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.port == 1:
-            return httpx.Response(200, json={"status": "healthy"})
-        if request.url.port == 2:
-            return httpx.Response(503, text="down")
-        raise httpx.ConnectError("refused", request=request)
+@pytest.fixture(scope="module")
+def healthy() -> Iterator[FakeServer]:
+    server = FakeServer(_health_app(200)).start()
+    yield server
+    server.stop()
 
-    async with _client(handler) as client:
-        ok = AIWorker(name="ok", address="127.0.0.1:1")
-        down = AIWorker(name="down", address="127.0.0.1:2")
-        gone = AIWorker(name="gone", address="127.0.0.1:3")
+
+@pytest.fixture(scope="module")
+def failing() -> Iterator[FakeServer]:
+    server = FakeServer(_health_app(503)).start()
+    yield server
+    server.stop()
+
+
+def _free_address() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return f"127.0.0.1:{port}"
+
+
+async def test_probe_statuses_and_no_answer(healthy: FakeServer, failing: FakeServer) -> None:
+    async with aiohttp.ClientSession() as client:
+        ok = AIWorker(name="ok", address=healthy.address)
+        down = AIWorker(name="down", address=failing.address)
+        gone = AIWorker(name="gone", address=_free_address())
         assert await probe_worker(client, ok, 1.0) == 200
         assert await probe_worker(client, down, 1.0) == 503
         assert await probe_worker(client, gone, 1.0) is None
+    assert healthy.state.last.method == "GET" and healthy.state.last.path == "/health"
 
 
-async def test_monitor_round_scores_every_worker_and_reports_changes() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200 if request.url.port == 1 else 503)
-
+async def test_monitor_round_scores_every_worker_and_reports_changes(
+    healthy: FakeServer, failing: FakeServer
+) -> None:
     workers = [
-        AIWorker(name="full", address="127.0.0.1:1"),
-        AIWorker(name="low", address="127.0.0.1:1", health_score=40),
-        AIWorker(name="down", address="127.0.0.1:2", health_score=10),
+        AIWorker(name="full", address=healthy.address),
+        AIWorker(name="low", address=healthy.address, health_score=40),
+        AIWorker(name="down", address=failing.address, health_score=10),
     ]
     reported: list[list[str]] = []
 
     async def on_change(changed: list[AIWorker]) -> None:
         reported.append([w.name for w in changed])
 
-    async with _client(handler) as client:
+    async with aiohttp.ClientSession() as client:
         monitor = HealthMonitor(lambda: workers, client, RULES, WorkerSettingsSection(), on_change)
         changed = await monitor.check_all()
     assert sorted(w.name for w in changed) == ["down", "low"]

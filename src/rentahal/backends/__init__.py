@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rentahal.backends.a1111 import A1111Backend
-from rentahal.backends.base import Backend, WorkerReply
+from rentahal.backends.base import Backend, HttpClient, WorkerReply
 from rentahal.backends.claude import ClaudeBackend
 from rentahal.backends.huggingface import HuggingFaceBackend
 from rentahal.backends.ollama import OllamaBackend
@@ -41,6 +41,7 @@ __all__ = [
     "A1111Backend",
     "Backend",
     "ClaudeBackend",
+    "HttpClient",
     "HuggingFaceBackend",
     "OllamaBackend",
     "OpenAIBackend",

@@ -1,13 +1,16 @@
-"""HTTP helpers shared by the backends: one place that maps httpx errors to ours."""
+"""HTTP helpers shared by the backends: the one place that talks to aiohttp and maps its errors."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json as jsonlib
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
-import httpx
+import aiohttp
 
+from rentahal.backends.base import HttpClient
 from rentahal.errors import (
     WorkerBadResponse,
     WorkerError,
@@ -17,13 +20,39 @@ from rentahal.errors import (
     WorkerUnavailable,
 )
 
+#: A multipart field: plain text, or ``(filename, content, content_type)`` for a file.
+FormField = str | tuple[str, bytes, str]
 
-def _snippet(response: httpx.Response) -> str:
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A worker's answer, read in full (no library type leaves this module)."""
+
+    status_code: int
+    headers: Mapping[str, str]  # case-insensitive
+    content: bytes
+    reason_phrase: str = ""
+    charset: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The body decoded with the declared charset (UTF-8 when none), never raising."""
+        try:
+            return self.content.decode(self.charset or "utf-8", errors="replace")
+        except LookupError:  # an unknown charset name
+            return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON; ``ValueError`` when it is not JSON."""
+        return jsonlib.loads(self.content)
+
+
+def _snippet(response: HttpResponse) -> str:
     text = response.text[:200].replace("\n", " ")
     return text or response.reason_phrase
 
 
-def check_status(response: httpx.Response, worker: str) -> None:
+def check_status(response: HttpResponse, worker: str) -> None:
     """Raise the error type that matches a non-2xx answer."""
     code = response.status_code
     if code < 300:
@@ -43,30 +72,79 @@ def check_status(response: httpx.Response, worker: str) -> None:
     )
 
 
+def _form(fields: Mapping[str, FormField]) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    for name, value in fields.items():
+        if isinstance(value, str):
+            form.add_field(name, value)
+        else:
+            filename, content, content_type = value
+            form.add_field(name, content, filename=filename, content_type=content_type)
+    return form
+
+
+def _body(json: Any, data: bytes | None, form: Mapping[str, FormField] | None) -> dict[str, Any]:
+    if form is not None:
+        return {"data": _form(form)}
+    if data is not None:
+        return {"data": data}
+    if json is not None:
+        return {"json": json}
+    return {}
+
+
+def _unreachable(worker: str, exc: BaseException) -> WorkerUnavailable:
+    return WorkerUnavailable(f"worker {worker} unreachable: {type(exc).__name__}", worker=worker)
+
+
+def _timed_out(worker: str, timeout_s: float) -> WorkerTimeout:
+    return WorkerTimeout(f"worker {worker} timed out after {timeout_s:g}s", worker=worker)
+
+
+async def _read(response: aiohttp.ClientResponse) -> HttpResponse:
+    content = await response.read()
+    return HttpResponse(
+        response.status, response.headers, content, response.reason or "", response.charset
+    )
+
+
 async def request(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     method: str,
     url: str,
     *,
     worker: str,
     timeout_s: float,
-    **kwargs: Any,
-) -> httpx.Response:
-    """Send one request; translate transport errors and non-2xx answers."""
+    json: Any = None,
+    data: bytes | None = None,
+    form: Mapping[str, FormField] | None = None,
+    headers: Mapping[str, str] | None = None,
+    follow_redirects: bool = False,
+) -> HttpResponse:
+    """Send one request and read the whole answer within ``timeout_s``.
+
+    Transport errors and non-2xx answers become :mod:`rentahal.errors` types.
+    ``form`` is sent as multipart; redirects are followed only when asked.
+    """
     try:
-        response = await client.request(method, url, timeout=timeout_s, **kwargs)
-    except httpx.TimeoutException as exc:
-        message = f"worker {worker} timed out after {timeout_s:g}s"
-        raise WorkerTimeout(message, worker=worker) from exc
-    except httpx.HTTPError as exc:
-        raise WorkerUnavailable(
-            f"worker {worker} unreachable: {type(exc).__name__}", worker=worker
-        ) from exc
+        async with client.request(
+            method,
+            url,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=follow_redirects,
+            **_body(json, data, form),
+        ) as raw:
+            response = await _read(raw)
+    except TimeoutError as exc:  # aiohttp's timeouts all derive from it
+        raise _timed_out(worker, timeout_s) from exc
+    except aiohttp.ClientError as exc:
+        raise _unreachable(worker, exc) from exc
     check_status(response, worker)
     return response
 
 
-def parse_json(response: httpx.Response, worker: str) -> Any:
+def parse_json(response: HttpResponse, worker: str) -> Any:
     """The JSON body, or ``WorkerBadResponse`` naming what came instead."""
     try:
         return response.json()
@@ -92,19 +170,21 @@ def require(data: Any, path: tuple[str | int, ...], worker: str) -> Any:
 
 
 async def probe_status(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     url: str,
     *,
     worker: str,
     timeout_s: float,
-    **kwargs: Any,
+    headers: Mapping[str, str] | None = None,
 ) -> int:
     """GET ``url`` and return its status; an HTTP error status is returned, not raised.
 
     Raises ``WorkerUnavailable`` / ``WorkerTimeout`` only when no answer came.
     """
     try:
-        response = await request(client, "GET", url, worker=worker, timeout_s=timeout_s, **kwargs)
+        response = await request(
+            client, "GET", url, worker=worker, timeout_s=timeout_s, headers=headers
+        )
     except WorkerError as exc:
         if exc.status is None:
             raise
@@ -128,45 +208,66 @@ def service_url(address: str) -> str:
     return f"{'https' if secure else 'http'}://{address}"
 
 
+class HttpStream:
+    """An answer whose body the caller reads: line by line, or all at once."""
+
+    def __init__(self, raw: aiohttp.ClientResponse) -> None:
+        self._raw = raw
+        self.status_code: int = raw.status
+        self.headers: Mapping[str, str] = raw.headers
+
+    async def aiter_lines(self) -> AsyncIterator[str]:
+        """Each line of the body, without its line ending."""
+        async for line in self._raw.content:
+            yield line.decode(self._raw.charset or "utf-8", errors="replace").rstrip("\r\n")
+
+    async def aread(self) -> HttpResponse:
+        """The rest of the body, as a complete answer."""
+        return await _read(self._raw)
+
+
 @asynccontextmanager
 async def stream(
-    client: httpx.AsyncClient,
+    client: HttpClient,
     method: str,
     url: str,
     *,
     worker: str,
     timeout_s: float,
-    **kwargs: Any,
-) -> AsyncIterator[httpx.Response]:
+    json: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> AsyncIterator[HttpStream]:
     """Like :func:`request`, but the body is read by the caller (``aiter_lines``).
 
+    ``timeout_s`` limits the connect and each wait for data, not the whole answer.
     Errors while reading the body are translated too: a timeout becomes
     ``WorkerTimeout``, a connection closed mid-body ``WorkerBadResponse``
     (the answer is truncated), any other transport error ``WorkerUnavailable``.
     """
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
     answering = False
-    try:
-        async with client.stream(method, url, timeout=timeout_s, **kwargs) as response:
-            if response.status_code >= 300:
-                await response.aread()
-                check_status(response, worker)
-            answering = True
-            yield response
-    except httpx.TimeoutException as exc:
-        message = f"worker {worker} timed out after {timeout_s:g}s"
-        raise WorkerTimeout(message, worker=worker) from exc
-    except httpx.RemoteProtocolError as exc:
-        if not answering:
-            raise WorkerUnavailable(
-                f"worker {worker} unreachable: {type(exc).__name__}", worker=worker
+
+    def fail(exc: BaseException) -> NoReturn:
+        if isinstance(exc, TimeoutError):
+            raise _timed_out(worker, timeout_s) from exc
+        if answering and isinstance(
+            exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)
+        ):
+            raise WorkerBadResponse(
+                f"worker {worker} closed the connection mid-answer", worker=worker
             ) from exc
-        raise WorkerBadResponse(
-            f"worker {worker} closed the connection mid-answer", worker=worker
-        ) from exc
-    except httpx.HTTPError as exc:
-        raise WorkerUnavailable(
-            f"worker {worker} unreachable: {type(exc).__name__}", worker=worker
-        ) from exc
+        raise _unreachable(worker, exc) from exc
+
+    try:
+        async with client.request(
+            method, url, json=json, headers=headers, timeout=timeout, allow_redirects=False
+        ) as raw:
+            if raw.status >= 300:
+                check_status(await _read(raw), worker)
+            answering = True
+            yield HttpStream(raw)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        fail(exc)
 
 
 def pick_model(model_name: str, models: list[str], default: str | None) -> str | None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from rentahal.backends._http import parse_json, probe_status, request, require, strip_data_uri
-from rentahal.backends.base import WorkerReply
+from rentahal.backends.base import HttpClient, WorkerReply
 from rentahal.errors import ConfigError, WorkerBadResponse
 from rentahal.models import AIWorker, Query
 
@@ -66,7 +64,7 @@ class A1111Backend:
         return body
 
     async def run(
-        self, client: httpx.AsyncClient, worker: AIWorker, query: Query, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, query: Query, timeout_s: float
     ) -> WorkerReply:
         response = await request(
             client,
@@ -83,14 +81,14 @@ class A1111Backend:
             )
         return WorkerReply(strip_data_uri(image), "image")
 
-    async def probe(self, client: httpx.AsyncClient, worker: AIWorker, timeout_s: float) -> int:
+    async def probe(self, client: HttpClient, worker: AIWorker, timeout_s: float) -> int:
         # A1111 has no /health; /sdapi/v1/options is cheap and only served with --api.
         return await probe_status(
             client, f"{worker.base_url}/sdapi/v1/options", worker=worker.name, timeout_s=timeout_s
         )
 
     async def list_models(
-        self, client: httpx.AsyncClient, worker: AIWorker, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, timeout_s: float
     ) -> list[str]:
         response = await request(
             client,

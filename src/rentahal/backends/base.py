@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-import httpx
+import aiohttp
 
 from rentahal.models import AIWorker, Query, ResultType
+
+#: The one pooled HTTP client a node shares between all worker calls.
+HttpClient = aiohttp.ClientSession
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +24,7 @@ class WorkerReply:
 class Backend(Protocol):
     """One worker protocol (``predict``, ``a1111``, ``ollama``, ...).
 
-    Implementations translate httpx errors into :mod:`rentahal.errors` types:
+    Implementations translate HTTP library errors into :mod:`rentahal.errors` types:
     ``WorkerTimeout``, ``WorkerUnavailable`` (connect error, 5xx),
     ``WorkerRateLimited`` (429), ``WorkerRejected`` (other 4xx) and
     ``WorkerBadResponse`` (unparseable answers).
@@ -30,12 +33,12 @@ class Backend(Protocol):
     protocol: str
 
     async def run(
-        self, client: httpx.AsyncClient, worker: AIWorker, query: Query, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, query: Query, timeout_s: float
     ) -> WorkerReply:
         """Run ``query`` on ``worker`` and return its answer."""
         ...
 
-    async def probe(self, client: httpx.AsyncClient, worker: AIWorker, timeout_s: float) -> int:
+    async def probe(self, client: HttpClient, worker: AIWorker, timeout_s: float) -> int:
         """Cheap health probe (never a billed completion); returns the HTTP status.
 
         Raises ``WorkerUnavailable`` / ``WorkerTimeout`` when no answer came.
@@ -43,7 +46,7 @@ class Backend(Protocol):
         ...
 
     async def list_models(
-        self, client: httpx.AsyncClient, worker: AIWorker, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, timeout_s: float
     ) -> list[str]:
         """Models the worker serves, or ``[]`` when the protocol cannot tell."""
         ...

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from rentahal.backends._http import (
     parse_json,
     pick_model,
@@ -15,7 +13,7 @@ from rentahal.backends._http import (
     service_url,
     strip_data_uri,
 )
-from rentahal.backends.base import WorkerReply
+from rentahal.backends.base import HttpClient, WorkerReply
 from rentahal.errors import WorkerBadResponse
 from rentahal.models import AIWorker, Query
 
@@ -91,7 +89,7 @@ class ClaudeBackend:
         }
 
     async def run(
-        self, client: httpx.AsyncClient, worker: AIWorker, query: Query, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, query: Query, timeout_s: float
     ) -> WorkerReply:
         _, endpoint = _urls(worker)
         response = await request(
@@ -115,7 +113,7 @@ class ClaudeBackend:
             f"worker {worker.name} answer lacks a text block in content", worker=worker.name
         )
 
-    async def probe(self, client: httpx.AsyncClient, worker: AIWorker, timeout_s: float) -> int:
+    async def probe(self, client: HttpClient, worker: AIWorker, timeout_s: float) -> int:
         # GET /v1/models is free; a completion would be billed.
         base, _ = _urls(worker)
         return await probe_status(
@@ -127,7 +125,7 @@ class ClaudeBackend:
         )
 
     async def list_models(
-        self, client: httpx.AsyncClient, worker: AIWorker, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, timeout_s: float
     ) -> list[str]:
         base, _ = _urls(worker)
         response = await request(

@@ -7,9 +7,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import httpx
-
 from rentahal.backends import get_backend
+from rentahal.backends.base import HttpClient
 from rentahal.config import WorkerSettingsSection
 from rentahal.errors import WorkerError
 from rentahal.models import AIWorker, utcnow_iso
@@ -62,7 +61,7 @@ class HealthRules:
             worker.is_blacklisted = True
 
 
-async def probe_worker(client: httpx.AsyncClient, worker: AIWorker, timeout_s: float) -> int | None:
+async def probe_worker(client: HttpClient, worker: AIWorker, timeout_s: float) -> int | None:
     """HTTP status of the worker's protocol probe, or ``None`` when it did not answer."""
     try:
         return await get_backend(worker.protocol).probe(client, worker, timeout_s)
@@ -79,7 +78,7 @@ class HealthMonitor:
     def __init__(
         self,
         list_workers: Callable[[], list[AIWorker]],
-        client: httpx.AsyncClient,
+        client: HttpClient,
         rules: HealthRules,
         settings: WorkerSettingsSection,
         on_change: Callable[[list[AIWorker]], Awaitable[None]],

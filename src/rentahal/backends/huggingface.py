@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from rentahal.backends._http import (
     parse_json,
     pick_model,
@@ -15,7 +13,7 @@ from rentahal.backends._http import (
     require,
     service_url,
 )
-from rentahal.backends.base import WorkerReply
+from rentahal.backends.base import HttpClient, WorkerReply
 from rentahal.errors import WorkerBadResponse, WorkerRejected
 from rentahal.models import AIWorker, Query
 
@@ -57,7 +55,7 @@ class HuggingFaceBackend:
         return {"inputs": query.prompt, "parameters": {"max_new_tokens": self.max_new_tokens}}
 
     async def run(
-        self, client: httpx.AsyncClient, worker: AIWorker, query: Query, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, query: Query, timeout_s: float
     ) -> WorkerReply:
         model = pick_model(query.model_name, worker.models, self.default_model)
         if not model:
@@ -85,7 +83,7 @@ class HuggingFaceBackend:
             )
         return WorkerReply(text, "text")
 
-    async def probe(self, client: httpx.AsyncClient, worker: AIWorker, timeout_s: float) -> int:
+    async def probe(self, client: HttpClient, worker: AIWorker, timeout_s: float) -> int:
         base = _base(worker)
         model = pick_model("", worker.models, self.default_model)
         url = _model_url(base, model) if model else f"{base}/"
@@ -94,7 +92,7 @@ class HuggingFaceBackend:
         )
 
     async def list_models(
-        self, client: httpx.AsyncClient, worker: AIWorker, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, timeout_s: float
     ) -> list[str]:
         # The Inference API has no listing of what a key may run; the sysop names models.
         return []

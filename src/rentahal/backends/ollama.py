@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from rentahal.backends._http import (
     parse_json,
     pick_model,
@@ -14,7 +12,7 @@ from rentahal.backends._http import (
     require,
     strip_data_uri,
 )
-from rentahal.backends.base import WorkerReply
+from rentahal.backends.base import HttpClient, WorkerReply
 from rentahal.errors import WorkerBadResponse
 from rentahal.models import AIWorker, Query
 
@@ -44,7 +42,7 @@ class OllamaBackend:
         }
 
     async def run(
-        self, client: httpx.AsyncClient, worker: AIWorker, query: Query, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, query: Query, timeout_s: float
     ) -> WorkerReply:
         response = await request(
             client,
@@ -61,13 +59,13 @@ class OllamaBackend:
             )
         return WorkerReply(text, "text")
 
-    async def probe(self, client: httpx.AsyncClient, worker: AIWorker, timeout_s: float) -> int:
+    async def probe(self, client: HttpClient, worker: AIWorker, timeout_s: float) -> int:
         return await probe_status(
             client, f"{worker.base_url}/api/tags", worker=worker.name, timeout_s=timeout_s
         )
 
     async def list_models(
-        self, client: httpx.AsyncClient, worker: AIWorker, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, timeout_s: float
     ) -> list[str]:
         response = await request(
             client, "GET", f"{worker.base_url}/api/tags", worker=worker.name, timeout_s=timeout_s

@@ -8,8 +8,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
 from rentahal.backends._http import (
     parse_json,
     pick_model,
@@ -19,7 +17,7 @@ from rentahal.backends._http import (
     service_url,
     stream,
 )
-from rentahal.backends.base import WorkerReply
+from rentahal.backends.base import HttpClient, WorkerReply
 from rentahal.errors import WorkerBadResponse, WorkerRejected, WorkerUnavailable
 from rentahal.models import AIWorker, Query
 
@@ -86,7 +84,7 @@ class OpenAIBackend:
         }
 
     async def run(
-        self, client: httpx.AsyncClient, worker: AIWorker, query: Query, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, query: Query, timeout_s: float
     ) -> WorkerReply:
         if query.query_type == "imagine":
             return WorkerReply(
@@ -119,7 +117,7 @@ class OpenAIBackend:
         return WorkerReply(text, "text")
 
     async def _generate_image(
-        self, client: httpx.AsyncClient, worker: AIWorker, query: Query, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, query: Query, timeout_s: float
     ) -> str:
         payload: dict[str, Any] = {
             "prompt": query.prompt,
@@ -149,7 +147,7 @@ class OpenAIBackend:
 
     async def transcribe(
         self,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         worker: AIWorker,
         audio: bytes,
         filename: str,
@@ -160,8 +158,11 @@ class OpenAIBackend:
             client,
             "POST",
             f"{_base(worker)}/v1/audio/transcriptions",
-            data={"model": self.transcribe_model, "response_format": "json"},
-            files={"file": (filename, audio, "application/octet-stream")},
+            form={
+                "model": self.transcribe_model,
+                "response_format": "json",
+                "file": (filename, audio, "application/octet-stream"),
+            },
             headers=_headers(worker),
             worker=worker.name,
             timeout_s=timeout_s,
@@ -174,7 +175,7 @@ class OpenAIBackend:
         return text
 
     async def speak(
-        self, client: httpx.AsyncClient, worker: AIWorker, text: str, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, text: str, timeout_s: float
     ) -> bytes:
         """Text to speech: ``POST /v1/audio/speech`` -> WAV bytes (checked to be WAV)."""
         response = await request(
@@ -199,7 +200,7 @@ class OpenAIBackend:
         return response.content
 
     async def stream_chat(
-        self, client: httpx.AsyncClient, worker: AIWorker, query: Query, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, query: Query, timeout_s: float
     ) -> AsyncIterator[str]:
         """Yield the answer's content deltas as they arrive (SSE, ``stream: true``).
 
@@ -224,9 +225,8 @@ class OpenAIBackend:
                 )
             if kind.startswith("application/json"):
                 # A server that ignores ``stream`` answers the whole completion at once.
-                await response.aread()
                 text = require(
-                    parse_json(response, worker.name),
+                    parse_json(await response.aread(), worker.name),
                     ("choices", 0, "message", "content"),
                     worker.name,
                 )
@@ -246,7 +246,7 @@ class OpenAIBackend:
             f"worker {worker.name} ended the stream without [DONE]", worker=worker.name
         )
 
-    async def probe(self, client: httpx.AsyncClient, worker: AIWorker, timeout_s: float) -> int:
+    async def probe(self, client: HttpClient, worker: AIWorker, timeout_s: float) -> int:
         return await probe_status(
             client,
             f"{_base(worker)}/v1/models",
@@ -256,7 +256,7 @@ class OpenAIBackend:
         )
 
     async def list_models(
-        self, client: httpx.AsyncClient, worker: AIWorker, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, timeout_s: float
     ) -> list[str]:
         response = await request(
             client,

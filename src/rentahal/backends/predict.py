@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import httpx
-
 from rentahal.backends._http import parse_json, request, require
-from rentahal.backends.base import WorkerReply
+from rentahal.backends.base import HttpClient, WorkerReply
 from rentahal.errors import WorkerBadResponse, WorkerRejected, WorkerUnavailable
 from rentahal.models import AIWorker, Query
 
@@ -16,7 +14,7 @@ class PredictBackend:
     protocol = "predict"
 
     async def run(
-        self, client: httpx.AsyncClient, worker: AIWorker, query: Query, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, query: Query, timeout_s: float
     ) -> WorkerReply:
         payload: dict[str, object] = {
             "prompt": query.prompt,
@@ -50,7 +48,7 @@ class PredictBackend:
             raise WorkerBadResponse(f"worker {worker.name} answered a non-string response")
         return WorkerReply(text, "text")
 
-    async def probe(self, client: httpx.AsyncClient, worker: AIWorker, timeout_s: float) -> int:
+    async def probe(self, client: HttpClient, worker: AIWorker, timeout_s: float) -> int:
         try:
             response = await request(
                 client, "GET", f"{worker.base_url}/health", worker=worker.name, timeout_s=timeout_s
@@ -62,6 +60,6 @@ class PredictBackend:
         return response.status_code
 
     async def list_models(
-        self, client: httpx.AsyncClient, worker: AIWorker, timeout_s: float
+        self, client: HttpClient, worker: AIWorker, timeout_s: float
     ) -> list[str]:
         return []

@@ -10,9 +10,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-from rentahal.backends import WorkerReply, get_backend
+from rentahal.backends import HttpClient, WorkerReply, get_backend
 from rentahal.config import Settings
 from rentahal.errors import (
     BrokerError,
@@ -42,9 +40,7 @@ class _Run:
 class QueryExecutor:
     """Runs a job to a :class:`Result` (never raises for worker failures)."""
 
-    def __init__(
-        self, registry: WorkerRegistry, client: httpx.AsyncClient, settings: Settings
-    ) -> None:
+    def __init__(self, registry: WorkerRegistry, client: HttpClient, settings: Settings) -> None:
         self.registry = registry
         self.client = client
         self.settings = settings

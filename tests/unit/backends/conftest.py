@@ -6,7 +6,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-import httpx
+import aiohttp
 import pytest
 from starlette.applications import Starlette
 
@@ -17,6 +17,8 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.fakes import FakeServer, FakeState, a1111, claude, huggingface, ollama, openai  # noqa: E402
+
+from rentahal.backends import HttpClient  # noqa: E402
 
 
 def _serve(create_app: Callable[[FakeState], Starlette]) -> Iterator[FakeServer]:
@@ -89,7 +91,7 @@ def fake_huggingface(_huggingface_server: FakeServer) -> Iterator[FakeServer]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
+async def client() -> AsyncIterator[HttpClient]:
     """One HTTP client per test, as the broker shares one per node."""
-    async with httpx.AsyncClient() as http:
+    async with aiohttp.ClientSession() as http:
         yield http

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from tests.fakes import PNG_B64, FakeServer
 
+from rentahal.backends import HttpClient
 from rentahal.backends.a1111 import DEFAULT_TXT2IMG, A1111Backend
 from rentahal.errors import ConfigError
 from rentahal.models import AIWorker, Query
@@ -18,9 +18,7 @@ def _worker(fake: FakeServer, **fields: object) -> AIWorker:
 IMAGINE = Query(prompt="a lighthouse at dusk", query_type="imagine")
 
 
-async def test_sends_the_original_payload(
-    fake_a1111: FakeServer, client: httpx.AsyncClient
-) -> None:
+async def test_sends_the_original_payload(fake_a1111: FakeServer, client: HttpClient) -> None:
     reply = await A1111Backend().run(client, _worker(fake_a1111), IMAGINE, 5)
 
     assert (reply.result, reply.result_type) == (PNG_B64, "image")
@@ -42,7 +40,7 @@ async def test_a1111_is_the_inferred_protocol_of_imagine_workers(fake_a1111: Fak
     assert _worker(fake_a1111).protocol == "a1111"
 
 
-async def test_strips_a_data_uri_prefix(fake_a1111: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_strips_a_data_uri_prefix(fake_a1111: FakeServer, client: HttpClient) -> None:
     fake_a1111.state.options["data_uri"] = True
 
     reply = await A1111Backend().run(client, _worker(fake_a1111), IMAGINE, 5)
@@ -51,7 +49,7 @@ async def test_strips_a_data_uri_prefix(fake_a1111: FakeServer, client: httpx.As
 
 
 async def test_options_and_worker_options_override(
-    fake_a1111: FakeServer, client: httpx.AsyncClient
+    fake_a1111: FakeServer, client: HttpClient
 ) -> None:
     backend = A1111Backend(
         options={"steps": 20, "sampler_name": "DPM++ 2M"},
@@ -88,7 +86,7 @@ def test_defaults_are_not_shared_mutable_state() -> None:
 
 
 async def test_listed_model_selects_the_checkpoint(
-    fake_a1111: FakeServer, client: httpx.AsyncClient
+    fake_a1111: FakeServer, client: HttpClient
 ) -> None:
     worker = _worker(fake_a1111, models=["v1-5-pruned-emaonly", "sdxl_base"])
     backend = A1111Backend()
@@ -103,8 +101,6 @@ async def test_listed_model_selects_the_checkpoint(
     assert "override_settings" not in bodies[2]
 
 
-async def test_probe_uses_options_endpoint(
-    fake_a1111: FakeServer, client: httpx.AsyncClient
-) -> None:
+async def test_probe_uses_options_endpoint(fake_a1111: FakeServer, client: HttpClient) -> None:
     assert await A1111Backend().probe(client, _worker(fake_a1111), 5) == 200
     assert fake_a1111.state.last.path == "/sdapi/v1/options"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from tests.fakes import PNG_B64, FakeServer
 
+from rentahal.backends import HttpClient
 from rentahal.backends.claude import ClaudeBackend, _urls
 from rentahal.errors import WorkerBadResponse, WorkerRejected
 from rentahal.models import AIWorker, Query
@@ -36,9 +36,7 @@ def test_endpoint_forms(address: str, base: str, endpoint: str) -> None:
     assert _urls(_worker(address)) == (base, endpoint)
 
 
-async def test_chat_headers_payload_answer(
-    fake_claude: FakeServer, client: httpx.AsyncClient
-) -> None:
+async def test_chat_headers_payload_answer(fake_claude: FakeServer, client: HttpClient) -> None:
     reply = await ClaudeBackend().run(client, _worker(fake_claude.address), CHAT, 5)
 
     assert (reply.result, reply.result_type) == ("claude-3-haiku-20240307 read text", "text")
@@ -54,7 +52,7 @@ async def test_chat_headers_payload_answer(
     }
 
 
-async def test_full_endpoint_address(fake_claude: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_full_endpoint_address(fake_claude: FakeServer, client: HttpClient) -> None:
     worker = _worker(f"http://{fake_claude.address}/proxy/v1/messages")
 
     await ClaudeBackend().run(client, worker, CHAT, 5)
@@ -66,7 +64,7 @@ async def test_full_endpoint_address(fake_claude: FakeServer, client: httpx.Asyn
     ]
 
 
-async def test_model_choice(fake_claude: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_model_choice(fake_claude: FakeServer, client: HttpClient) -> None:
     backend = ClaudeBackend(default_model="claude-3-5-sonnet-20241022", max_tokens=50)
 
     await backend.run(client, _worker(fake_claude.address), CHAT, 5)
@@ -87,7 +85,7 @@ async def test_model_choice(fake_claude: FakeServer, client: httpx.AsyncClient) 
     ],
 )
 async def test_vision_blocks(
-    image: str, media_type: str, data: str, fake_claude: FakeServer, client: httpx.AsyncClient
+    image: str, media_type: str, data: str, fake_claude: FakeServer, client: HttpClient
 ) -> None:
     query = Query(prompt="describe", query_type="vision", image=image)
 
@@ -101,7 +99,7 @@ async def test_vision_blocks(
 
 
 async def test_text_block_after_a_thinking_block(
-    fake_claude: FakeServer, client: httpx.AsyncClient
+    fake_claude: FakeServer, client: HttpClient
 ) -> None:
     fake_claude.state.options["thinking_first"] = True
 
@@ -110,16 +108,14 @@ async def test_text_block_after_a_thinking_block(
     assert reply.result == "claude-3-haiku-20240307 read text"
 
 
-async def test_empty_content_is_a_bad_response(
-    fake_claude: FakeServer, client: httpx.AsyncClient
-) -> None:
+async def test_empty_content_is_a_bad_response(fake_claude: FakeServer, client: HttpClient) -> None:
     fake_claude.state.mode = "missing"
 
     with pytest.raises(WorkerBadResponse, match="claude-1 answer lacks field content"):
         await ClaudeBackend().run(client, _worker(fake_claude.address), CHAT, 5)
 
 
-async def test_missing_key_is_rejected(fake_claude: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_missing_key_is_rejected(fake_claude: FakeServer, client: HttpClient) -> None:
     worker = AIWorker(name="claude-1", address=fake_claude.address, protocol="claude")
 
     with pytest.raises(WorkerRejected) as caught:
@@ -129,9 +125,7 @@ async def test_missing_key_is_rejected(fake_claude: FakeServer, client: httpx.As
     assert "x-api-key" not in fake_claude.state.last.headers
 
 
-async def test_probe_is_a_free_models_listing(
-    fake_claude: FakeServer, client: httpx.AsyncClient
-) -> None:
+async def test_probe_is_a_free_models_listing(fake_claude: FakeServer, client: HttpClient) -> None:
     assert await ClaudeBackend().probe(client, _worker(fake_claude.address), 5) == 200
 
     sent = fake_claude.state.last

@@ -6,11 +6,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 from tests.fakes import FakeServer
 
-from rentahal.backends import get_backend
+from rentahal.backends import HttpClient, get_backend
 from rentahal.errors import (
     WorkerBadResponse,
     WorkerError,
@@ -82,7 +81,7 @@ async def test_run_maps_misbehaviour(
     error: type[WorkerError],
     status: int | None,
     request: pytest.FixtureRequest,
-    client: httpx.AsyncClient,
+    client: HttpClient,
 ) -> None:
     fake: FakeServer = request.getfixturevalue(case.fake)
     fake.state.mode = mode
@@ -100,7 +99,7 @@ async def test_run_maps_misbehaviour(
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 async def test_run_hang_is_a_timeout(
-    case: Case, request: pytest.FixtureRequest, client: httpx.AsyncClient
+    case: Case, request: pytest.FixtureRequest, client: HttpClient
 ) -> None:
     fake: FakeServer = request.getfixturevalue(case.fake)
     fake.state.mode = "hang"
@@ -110,7 +109,7 @@ async def test_run_hang_is_a_timeout(
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-async def test_run_connect_refused_is_unavailable(case: Case, client: httpx.AsyncClient) -> None:
+async def test_run_connect_refused_is_unavailable(case: Case, client: HttpClient) -> None:
     worker = _worker(case, f"127.0.0.1:{_free_port()}")
 
     with pytest.raises(WorkerUnavailable, match="unreachable") as caught:
@@ -124,7 +123,7 @@ PROBED = [c for c in CASES if c.query_type != "imagine" or c.protocol == "a1111"
 @pytest.mark.parametrize("case", PROBED, ids=[c.protocol for c in PROBED])
 @pytest.mark.parametrize("mode", ["429", "500", "503", "400"])
 async def test_probe_returns_error_status(
-    case: Case, mode: str, request: pytest.FixtureRequest, client: httpx.AsyncClient
+    case: Case, mode: str, request: pytest.FixtureRequest, client: HttpClient
 ) -> None:
     fake: FakeServer = request.getfixturevalue(case.fake)
     fake.state.mode = mode
@@ -137,7 +136,7 @@ async def test_probe_returns_error_status(
 
 @pytest.mark.parametrize("case", PROBED, ids=[c.protocol for c in PROBED])
 async def test_probe_healthy_is_200_and_never_a_completion(
-    case: Case, request: pytest.FixtureRequest, client: httpx.AsyncClient
+    case: Case, request: pytest.FixtureRequest, client: HttpClient
 ) -> None:
     fake: FakeServer = request.getfixturevalue(case.fake)
 
@@ -149,7 +148,7 @@ async def test_probe_healthy_is_200_and_never_a_completion(
 
 @pytest.mark.parametrize("case", PROBED, ids=[c.protocol for c in PROBED])
 async def test_probe_raises_when_no_answer(
-    case: Case, request: pytest.FixtureRequest, client: httpx.AsyncClient
+    case: Case, request: pytest.FixtureRequest, client: HttpClient
 ) -> None:
     fake: FakeServer = request.getfixturevalue(case.fake)
     fake.state.mode = "hang"
@@ -175,7 +174,7 @@ async def test_list_models(
     fake_name: str,
     expected: list[str],
     request: pytest.FixtureRequest,
-    client: httpx.AsyncClient,
+    client: HttpClient,
 ) -> None:
     fake: FakeServer = request.getfixturevalue(fake_name)
     worker = AIWorker(name="w", address=fake.address, protocol=protocol, api_key="k")
@@ -191,7 +190,7 @@ async def test_list_models_errors(
     expected: list[str],
     mode: str,
     request: pytest.FixtureRequest,
-    client: httpx.AsyncClient,
+    client: HttpClient,
 ) -> None:
     fake: FakeServer = request.getfixturevalue(fake_name)
     fake.state.mode = mode

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from tests.fakes import FakeServer
 
+from rentahal.backends import HttpClient
 from rentahal.backends.huggingface import HuggingFaceBackend, _base
 from rentahal.errors import WorkerRejected, WorkerUnavailable
 from rentahal.models import AIWorker, Query
@@ -30,7 +30,7 @@ def test_inference_host_is_https() -> None:
     assert _base(worker) == "https://api-inference.huggingface.co"
 
 
-async def test_generation(fake_huggingface: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_generation(fake_huggingface: FakeServer, client: HttpClient) -> None:
     query = CHAT.model_copy(update={"model_name": "openai-community/gpt2"})
 
     reply = await HuggingFaceBackend().run(client, _worker(fake_huggingface), query, 5)
@@ -45,7 +45,7 @@ async def test_generation(fake_huggingface: FakeServer, client: httpx.AsyncClien
     assert sent.json == {"inputs": "Once upon a time", "parameters": {"max_new_tokens": 50}}
 
 
-async def test_dict_answer(fake_huggingface: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_dict_answer(fake_huggingface: FakeServer, client: HttpClient) -> None:
     fake_huggingface.state.options["dict_answer"] = True
 
     reply = await HuggingFaceBackend().run(client, _worker(fake_huggingface), CHAT, 5)
@@ -53,9 +53,7 @@ async def test_dict_answer(fake_huggingface: FakeServer, client: httpx.AsyncClie
     assert reply.result == "Once upon a time ... (gpt2)"
 
 
-async def test_model_choice_and_no_key(
-    fake_huggingface: FakeServer, client: httpx.AsyncClient
-) -> None:
+async def test_model_choice_and_no_key(fake_huggingface: FakeServer, client: HttpClient) -> None:
     backend = HuggingFaceBackend(default_model="distilgpt2", max_new_tokens=20)
 
     await backend.run(client, _worker(fake_huggingface, models=[], key=None), CHAT, 5)
@@ -67,7 +65,7 @@ async def test_model_choice_and_no_key(
 
 
 async def test_no_model_at_all_is_rejected(
-    fake_huggingface: FakeServer, client: httpx.AsyncClient
+    fake_huggingface: FakeServer, client: HttpClient
 ) -> None:
     with pytest.raises(WorkerRejected, match="no Hugging Face model"):
         await HuggingFaceBackend().run(client, _worker(fake_huggingface, models=[]), CHAT, 5)
@@ -75,7 +73,7 @@ async def test_no_model_at_all_is_rejected(
 
 
 async def test_model_loading_is_unavailable(
-    fake_huggingface: FakeServer, client: httpx.AsyncClient
+    fake_huggingface: FakeServer, client: HttpClient
 ) -> None:
     fake_huggingface.state.mode = "503"
 
@@ -85,7 +83,7 @@ async def test_model_loading_is_unavailable(
     assert caught.value.status == 503
 
 
-async def test_probe(fake_huggingface: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_probe(fake_huggingface: FakeServer, client: HttpClient) -> None:
     backend = HuggingFaceBackend()
 
     assert await backend.probe(client, _worker(fake_huggingface), 5) == 200
@@ -97,7 +95,5 @@ async def test_probe(fake_huggingface: FakeServer, client: httpx.AsyncClient) ->
     ]
 
 
-async def test_list_models_cannot_tell(
-    fake_huggingface: FakeServer, client: httpx.AsyncClient
-) -> None:
+async def test_list_models_cannot_tell(fake_huggingface: FakeServer, client: HttpClient) -> None:
     assert await HuggingFaceBackend().list_models(client, _worker(fake_huggingface), 5) == []

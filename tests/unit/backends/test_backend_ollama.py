@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import httpx
 from tests.fakes import PNG_B64, FakeServer
 
+from rentahal.backends import HttpClient
 from rentahal.backends.ollama import OllamaBackend
 from rentahal.models import AIWorker, Query
 
@@ -13,7 +13,7 @@ def _worker(fake: FakeServer, models: list[str] | None = None) -> AIWorker:
     return AIWorker(name="ollama-1", address=fake.address, protocol="ollama", models=models or [])
 
 
-async def test_chat_payload_and_answer(fake_ollama: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_chat_payload_and_answer(fake_ollama: FakeServer, client: HttpClient) -> None:
     query = Query(prompt="why is the sky blue?", query_type="chat")
 
     reply = await OllamaBackend().run(client, _worker(fake_ollama), query, 5)
@@ -31,7 +31,7 @@ async def test_chat_payload_and_answer(fake_ollama: FakeServer, client: httpx.As
     }
 
 
-async def test_model_choice(fake_ollama: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_model_choice(fake_ollama: FakeServer, client: HttpClient) -> None:
     backend = OllamaBackend(default_model="phi3")
     listed = _worker(fake_ollama, ["mistral", "llava"])
     bare = _worker(fake_ollama)
@@ -44,9 +44,7 @@ async def test_model_choice(fake_ollama: FakeServer, client: httpx.AsyncClient) 
     assert [r.json["model"] for r in fake_ollama.state.requests] == ["llava", "mistral", "phi3"]
 
 
-async def test_vision_sends_bare_base64_images(
-    fake_ollama: FakeServer, client: httpx.AsyncClient
-) -> None:
+async def test_vision_sends_bare_base64_images(fake_ollama: FakeServer, client: HttpClient) -> None:
     backend = OllamaBackend()
     worker = _worker(fake_ollama, ["llava"])
     for image in (PNG_B64, f"data:image/png;base64,{PNG_B64}"):
@@ -58,6 +56,6 @@ async def test_vision_sends_bare_base64_images(
         assert sent.json["messages"][0]["images"] == [PNG_B64]
 
 
-async def test_probe_uses_tags(fake_ollama: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_probe_uses_tags(fake_ollama: FakeServer, client: HttpClient) -> None:
     assert await OllamaBackend().probe(client, _worker(fake_ollama), 5) == 200
     assert fake_ollama.state.last.path == "/api/tags"

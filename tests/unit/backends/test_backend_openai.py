@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 
-import httpx
 import pytest
 from tests.fakes import PNG_B64, WAV_BYTES, FakeServer
 
+from rentahal.backends import HttpClient
 from rentahal.backends.openai import OpenAIBackend, _base
 from rentahal.errors import WorkerBadResponse, WorkerRateLimited, WorkerRejected
 from rentahal.models import AIWorker, Query
@@ -36,7 +36,7 @@ def test_base_url(address: str, base: str) -> None:
     assert _base(AIWorker(name="w", address=address, protocol="openai")) == base
 
 
-async def test_chat(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_chat(fake_openai: FakeServer, client: HttpClient) -> None:
     reply = await OpenAIBackend().run(client, _worker(fake_openai), CHAT, 5)
 
     assert (reply.result, reply.result_type) == ("gpt-4o-mini answered 1 part(s)", "text")
@@ -50,13 +50,13 @@ async def test_chat(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
     }
 
 
-async def test_no_key_no_authorization(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_no_key_no_authorization(fake_openai: FakeServer, client: HttpClient) -> None:
     await OpenAIBackend().run(client, _worker(fake_openai, key=None), CHAT, 5)
 
     assert "authorization" not in fake_openai.state.last.headers
 
 
-async def test_model_choice(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_model_choice(fake_openai: FakeServer, client: HttpClient) -> None:
     backend = OpenAIBackend(default_model="local-model")
     listed = _worker(fake_openai, models=["qwen2", "llama"])
 
@@ -68,7 +68,7 @@ async def test_model_choice(fake_openai: FakeServer, client: httpx.AsyncClient) 
     assert models == ["qwen2", "llama", "local-model"]
 
 
-async def test_vision_content_parts(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_vision_content_parts(fake_openai: FakeServer, client: HttpClient) -> None:
     jpeg = "/9j/4AAQSkZJRg=="
     query = Query(prompt="what is it?", query_type="vision", image=jpeg)
 
@@ -82,7 +82,7 @@ async def test_vision_content_parts(fake_openai: FakeServer, client: httpx.Async
 
 
 async def test_missing_choices_is_a_bad_response(
-    fake_openai: FakeServer, client: httpx.AsyncClient
+    fake_openai: FakeServer, client: HttpClient
 ) -> None:
     fake_openai.state.mode = "missing"
 
@@ -90,7 +90,7 @@ async def test_missing_choices_is_a_bad_response(
         await OpenAIBackend().run(client, _worker(fake_openai), CHAT, 5)
 
 
-async def test_imagine(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_imagine(fake_openai: FakeServer, client: HttpClient) -> None:
     query = Query(prompt="a cat", query_type="imagine")
 
     reply = await OpenAIBackend().run(client, _worker(fake_openai), query, 5)
@@ -110,7 +110,7 @@ async def test_imagine(fake_openai: FakeServer, client: httpx.AsyncClient) -> No
     assert (custom.json["model"], custom.json["size"]) == ("dall-e-2", "256x256")
 
 
-async def test_transcribe(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_transcribe(fake_openai: FakeServer, client: HttpClient) -> None:
     backend = OpenAIBackend()
 
     text = await backend.transcribe(client, _worker(fake_openai), WAV_BYTES, "rec.wav", 5)
@@ -127,7 +127,7 @@ async def test_transcribe(fake_openai: FakeServer, client: httpx.AsyncClient) ->
 
 
 async def test_speech_query_with_audio_is_transcribed(
-    fake_openai: FakeServer, client: httpx.AsyncClient
+    fake_openai: FakeServer, client: HttpClient
 ) -> None:
     query = Query(query_type="speech", audio=base64.b64encode(WAV_BYTES).decode())
 
@@ -137,7 +137,7 @@ async def test_speech_query_with_audio_is_transcribed(
 
 
 async def test_speech_query_with_bad_base64_is_rejected(
-    fake_openai: FakeServer, client: httpx.AsyncClient
+    fake_openai: FakeServer, client: HttpClient
 ) -> None:
     query = Query(query_type="speech", audio="not base64!")
 
@@ -146,14 +146,14 @@ async def test_speech_query_with_bad_base64_is_rejected(
     assert fake_openai.state.requests == []
 
 
-async def test_transcribe_rate_limited(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_transcribe_rate_limited(fake_openai: FakeServer, client: HttpClient) -> None:
     fake_openai.state.mode = "429"
 
     with pytest.raises(WorkerRateLimited):
         await OpenAIBackend().transcribe(client, _worker(fake_openai), WAV_BYTES, "a.wav", 5)
 
 
-async def test_speak(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_speak(fake_openai: FakeServer, client: HttpClient) -> None:
     backend = OpenAIBackend(speech_model="tts-1-hd", voice="nova")
 
     audio = await backend.speak(client, _worker(fake_openai), "Good evening", 5)
@@ -172,7 +172,7 @@ async def test_speak(fake_openai: FakeServer, client: httpx.AsyncClient) -> None
 
 @pytest.mark.parametrize("body", [b'{"ok": true}', b"", b"ID3\x04\x00mp3 data here"])
 async def test_speak_rejects_what_is_not_wav(
-    body: bytes, fake_openai: FakeServer, client: httpx.AsyncClient
+    body: bytes, fake_openai: FakeServer, client: HttpClient
 ) -> None:
     fake_openai.state.options["speech_body"] = body
 
@@ -180,18 +180,14 @@ async def test_speak_rejects_what_is_not_wav(
         await OpenAIBackend().speak(client, _worker(fake_openai), "hi", 5)
 
 
-async def test_speak_html_is_a_bad_response(
-    fake_openai: FakeServer, client: httpx.AsyncClient
-) -> None:
+async def test_speak_html_is_a_bad_response(fake_openai: FakeServer, client: HttpClient) -> None:
     fake_openai.state.mode = "html"
 
     with pytest.raises(WorkerBadResponse, match="text/html"):
         await OpenAIBackend().speak(client, _worker(fake_openai), "hi", 5)
 
 
-async def test_probe_and_list_send_the_key(
-    fake_openai: FakeServer, client: httpx.AsyncClient
-) -> None:
+async def test_probe_and_list_send_the_key(fake_openai: FakeServer, client: HttpClient) -> None:
     backend = OpenAIBackend()
 
     assert await backend.probe(client, _worker(fake_openai), 5) == 200

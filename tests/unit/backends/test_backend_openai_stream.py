@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from tests.fakes import FakeServer
 
+from rentahal.backends import HttpClient
 from rentahal.backends.openai import OpenAIBackend
 from rentahal.errors import (
     WorkerBadResponse,
@@ -24,13 +24,13 @@ def _worker(fake: FakeServer) -> AIWorker:
 
 
 async def _collect(
-    fake: FakeServer, client: httpx.AsyncClient, got: list[str], timeout_s: float = 5
+    fake: FakeServer, client: HttpClient, got: list[str], timeout_s: float = 5
 ) -> None:
     async for delta in OpenAIBackend().stream_chat(client, _worker(fake), CHAT, timeout_s):
         got.append(delta)
 
 
-async def test_yields_deltas_until_done(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_yields_deltas_until_done(fake_openai: FakeServer, client: HttpClient) -> None:
     got: list[str] = []
 
     await _collect(fake_openai, client, got)
@@ -42,7 +42,7 @@ async def test_yields_deltas_until_done(fake_openai: FakeServer, client: httpx.A
 
 
 async def test_cut_mid_way_raises_after_partial_output(
-    fake_openai: FakeServer, client: httpx.AsyncClient
+    fake_openai: FakeServer, client: HttpClient
 ) -> None:
     fake_openai.state.mode = "cut"
     got: list[str] = []
@@ -53,9 +53,7 @@ async def test_cut_mid_way_raises_after_partial_output(
     assert got == ["Hel"]
 
 
-async def test_clean_end_without_done_raises(
-    fake_openai: FakeServer, client: httpx.AsyncClient
-) -> None:
+async def test_clean_end_without_done_raises(fake_openai: FakeServer, client: HttpClient) -> None:
     fake_openai.state.mode = "nodone"
     got: list[str] = []
 
@@ -65,7 +63,7 @@ async def test_clean_end_without_done_raises(
     assert got == ["Hel", "lo", " world"]
 
 
-async def test_error_chunk_mid_stream(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_error_chunk_mid_stream(fake_openai: FakeServer, client: HttpClient) -> None:
     fake_openai.state.mode = "stream_error"
     got: list[str] = []
 
@@ -76,7 +74,7 @@ async def test_error_chunk_mid_stream(fake_openai: FakeServer, client: httpx.Asy
 
 
 async def test_server_ignoring_stream_answers_once(
-    fake_openai: FakeServer, client: httpx.AsyncClient
+    fake_openai: FakeServer, client: HttpClient
 ) -> None:
     fake_openai.state.mode = "json_stream"
     got: list[str] = []
@@ -101,7 +99,7 @@ async def test_failures_before_the_stream(
     error: type[Exception],
     status: int | None,
     fake_openai: FakeServer,
-    client: httpx.AsyncClient,
+    client: HttpClient,
 ) -> None:
     fake_openai.state.mode = mode
     got: list[str] = []
@@ -113,7 +111,7 @@ async def test_failures_before_the_stream(
     assert getattr(caught.value, "status", None) == status
 
 
-async def test_hang_is_a_timeout(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_hang_is_a_timeout(fake_openai: FakeServer, client: HttpClient) -> None:
     fake_openai.state.mode = "hang"
 
     with pytest.raises(WorkerTimeout):
@@ -121,7 +119,7 @@ async def test_hang_is_a_timeout(fake_openai: FakeServer, client: httpx.AsyncCli
 
 
 async def test_abandoning_the_stream_releases_the_connection(
-    fake_openai: FakeServer, client: httpx.AsyncClient
+    fake_openai: FakeServer, client: HttpClient
 ) -> None:
     stream = OpenAIBackend().stream_chat(client, _worker(fake_openai), CHAT, 5)
     assert await anext(stream) == "Hel"
@@ -132,7 +130,7 @@ async def test_abandoning_the_stream_releases_the_connection(
     assert got == ["Hel", "lo", " world"]
 
 
-async def test_html_instead_of_a_stream(fake_openai: FakeServer, client: httpx.AsyncClient) -> None:
+async def test_html_instead_of_a_stream(fake_openai: FakeServer, client: HttpClient) -> None:
     fake_openai.state.mode = "html"
 
     with pytest.raises(WorkerBadResponse, match=r"oai-1 answered text/html.*not a stream"):
