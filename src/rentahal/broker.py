@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from rentahal.backends import HttpClient
 from rentahal.backends.health import HealthMonitor
 from rentahal.bus.base import Bus
 from rentahal.bus.state import ClusterState, MemoryState
@@ -55,7 +54,7 @@ class Broker:
         settings: Settings,
         storage: Storage,
         bus: Bus,
-        client: httpx.AsyncClient,
+        client: HttpClient,
         state: ClusterState | None = None,
     ) -> None:
         self.settings = settings
