@@ -1,7 +1,10 @@
-// Sysop console: workers, users, broadcast, stats, realms and pools.
+// Sysop console: workers, users, broadcast and stats; realms and pools live in admin.js.
 // Nicknames, GUIDs and worker fields are attacker-controlled: text only.
 
 import { $, clear, fillKv, h, money, seconds } from './dom.js';
+import { AdminPanel } from './admin.js';
+
+export { detailMessage } from './admin.js';
 
 export function healthClass(worker) {
   if (worker.is_blacklisted) return 'health-bad';
@@ -9,44 +12,6 @@ export function healthClass(worker) {
   if (score >= 70) return 'health-good';
   if (score >= 30) return 'health-warn';
   return 'health-bad';
-}
-
-/** The readable message of a FastAPI error body. */
-export function detailMessage(body, status) {
-  const detail = body?.detail;
-  if (typeof detail === 'string') return detail;
-  if (Array.isArray(detail)) {
-    return detail.map((d) => [Array.isArray(d?.loc) ? d.loc.join('.') : '', d?.msg ?? JSON.stringify(d)]
-      .filter(Boolean).join(': ')).join('; ');
-  }
-  if (detail) return JSON.stringify(detail);
-  return `HTTP ${status}`;
-}
-
-async function api(method, url, body) {
-  const response = await fetch(url, {
-    method,
-    credentials: 'same-origin',
-    headers: body !== undefined ? { 'Content-Type': 'application/json' } : {},
-    body: body !== undefined ? JSON.stringify(body) : undefined,
-  });
-  let data = null;
-  const text = await response.text();
-  if (text) {
-    try { data = JSON.parse(text); } catch { data = { detail: text.slice(0, 300) }; }
-  }
-  if (!response.ok) throw new Error(detailMessage(data, response.status));
-  return data;
-}
-
-/** Normalise a list response: an array, {realms|pools|items: [...]}, or {name: config}. */
-export function asItems(data, kind) {
-  if (Array.isArray(data)) return data.map((x) => (typeof x === 'string' ? { name: x } : x));
-  if (data && typeof data === 'object') {
-    for (const key of [kind, 'items', 'data']) if (Array.isArray(data[key])) return asItems(data[key], kind);
-    return Object.entries(data).map(([name, value]) => ({ name, ...(value && typeof value === 'object' ? value : { value }) }));
-  }
-  return [];
 }
 
 export class SysopConsole {
@@ -57,7 +22,7 @@ export class SysopConsole {
     this.visible = false;
     this.workers = [];
     this.users = [];
-    this.admin = { realms: [], pools: [] };
+    this.admin = new AdminPanel(root, { getWorkers: () => this.workers });
     this.bind();
   }
 
@@ -70,8 +35,7 @@ export class SysopConsole {
     $('#reset-health-all', root).addEventListener('click', () => this.send({ type: 'reset_worker_health' }));
     $('#refresh-stats', root).addEventListener('click', () => {
       this.send({ type: 'get_stats' });
-      this.loadAdmin('realms');
-      this.loadAdmin('pools');
+      this.admin.load();
     });
 
     $('#add-worker-form', root).addEventListener('submit', (event) => {
@@ -99,13 +63,6 @@ export class SysopConsole {
       this.send({ type: 'sysop_message', message });
       input.value = '';
     });
-
-    for (const form of [$('#realm-form', root), $('#pool-form', root)]) {
-      form.addEventListener('submit', (event) => {
-        event.preventDefault();
-        this.saveAdmin(form.dataset.kind, form);
-      });
-    }
   }
 
   setVisible(visible) {
@@ -114,8 +71,7 @@ export class SysopConsole {
     this.root.hidden = !this.visible;
     if (this.visible && !was) {
       this.send({ type: 'get_stats' });
-      this.loadAdmin('realms');
-      this.loadAdmin('pools');
+      this.admin.load();
     }
   }
 
@@ -124,6 +80,7 @@ export class SysopConsole {
   setWorkers(workers) {
     this.workers = Array.isArray(workers) ? workers : [];
     this.renderWorkers();
+    this.admin.workersChanged();
   }
 
   mergeWorkerHealth(list) {
@@ -134,6 +91,7 @@ export class SysopConsole {
       else this.workers.push(item);
     }
     this.renderWorkers();
+    this.admin.workersChanged();
   }
 
   renderWorkers() {
@@ -217,86 +175,5 @@ export class SysopConsole {
     const row = Array.isArray(data) ? data[0] : data;
     if (!row || typeof row !== 'object') return;
     fillKv($('#system-stats', this.root), Object.entries(row).map(([k, v]) => [k.replaceAll('_', ' '), String(v)]));
-  }
-
-  // ---- realms and pools (admin HTTP API) ------------------------------
-
-  async loadAdmin(kind, { keepError = false } = {}) {
-    const errorEl = $(`#${kind}-admin-error`, this.root);
-    try {
-      this.admin[kind] = asItems(await api('GET', `/api/admin/${kind}`), kind);
-      if (!keepError) errorEl.textContent = '';
-    } catch (err) {
-      this.admin[kind] = [];
-      errorEl.textContent = `Could not load ${kind}: ${err.message}`;
-    }
-    this.renderAdmin(kind);
-  }
-
-  renderAdmin(kind) {
-    const list = clear($(`#${kind}-admin`, this.root));
-    const form = $(kind === 'realms' ? '#realm-form' : '#pool-form', this.root);
-    for (const item of this.admin[kind]) {
-      const name = String(item.name ?? '');
-      const { name: _omit, ...rest } = item;
-      list.append(h('li', { class: 'admin-item', dataset: { name } },
-        h('strong', { text: name }),
-        h('code', { class: 'admin-json', text: JSON.stringify(rest) }),
-        h('span', { class: 'actions' },
-          h('button', {
-            type: 'button', class: 'btn-small edit-item',
-            onclick: () => {
-              form.elements.name.value = name;
-              form.elements.body.value = JSON.stringify(rest, null, 2);
-              form.elements.body.focus();
-            },
-          }, 'Edit'),
-          h('button', {
-            type: 'button', class: 'btn-small btn-danger delete-item',
-            onclick: () => this.deleteAdmin(kind, name),
-          }, 'Delete')),
-      ));
-    }
-    if (!this.admin[kind].length) list.append(h('li', { class: 'muted', text: `No ${kind}.` }));
-  }
-
-  async saveAdmin(kind, form) {
-    const errorEl = $(`#${kind}-admin-error`, this.root);
-    const name = form.elements.name.value.trim();
-    let body = {};
-    const raw = form.elements.body.value.trim();
-    if (raw) {
-      try {
-        body = JSON.parse(raw);
-      } catch (err) {
-        errorEl.textContent = `Settings are not valid JSON: ${err.message}`;
-        return;
-      }
-      if (!body || typeof body !== 'object' || Array.isArray(body)) {
-        errorEl.textContent = 'Settings must be a JSON object.';
-        return;
-      }
-    }
-    const exists = this.admin[kind].some((item) => item.name === name);
-    try {
-      if (exists) await api('PUT', `/api/admin/${kind}/${encodeURIComponent(name)}`, { ...body, name });
-      else await api('POST', `/api/admin/${kind}`, { ...body, name });
-      errorEl.textContent = '';
-      form.reset();
-    } catch (err) {
-      errorEl.textContent = err.message;
-    }
-    await this.loadAdmin(kind, { keepError: true });
-  }
-
-  async deleteAdmin(kind, name) {
-    const errorEl = $(`#${kind}-admin-error`, this.root);
-    try {
-      await api('DELETE', `/api/admin/${kind}/${encodeURIComponent(name)}`);
-      errorEl.textContent = '';
-    } catch (err) {
-      errorEl.textContent = err.message;
-    }
-    await this.loadAdmin(kind, { keepError: true });
   }
 }
