@@ -150,6 +150,23 @@ class ClusterUser:
                     raise
         return True
 
+    async def wait_settled(
+        self,
+        job_ids: list[str],
+        timeout_s: float,
+        reconnect_to: Callable[[], str] | None = None,
+    ) -> bool:
+        """Read frames until each of ``job_ids`` has a result or an error (or ``timeout_s``)."""
+        return await self.pump(lambda: self.settled(job_ids), timeout_s, reconnect_to)
+
+    async def wait_sysop_message(self, text: str, timeout_s: float) -> bool:
+        """Read frames until the sysop message ``text`` arrives (or ``timeout_s``)."""
+        return await self.pump(lambda: text in self.sysop_messages, timeout_s)
+
+    def queued_or_failed(self, count: int) -> Callable[[], bool]:
+        """A condition: more than ``count`` jobs queued, or an error arrived."""
+        return lambda: len(self.queued) > count or bool(self.errors)
+
     def settled(self, job_ids: list[str]) -> bool:
         """Whether each of ``job_ids`` has a ``query_result`` or an ``error``."""
         failed = {e.get("job_id") for e in self.errors}
@@ -226,7 +243,7 @@ async def test_every_query_answered_once_and_ledger_exact(cluster: Cluster) -> N
                 strict=True,
             )
         }
-        await asyncio.gather(*(u.pump(lambda u=u: u.settled(jobs_of[u.guid]), 45) for u in users))
+        await asyncio.gather(*(u.wait_settled(jobs_of[u.guid], 45) for u in users))
         elapsed = time.monotonic() - started
         await asyncio.gather(*(u.pump(lambda: False, 1.0) for u in users))  # late duplicates
         all_jobs = {j for ids in jobs_of.values() for j in ids}
@@ -259,9 +276,7 @@ async def test_max_concurrency_one_holds_across_nodes(cluster: Cluster) -> None:
         for i, user in enumerate(users):
             await user.connect(cluster.node(i).ws_url)
         ids = await asyncio.gather(*(u.submit(4, "solo") for u in users))
-        await asyncio.gather(
-            *(u.pump(lambda u=u, j=j: u.settled(j), 40) for u, j in zip(users, ids, strict=True))
-        )
+        await asyncio.gather(*(u.wait_settled(j, 40) for u, j in zip(users, ids, strict=True)))
         assert all(u.answered(j) for u, j in zip(users, ids, strict=True)), missing_report(
             users, {u.guid: j for u, j in zip(users, ids, strict=True)}
         )
@@ -293,10 +308,12 @@ async def test_cancel_through_another_node(cluster: Cluster) -> None:
         # The socket that submitted (node A) learns of the cancellation ...
         if not await on_a.pump(lambda: on_a.cancelled[job_id] > 0 or bool(on_b.errors), 10):
             await on_b.pump(lambda: bool(on_b.errors), 1)
-            rows = await cluster.fetch("SELECT status, cost FROM queries WHERE job_id = $1", job_id)
+            found = await cluster.fetch(
+                "SELECT status, cost FROM queries WHERE job_id = $1", job_id
+            )
             pytest.fail(
                 "no query_cancelled on node A within 10 s of cancel_query via node B; "
-                f"errors on B {on_b.errors}; ledger rows {rows}"
+                f"errors on B {on_b.errors}; ledger rows {found}"
             )
         assert not on_b.errors, f"cancel via node B refused: {on_b.errors}"
         # ... and so does the user's socket on node B, as every result reaches all of them.
@@ -328,7 +345,7 @@ async def test_result_reaches_the_users_sockets_on_every_node(cluster: Cluster) 
         for i, tab in enumerate(tabs):
             await tab.connect(cluster.node(i).ws_url)
         (job_id,) = await tabs[0].submit(1, "three tabs")
-        await asyncio.gather(*(t.pump(lambda t=t: t.settled([job_id]), 10) for t in tabs))
+        await asyncio.gather(*(t.wait_settled([job_id], 10) for t in tabs))
         got = [i for i, t in enumerate(tabs) if t.answered([job_id])]
         assert got == [0, 1, 2], f"the result reached the tabs on nodes {got} only"
     finally:
@@ -349,9 +366,7 @@ async def test_sysop_message_reaches_every_node(cluster: Cluster) -> None:
             await user.connect(cluster.node(i).ws_url)
         text = f"maintenance at noon {uuid.uuid4().hex[:6]}"
         await sysop.send({"type": "sysop_message", "message": text})
-        await asyncio.gather(
-            *(u.pump(lambda u=u: text in u.sysop_messages, 10) for u in [sysop, *users])
-        )
+        await asyncio.gather(*(u.wait_sysop_message(text, 10) for u in [sysop, *users]))
         reached = [i for i, u in enumerate(users) if text in u.sysop_messages]
         assert reached == [0, 1, 2], f"reached users on nodes {reached} only"
         assert not sysop.errors
@@ -371,11 +386,11 @@ async def _answers_within(user: ClusterUser, timeout_s: float) -> bool:
         query = {"prompt": "probe", "query_type": "chat", "model_type": "worker_node"}
         await user.send({"type": "submit_query", "query": query})
         left = max(deadline - time.monotonic(), 0.5)
-        await user.pump(lambda n=queued: len(user.queued) > n or bool(user.errors), min(left, 10))
+        await user.pump(user.queued_or_failed(queued), min(left, 10))
         if len(user.queued) > queued:
-            probe = user.queued[queued]
-            await user.pump(lambda p=probe: user.answered([p]) or bool(user.errors), min(left, 10))
-            if user.answered([probe]):
+            probe = [user.queued[queued]]
+            await user.wait_settled(probe, min(left, 10))
+            if user.answered(probe):
                 return True
         await asyncio.sleep(0.5)
     return False
@@ -389,9 +404,7 @@ async def test_redis_restart_nodes_carry_on(cluster: Cluster) -> None:
         for i, user in enumerate(users):
             await user.connect(cluster.node(i).ws_url)
         before = await asyncio.gather(*(u.submit(3, "before") for u in users))
-        await asyncio.gather(
-            *(u.pump(lambda u=u, j=j: u.settled(j), 20) for u, j in zip(users, before, strict=True))
-        )
+        await asyncio.gather(*(u.wait_settled(j, 20) for u, j in zip(users, before, strict=True)))
         assert all(u.answered(j) for u, j in zip(users, before, strict=True))
         recorded = await cluster.fetch("SELECT job_id, cost FROM queries ORDER BY job_id")
         assert len(recorded) == 9
@@ -405,9 +418,7 @@ async def test_redis_restart_nodes_carry_on(cluster: Cluster) -> None:
         for user in users:
             user.errors.clear()
         after = await asyncio.gather(*(u.submit(5, "after") for u in users))
-        await asyncio.gather(
-            *(u.pump(lambda u=u, j=j: u.settled(j), 30) for u, j in zip(users, after, strict=True))
-        )
+        await asyncio.gather(*(u.wait_settled(j, 30) for u, j in zip(users, after, strict=True)))
         assert all(u.answered(j) for u, j in zip(users, after, strict=True)), missing_report(
             users, {u.guid: j for u, j in zip(users, after, strict=True)}
         )
@@ -530,10 +541,7 @@ async def test_kill_9_node_with_queries_in_flight(cluster: Cluster) -> None:
         started = time.monotonic()
         cluster.kill(0)
         await asyncio.gather(
-            *(
-                u.pump(lambda u=u: u.settled(jobs_of[u.guid]), 90, _survivor(cluster, 0))
-                for u in users
-            )
+            *(u.wait_settled(jobs_of[u.guid], 90, _survivor(cluster, 0)) for u in users)
         )
         elapsed = time.monotonic() - started
         await asyncio.gather(*(u.pump(lambda: False, 1.0, _survivor(cluster, 0)) for u in users))
@@ -572,10 +580,7 @@ async def test_sigterm_node_with_queries_in_flight(cluster: Cluster) -> None:
         process = cluster.stop_nowait(0)
         assert process is not None
         await asyncio.gather(
-            *(
-                u.pump(lambda u=u: u.settled(jobs_of[u.guid]), 60, _survivor(cluster, 0))
-                for u in users
-            )
+            *(u.wait_settled(jobs_of[u.guid], 60, _survivor(cluster, 0)) for u in users)
         )
         code = await asyncio.to_thread(_exit_code, process, 30)
         log = cluster.node(0).log_tail(60)

@@ -140,9 +140,7 @@ async def test_websocket_queries_through_nginx_reach_both_nodes(
         for user in users:
             await user.connect(f"ws://{proxy}/ws")
         ids = await asyncio.gather(*(u.submit(3, "via nginx") for u in users))
-        await asyncio.gather(
-            *(u.pump(lambda u=u, j=j: u.settled(j), 30) for u, j in zip(users, ids, strict=True))
-        )
+        await asyncio.gather(*(u.wait_settled(j, 30) for u, j in zip(users, ids, strict=True)))
         assert all(u.answered(j) for u, j in zip(users, ids, strict=True)), [
             u.errors for u in users
         ]
@@ -162,14 +160,14 @@ async def test_idle_socket_survives_and_reconnect_goes_to_the_other_node(
         await user.connect(f"ws://{proxy}/ws")
         await asyncio.sleep(3)  # idle: nginx must not cut the socket
         (job,) = await user.submit(1, "after idling")
-        await user.pump(lambda: user.settled([job]), 15)
+        await user.wait_settled([job], 15)
         assert user.answered([job]), user.errors
         # One node goes away: every new connection through nginx still lands on a live one.
         cluster.stop(0)
         for attempt in range(3):
             await user.connect(f"ws://{proxy}/ws")
             (job,) = await user.submit(1, f"after failover {attempt}")
-            await user.pump(lambda j=job: user.settled([j]), 15)
+            await user.wait_settled([job], 15)
             assert user.answered([job]), user.errors
     finally:
         await user.close()
