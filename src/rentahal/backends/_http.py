@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 
 from rentahal.backends.base import HttpClient
 from rentahal.errors import (
@@ -211,15 +212,27 @@ def service_url(address: str) -> str:
 class HttpStream:
     """An answer whose body the caller reads: line by line, or all at once."""
 
-    def __init__(self, raw: aiohttp.ClientResponse) -> None:
+    def __init__(self, raw: aiohttp.ClientResponse, worker: str) -> None:
         self._raw = raw
+        self._worker = worker
         self.status_code: int = raw.status
         self.headers: Mapping[str, str] = raw.headers
 
     async def aiter_lines(self) -> AsyncIterator[str]:
         """Each line of the body, without its line ending."""
-        async for line in self._raw.content:
-            yield line.decode(self._raw.charset or "utf-8", errors="replace").rstrip("\r\n")
+        charset = self._raw.charset or "utf-8"
+        lines = aiter(self._raw.content)
+        while True:
+            try:
+                line = await anext(lines)
+            except StopAsyncIteration:
+                return
+            except (ValueError, HttpProcessingError) as exc:  # a line past aiohttp's buffer
+                raise WorkerBadResponse(
+                    f"worker {self._worker} streamed a line too long to buffer",
+                    worker=self._worker,
+                ) from exc
+            yield line.decode(charset, errors="replace").rstrip("\r\n")
 
     async def aread(self) -> HttpResponse:
         """The rest of the body, as a complete answer."""
@@ -265,7 +278,7 @@ async def stream(
             if raw.status >= 300:
                 check_status(await _read(raw), worker)
             answering = True
-            yield HttpStream(raw)
+            yield HttpStream(raw, worker)
     except (TimeoutError, aiohttp.ClientError) as exc:
         fail(exc)
 

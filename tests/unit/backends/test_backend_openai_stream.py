@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from tests.fakes import FakeServer
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from tests.fakes import FakeServer, FakeState
 
 from rentahal.backends import HttpClient
 from rentahal.backends.openai import OpenAIBackend
@@ -135,3 +141,26 @@ async def test_html_instead_of_a_stream(fake_openai: FakeServer, client: HttpCli
 
     with pytest.raises(WorkerBadResponse, match=r"oai-1 answered text/html.*not a stream"):
         await _collect(fake_openai, client, [])
+
+
+async def test_a_long_delta_line_arrives_whole(client: HttpClient) -> None:
+    big = "x" * 300_000
+    body = (
+        b"data: " + json.dumps({"choices": [{"delta": {"content": big}}]}).encode() + b"\n\n"
+        b"data: [DONE]\n\n"
+    )
+
+    def create_app(state: FakeState) -> Starlette:
+        async def completions(request: Request) -> Response:
+            await state.record(request)
+            return Response(body, media_type="text/event-stream")
+
+        return Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
+
+    server = FakeServer(create_app).start()
+    try:
+        got: list[str] = []
+        await _collect(server, client, got)
+        assert got == [big]
+    finally:
+        server.stop()
