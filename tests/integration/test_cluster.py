@@ -422,7 +422,8 @@ async def test_redis_restart_nodes_carry_on(cluster: Cluster) -> None:
         assert all(u.answered(j) for u, j in zip(users, after, strict=True)), missing_report(
             users, {u.guid: j for u, j in zip(users, after, strict=True)}
         )
-        assert not [e for u in users for e in u.errors]
+        late = [e for u in users for e in u.errors]
+        assert not late, f"error frames after every node had recovered: {late}"
         rows = await cluster.fetch("SELECT job_id, cost FROM queries ORDER BY job_id")
         by_job = {r["job_id"]: r["cost"] for r in rows}
         assert all(by_job.get(r["job_id"]) == r["cost"] for r in recorded), "rows were lost"
