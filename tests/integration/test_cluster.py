@@ -548,6 +548,8 @@ async def test_kill_9_node_with_queries_in_flight(cluster: Cluster) -> None:
         await asyncio.gather(*(u.pump(lambda: False, 1.0, _survivor(cluster, 0)) for u in users))
         answered = sum(1 for u in users if u.answered(jobs_of[u.guid]))
         assert answered == 6, missing_report(users, jobs_of) + f" after {elapsed:.1f}s"
+        # the killed node's clients really went through a reconnect
+        assert all(u.socket_no >= 2 for u in users[::3]), [u.socket_no for u in users]
         dupes = {j: s for u in users for j, s in u.duplicates().items()}
         assert not dupes, f"query_result twice on one socket: {dupes}"
         await check_ledger(cluster, users, {j for js in ids for j in js})
