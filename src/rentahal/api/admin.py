@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -15,6 +16,8 @@ from rentahal.realms.config import PoolConfig, RealmConfig
 from rentahal.realms.service import RealmService
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
+# Names travel in URL paths: no '/', no spaces, no markup.
+_NAME_OK = re.compile(r"[$A-Za-z0-9_.\-]{1,64}")
 
 
 def _broker(request: Request) -> Broker:
@@ -89,8 +92,10 @@ async def create_realm(request: Request, body: dict[str, Any]) -> dict[str, Any]
     """Create a realm (``{"name": "$X", "primary_query_type": ..., ...}``)."""
     service = _realms(request)
     name = body.get("name")
-    if not isinstance(name, str) or not name.startswith("$"):
-        raise HTTPException(422, "name: a realm name starting with '$' is required")
+    if not isinstance(name, str) or not name.startswith("$") or not _NAME_OK.fullmatch(name):
+        raise HTTPException(
+            422, "name: a realm name is '$' then letters, digits, '_', '-' or '.' (max 64)"
+        )
     try:
         service.create_realm(name, _parse(RealmConfig, body))
     except ValueError as exc:
@@ -180,8 +185,10 @@ async def create_pool(request: Request, body: dict[str, Any]) -> dict[str, Any]:
     """Create a pool alias (``{"name", "query_type", "members", "strategy", "blacklisted"}``)."""
     service = _realms(request)
     name = body.get("name")
-    if not isinstance(name, str) or not name:
-        raise HTTPException(422, "name: a pool name is required")
+    if not isinstance(name, str) or not _NAME_OK.fullmatch(name):
+        raise HTTPException(
+            422, "name: a pool name is letters, digits, '$', '_', '-' or '.' (max 64)"
+        )
     if name in service.registry.pools:
         raise HTTPException(409, f"Pool {name} already exists")
     return _save_pool(service, name, _parse(PoolConfig, body))
