@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Float, Integer, String, column, insert, select, update, values
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -186,22 +186,28 @@ class Ledger:
             sums[0] += entry.result.processing_time
             sums[1] += entry.result.cost
             sums[2] += 1
-        users: dict[str, User] = {}
-        for guid, (time_s, cost, count) in per_user.items():
-            row = (
-                await conn.execute(
-                    update(t.users)
-                    .where(t.users.c.guid == guid)
-                    .values(
-                        total_query_time=t.users.c.total_query_time + time_s,
-                        total_cost=t.users.c.total_cost + cost,
-                        query_count=t.users.c.query_count + int(count),
-                    )
-                    .returning(*t.users.c)
+        # One UPDATE ... FROM (VALUES ...) for all users of the batch (SQLite and PostgreSQL).
+        sums = values(
+            column("guid", String),
+            column("time_s", Float),
+            column("cost", Float),
+            column("n", Integer),
+            name="sums",
+        ).data([(guid, v[0], v[1], int(v[2])) for guid, v in per_user.items()])
+        delta = sums.cte("sums")
+        rows = (
+            await conn.execute(
+                update(t.users)
+                .where(t.users.c.guid == delta.c.guid)
+                .values(
+                    total_query_time=t.users.c.total_query_time + delta.c.time_s,
+                    total_cost=t.users.c.total_cost + delta.c.cost,
+                    query_count=t.users.c.query_count + delta.c.n,
                 )
-            ).first()
-            if row is not None:
-                users[guid] = user_from_row(row)
+                .returning(*t.users.c)
+            )
+        ).all()
+        users = {row.guid: user_from_row(row) for row in rows}
         stats = t.system_stats.c
         await conn.execute(
             update(t.system_stats)
