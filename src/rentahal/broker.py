@@ -102,10 +102,11 @@ class Broker:
         """Migrate the database, load workers, start consumers and periodic jobs."""
         await self.storage.migrate()
         await self.fleet.load()
-        await self.bus.start()
+        # Subscribe first: a channel subscribed before start is live when start returns.
         self.bus.subscribe(BROADCAST_CHANNEL, self._on_broadcast)
         self.bus.subscribe(RESULTS_CHANNEL, self._on_result)
         self.bus.subscribe(CONTROL_CHANNEL, self._on_control)
+        await self.bus.start()
         self._add_processor(LEGACY_QUEUE)
         self._start_realms()
         self.health.start()
@@ -143,15 +144,15 @@ class Broker:
 
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
         """Stop consuming, drain running jobs, then stop periodic jobs and the bus."""
+        if self._watchdog is not None:  # first, so it does not restart stopped processors
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
         await asyncio.gather(*(p.stop(drain_timeout_s) for p in self.processors.values()))
         await self.ledger.close()
         await self.health.stop()
         await self.notifier.stop()
-        for task in (self._watchdog,):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
         for fut in self._waiters.values():
             if not fut.done():
                 fut.cancel()

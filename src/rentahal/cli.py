@@ -160,3 +160,7 @@ def users_sysop(
         console.print(f"[red]no user {guid}[/red]")
         raise typer.Exit(1)
     console.print(f"{guid} is {'no longer ' if revoke else ''}a sysop")
+
+
+if __name__ == "__main__":
+    app()

@@ -130,12 +130,19 @@ class _JobId(BaseModel):
 
 
 async def _queued_message(session: Session, job: Job) -> dict[str, Any]:
+    """``query_queued``; the job is queued already, so a failing count must not hide that."""
+    position = depth = 0
+    try:
+        position = await session.broker.position_of(job.job_id) or 0
+        depth = await session.broker.queue_depth()
+    except BrokerError as exc:
+        logger.warning("queue figures for %s unavailable: %s", job.job_id, exc)
     return {
         "type": "query_queued",
         "job_id": job.job_id,
         "realm": job.realm,
-        "position": await session.broker.position_of(job.job_id) or 0,
-        "queue_depth": await session.broker.queue_depth(),
+        "position": position,
+        "queue_depth": depth,
     }
 
 

@@ -51,6 +51,8 @@ class LoadResult:
     latencies_s: list[float] = field(default_factory=list, repr=False)
     first_error: str = ""
     answered: int = 0  # successes including the warm-up (for ledger checks)
+    warmup_errors: int = 0
+    first_warmup_error: str = ""
 
     @property
     def throughput(self) -> float:
@@ -306,6 +308,11 @@ async def closed_loop(
                 if measuring:
                     result.errors += 1
                     result.first_error = result.first_error or f"{type(exc).__name__}: {exc}"
+                else:
+                    result.warmup_errors += 1
+                    result.first_warmup_error = (
+                        result.first_warmup_error or f"{type(exc).__name__}: {exc}"
+                    )
                 if isinstance(exc, websockets.ConnectionClosed):
                     return  # a closed socket cannot go on
                 await asyncio.sleep(0.01)  # no hot loop on a failing server

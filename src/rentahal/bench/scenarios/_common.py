@@ -44,9 +44,14 @@ def ws_url(broker: Child) -> str:
 
 
 def ledger_rows(db_path: Path) -> int:
-    """Rows in the ``queries`` table of a finished run (read after the load)."""
+    """Completed (charged) rows in the ``queries`` table of a finished run.
+
+    Failed and cancelled queries are recorded too, uncharged; a client that got
+    an error did not get an answer, so only ``done`` rows match answers.
+    """
     with contextlib.closing(sqlite3.connect(db_path, timeout=30)) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM queries").fetchone()[0])
+        row = conn.execute("SELECT COUNT(*) FROM queries WHERE status = 'done'").fetchone()
+        return int(row[0])
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:

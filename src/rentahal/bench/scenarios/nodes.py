@@ -114,5 +114,10 @@ async def run(opts: NodesOptions, phases: Phases, command: str) -> ScenarioRepor
     report.notes += [
         f"{r.label}: {r.errors} errors, first: {r.first_error}" for r in results if r.errors
     ]
+    report.notes += [
+        f"{r.label}: {r.warmup_errors} warm-up errors, first: {r.first_warmup_error}"
+        for r in results
+        if r.warmup_errors
+    ]
     report.ok = all(r.ok > 0 and r.errors == 0 for r in results) and rows == answered
     return report
