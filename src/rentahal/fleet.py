@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from rentahal.backends import ClaudeBackend, HuggingFaceBackend, register_backend
+from rentahal.config import Settings
 from rentahal.errors import StorageError
 from rentahal.models import AIWorker, HuggingFaceModel
 
@@ -15,6 +17,47 @@ logger = logging.getLogger(__name__)
 
 CONTROL_CHANNEL = "control"
 _VOLATILE = {"health_score", "is_blacklisted", "last_active"}
+
+
+def configure_backends(settings: Settings) -> None:
+    """Give the Claude and Hugging Face backends their defaults from config.ini."""
+    register_backend(ClaudeBackend(default_model=settings.claude.model_name))
+    models = [m.strip() for m in settings.huggingface.default_models.split(",") if m.strip()]
+    register_backend(HuggingFaceBackend(default_model=models[0] if models else None))
+
+
+def configured_workers(settings: Settings) -> list[AIWorker]:
+    """Workers implied by ``[Claude]`` / ``[HuggingFace]`` API keys, as the original used them.
+
+    They live in memory only (each node derives them from its own config), so
+    keys stay in the config file and never reach the database.
+    """
+    workers = []
+    if settings.claude.api_key:
+        workers.append(
+            AIWorker(
+                name="claude",
+                address=settings.claude.endpoint,
+                type="chat",
+                protocol="claude",
+                api_key=settings.claude.api_key,
+                max_concurrency=8,
+            )
+        )
+    if settings.huggingface.api_key:
+        models = [m.strip() for m in settings.huggingface.default_models.split(",") if m.strip()]
+        workers.append(
+            AIWorker(
+                name="huggingface",
+                address="api-inference.huggingface.co",
+                type="chat",
+                protocol="huggingface",
+                api_key=settings.huggingface.api_key,
+                models=models,
+                max_concurrency=8,
+            )
+        )
+    return workers
 
 
 class Fleet:
@@ -29,9 +72,15 @@ class Fleet:
         self.hf_models: list[HuggingFaceModel] = []
 
     async def load(self) -> None:
-        """Fill the registry and model list from the database."""
-        for worker in await self.broker.storage.list_workers():
+        """Fill the registry and model list from the database and the config's API keys."""
+        configure_backends(self.broker.settings)
+        stored = await self.broker.storage.list_workers()
+        for worker in stored:
             self.broker.registry.add(worker)
+        names = {w.name for w in stored}
+        for worker in configured_workers(self.broker.settings):
+            if worker.name not in names:
+                self.broker.registry.add(worker)
         self.hf_models = await self.broker.storage.list_hf_models()
 
     async def _announce(self, op: str, **fields: Any) -> None:
@@ -66,8 +115,10 @@ class Fleet:
         """Make the registry match the database (keeping live state of unchanged workers)."""
         registry = self.broker.registry
         stored = {w.name: w for w in await self.broker.storage.list_workers()}
+        configured = {w.name for w in configured_workers(self.broker.settings)}
         for name in [w.name for w in registry.workers() if w.name not in stored]:
-            registry.remove(name)
+            if name not in configured:
+                registry.remove(name)
         for worker in stored.values():
             current = registry.get(worker.name)
             if current is None or current.worker.model_dump(exclude=_VOLATILE) != worker.model_dump(
