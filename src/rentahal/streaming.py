@@ -1,0 +1,242 @@
+"""Streaming a chat answer straight from a worker, outside the queue (``stream: true``).
+
+A streamed query does not wait in a realm queue: it is validated like
+:meth:`Broker.submit` validates a chat, routed like a queued query (its realm
+picks the worker, with the same slots, circuits and cluster confirmation), and
+its answer is passed on delta by delta while the worker produces it. Backends
+with a ``stream_chat`` method (``openai``, ``ollama``) stream for real; any
+other protocol answers the whole text as one delta.
+
+The finished query goes through :meth:`Broker.finish` like a queued one: it is
+priced, written to the ledger and published, so the user's WebSocket tabs (if
+any) also receive its ``query_result``. Differences from the queue path: no
+retry on another worker (deltas may already be out), no queue limits (the wait
+for a slot is bounded by the query timeout instead), and a streamed query is
+not in any processor, so ``cancel_query`` / ``terminate_query`` do not reach it;
+closing the HTTP connection cancels it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+
+from rentahal.backends import HttpClient, get_backend
+from rentahal.broker import Broker
+from rentahal.errors import QueryRejected, WorkerError
+from rentahal.models import AIWorker, Job, Query, QueryState, Result
+from rentahal.realms.workers import WorkerSelector
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# Bookkeeping (slot release, ledger write) that must finish even when the HTTP
+# caller is cancelled: held here until done, so no task is dropped mid-way.
+_finishing: set[asyncio.Task[Any]] = set()
+
+
+@runtime_checkable
+class StreamingBackend(Protocol):
+    """A backend that can pass a chat answer on as it is produced."""
+
+    def stream_chat(
+        self, client: HttpClient, worker: AIWorker, query: Query, timeout_s: float
+    ) -> AsyncIterator[str]:
+        """Yield the answer's content deltas as they arrive."""
+        ...
+
+
+async def _close(deltas: AsyncIterator[str]) -> None:
+    """Close an async generator of deltas (ends its HTTP stream to the worker)."""
+    if isinstance(deltas, AsyncGenerator):
+        await deltas.aclose()
+
+
+def _finished(task: asyncio.Task[Any]) -> None:
+    _finishing.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("bookkeeping of a streamed query failed", exc_info=task.exception())
+
+
+async def _shielded(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coro`` to the end even if the caller is cancelled meanwhile."""
+    task = asyncio.create_task(coro)
+    _finishing.add(task)
+    task.add_done_callback(_finished)
+    return await asyncio.shield(task)
+
+
+class QueryStream:
+    """One chat query streamed from a worker: iterate it for the answer's deltas.
+
+    Errors before the first delta are raised from the first ``__anext__``:
+    ``QueryRejected`` (not recorded), ``NoWorkerAvailable`` or a ``WorkerError``
+    (recorded as failed). A worker failing later raises after the deltas that
+    arrived. Cancelling or closing the stream early records it as cancelled.
+    ``job`` is known at once; ``worker`` once a worker is reserved; ``result``
+    (priced) once the query is recorded.
+    """
+
+    def __init__(self, broker: Broker, user_guid: str, query: Query) -> None:
+        self.broker = broker
+        self.job = Job(user_guid=user_guid, query=query, origin_node=broker.node_id)
+        self.worker: str | None = None
+        self.result: Result | None = None
+        self._deltas = self._run()
+
+    def __aiter__(self) -> QueryStream:
+        return self
+
+    async def __anext__(self) -> str:
+        return await self._deltas.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop early (a cancelled query) or release a finished stream (no effect)."""
+        await self._deltas.aclose()
+
+    async def _validate(self) -> None:
+        """The checks :meth:`Broker.submit` makes for a chat, before anything is recorded."""
+        query, broker = self.job.query, self.broker
+        if query.query_type != "chat" or query.model_type == "speech":
+            raise QueryRejected("Only text chat queries can be streamed")
+        user = await broker.cached_user(self.job.user_guid)
+        if user is None:
+            raise QueryRejected("Unknown user")
+        if user.is_banned:
+            raise QueryRejected("You are banned from using this service.")
+        limit = broker.settings.queue.max_prompt_chars
+        if len(query.prompt) > limit:
+            raise QueryRejected(f"Prompt too long (limit {limit} characters)")
+        if not query.prompt.strip():
+            raise QueryRejected("The prompt is empty")
+        broker.registry.check_servable(query)
+
+    def _selector(self) -> WorkerSelector:
+        realms = self.broker.realms
+        if realms is not None and self.job.realm in realms.managers:
+            return realms.managers[self.job.realm]
+        return self.broker.registry
+
+    async def _reserve(self, timeout_s: float) -> tuple[AIWorker, str | None]:
+        """A worker slot reserved locally and, in a cluster, confirmed in shared state.
+
+        Returns the worker and the holder id of its cluster slot (None on one node),
+        as ``QueryExecutor`` does for a queued job.
+        """
+        registry = self.broker.registry
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            worker = await registry.acquire(
+                self._selector(),
+                self.job.query,
+                timeout_s=max(0.0, deadline - loop.time()),
+            )
+            if registry.cluster is None:
+                return worker, None
+            holder = f"{self.job.job_id}:{uuid.uuid4().hex[:8]}"
+            try:
+                if await registry.confirm(worker, holder):
+                    return worker, holder
+            except BaseException:
+                await _shielded(registry.release_call(worker.name, holder))
+                raise
+            # Every slot of that worker is busy on other nodes: wait for another.
+
+    def _deltas_from(self, worker: AIWorker, timeout_s: float) -> AsyncIterator[str]:
+        backend = get_backend(worker.protocol)
+        if isinstance(backend, StreamingBackend):
+            return backend.stream_chat(self.broker.client, worker, self.job.query, timeout_s)
+        return self._whole_answer(worker, timeout_s)
+
+    async def _whole_answer(self, worker: AIWorker, timeout_s: float) -> AsyncIterator[str]:
+        """The answer of a backend that cannot stream, honestly as one delta."""
+        backend = get_backend(worker.protocol)
+        reply = await backend.run(self.broker.client, worker, self.job.query, timeout_s)
+        if reply.result:
+            yield reply.result
+
+    async def _run(self) -> AsyncGenerator[str, None]:
+        await self._validate()
+        broker, job = self.broker, self.job
+        job.realm = await broker.route(job.query)
+        registry = broker.registry
+        timeout_s = broker.executor.timeout_for("chat")
+        texts: list[str] = []
+        started: float | None = None
+        queue_wait: float | None = None
+        try:
+            worker, holder = await self._reserve(timeout_s)
+            self.worker = worker.name
+            queue_wait = time.time() - job.submitted_at
+            job.move_to(QueryState.DISPATCHED)
+            job.move_to(QueryState.RUNNING)
+            job.attempts = 1
+            logger.info("streaming job %s from %s", job.job_id, worker.name)
+            try:
+                started = time.monotonic()
+                deltas = self._deltas_from(worker, timeout_s)
+                try:
+                    async for delta in deltas:
+                        texts.append(delta)
+                        yield delta
+                finally:
+                    await _close(deltas)  # at once, so the worker stops producing
+            except WorkerError as exc:
+                registry.report_failure(worker.name, exc)
+                logger.warning("streaming job %s from %s failed: %s", job.job_id, worker.name, exc)
+                raise
+            else:
+                registry.report_success(worker.name)
+            finally:
+                await _shielded(registry.release_call(worker.name, holder))
+        except Exception as exc:
+            await self._record("failed", started, error=str(exc))
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away: record, then let the cancellation go on.
+            await self._record("cancelled", started, error="Cancelled")
+            raise
+        await self._record("done", started, text="".join(texts), queue_wait=queue_wait)
+
+    async def _record(
+        self,
+        status: Literal["done", "failed", "cancelled"],
+        started: float | None,
+        *,
+        text: str = "",
+        error: str | None = None,
+        queue_wait: float | None = None,
+    ) -> None:
+        """Price, record and publish the outcome through :meth:`Broker.finish`."""
+        job = self.job
+        if job.state in (QueryState.QUEUED, QueryState.DISPATCHED, QueryState.RUNNING):
+            job.move_to(QueryState(status))
+        elapsed = time.monotonic() - started if started is not None else 0.0
+        if queue_wait is None:
+            queue_wait = time.time() - job.submitted_at - elapsed
+        result = Result(
+            job_id=job.job_id,
+            user_guid=job.user_guid,
+            status=status,
+            result=text,
+            processing_time=round(elapsed, 6),
+            queue_wait=round(max(0.0, queue_wait), 6),
+            worker=self.worker,
+            attempts=job.attempts,
+            error=error,
+            realm=job.realm,
+            query_type=job.query.query_type,
+        )
+        self.result = self.broker.ledger.price(result)
+        await _shielded(self.broker.finish(job, result))
+
+
+def stream_query(broker: Broker, user_guid: str, query: Query) -> QueryStream:
+    """Stream a chat ``query`` of ``user_guid`` from a worker (see :class:`QueryStream`)."""
+    return QueryStream(broker, user_guid, query)
