@@ -4,10 +4,14 @@ Every call is authenticated with an API key (``Authorization: Bearer``), and
 every error answers OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
 
 Chat and image generations run through the queue like any query. A streamed
-chat (``stream: true``) also runs through the queue: once the answer is
-complete it is sent as one content chunk (after a role chunk, before the
-finish chunk and ``data: [DONE]``). Clients see a valid stream, not
-token-by-token deltas; failures before the answer are ordinary HTTP errors.
+text chat (``stream: true``) skips the queue (:mod:`rentahal.streaming`): its
+realm picks a worker, and each delta the worker streams becomes one
+``chat.completion.chunk`` event (a worker protocol that cannot stream gives one
+content chunk with the whole answer), after a role chunk and before the finish
+chunk, an optional usage chunk and ``data: [DONE]``. Failures before the first
+delta are ordinary HTTP errors; a failure after it ends the stream with an
+``{"error": ...}`` event and no ``[DONE]``. A streamed vision chat runs through
+the queue and is sent as one content chunk.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 
 from rentahal.api.auth import Caller, broker_of
 from rentahal.api.queries import (
@@ -38,6 +43,7 @@ from rentahal.api.queries import (
 )
 from rentahal.broker import Broker
 from rentahal.models import AIWorker, Query, Result
+from rentahal.streaming import QueryStream, stream_query
 
 logger = logging.getLogger(__name__)
 
@@ -227,27 +233,90 @@ def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def _chunk(base: dict[str, Any], delta: dict[str, Any], finish: str | None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return _sse({**base, "object": "chat.completion.chunk", "choices": [choice]})
+
+
+def _usage(prompt: str, answer: str) -> dict[str, int]:
+    prompt_tokens = estimate_tokens(prompt)
+    completion_tokens = estimate_tokens(answer)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
 async def _stream_answer(
     base: dict[str, Any], text: str, usage: dict[str, int] | None
 ) -> AsyncIterator[bytes]:
-    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        return {**base, "object": "chat.completion.chunk", "choices": [choice]}
-
-    yield _sse(chunk({"role": "assistant", "content": ""}, None))
+    yield _chunk(base, {"role": "assistant", "content": ""}, None)
     if text:
-        yield _sse(chunk({"content": text}, None))
-    yield _sse(chunk({}, "stop"))
+        yield _chunk(base, {"content": text}, None)
+    yield _chunk(base, {}, "stop")
     if usage is not None:
         yield _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
     yield b"data: [DONE]\n\n"
+
+
+async def _stream_deltas(
+    base: dict[str, Any], stream: QueryStream, first: str | None, prompt: str, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """One chunk per delta of ``stream`` (``first`` was read already; None: no answer)."""
+    texts: list[str] = []
+    yield _chunk(base, {"role": "assistant", "content": ""}, None)
+    try:
+        if first is not None:
+            texts.append(first)
+            yield _chunk(base, {"content": first}, None)
+            async for delta in stream:
+                texts.append(delta)
+                yield _chunk(base, {"content": delta}, None)
+    except Exception as exc:  # the status line is sent: the error can only be an event
+        error = describe_error(exc)
+        yield _sse(error_body(error.status, error.message, error.code))
+        return
+    finish = {"index": 0, "delta": {}, "finish_reason": "stop"}
+    extras = {OWNER: _extras(stream.result)} if stream.result is not None else {}
+    yield _sse({**base, "object": "chat.completion.chunk", "choices": [finish], **extras})
+    if include_usage:
+        usage = _usage(prompt, "".join(texts))
+        yield _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+    yield b"data: [DONE]\n\n"
+
+
+async def _streamed_chat(
+    broker: Broker, user_guid: str, query: Query, body: ChatCompletionRequest
+) -> StreamingResponse:
+    """A text chat streamed from its worker; errors before the first delta are raised."""
+    stream = stream_query(broker, user_guid, query)
+    try:
+        first: str | None = await anext(stream)
+    except StopAsyncIteration:  # an empty answer
+        first = None
+    base = {
+        "id": f"chatcmpl-{stream.job.job_id}",
+        "created": int(time.time()),
+        "model": body.model or stream.worker or OWNER,
+        "system_fingerprint": None,
+    }
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    return StreamingResponse(
+        _stream_deltas(base, stream, first, query.prompt, include_usage),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+        # Runs also when the client went away mid-stream: the query is then
+        # recorded as cancelled and its worker slot freed at once.
+        background=BackgroundTask(stream.aclose),
+    )
 
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, user: Caller, request: Request
 ) -> dict[str, Any] | StreamingResponse:
-    """A chat (or, with an image part, vision) completion through the queue."""
+    """A chat (or, with an image part, vision) completion; see the module docstring."""
     broker = broker_of(request)
     prompt, image = prompt_and_image(body.messages)
     query_type: Literal["chat", "vision"] = "vision" if image else "chat"
@@ -259,14 +328,10 @@ async def chat_completions(
         model_name=model_name,
         image=image,
     )
+    if body.stream and query_type == "chat":
+        return await _streamed_chat(broker, user.guid, query, body)
     result = await run_query(broker, user.guid, query)
-    prompt_tokens = estimate_tokens(prompt)
-    completion_tokens = estimate_tokens(result.result)
-    usage = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
+    usage = _usage(prompt, result.result)
     base = {
         "id": f"chatcmpl-{result.job_id}",
         "created": int(time.time()),
