@@ -1,7 +1,7 @@
 """``/v1/chat/completions`` with ``stream: true``: deltas straight from the worker.
 
 Real brokers and workers on loopback, driven by the official ``openai`` package:
-an ``openai``-protocol worker streams many chunks, a ``predict`` worker one; the
+``openai`` and ``ollama`` workers stream many chunks, a ``predict`` worker one; the
 ledger row is written once; a client that goes away cancels the query; worker
 failures before and after the first delta; ``max_concurrency`` holds.
 """
@@ -170,6 +170,21 @@ async def test_openai_worker_streams_many_chunks_recorded_once(
     assert user.query_count == 2  # the streamed and the queued query, each once
     assert user.total_cost == pytest.approx(sum(r["cost"] for r in rows))
     assert in_flight(server, "streamer") == 0
+
+
+async def test_ollama_worker_streams_ndjson_deltas(
+    broker_factory: BrokerFactory, ref_workers: dict[str, str]
+) -> None:
+    record = AIWorker(name="llama", address=ref_workers["chat"], protocol="ollama")
+    server = broker_factory([record])
+    guid, key = api_user(server)
+    async with client_for(server, key) as client:
+        stream = await client.chat.completions.create(model="llama", messages=MESSAGES, stream=True)
+        pieces = [c.choices[0].delta.content async for c in stream if c.choices]
+        whole = await client.chat.completions.create(model="llama", messages=MESSAGES)
+    assert len([p for p in pieces if p]) > 1
+    assert "".join(p or "" for p in pieces) == whole.choices[0].message.content
+    assert [r["status"] for r in rows_of(server, guid)] == ["done", "done"]
 
 
 async def test_predict_worker_answers_one_honest_chunk(

@@ -1,7 +1,9 @@
-"""Ollama's native API: ``POST /api/chat`` (not streamed), health by ``GET /api/tags``."""
+"""Ollama's native API: ``POST /api/chat`` (whole or streamed), health by ``GET /api/tags``."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from rentahal.backends._http import (
@@ -10,10 +12,11 @@ from rentahal.backends._http import (
     probe_status,
     request,
     require,
+    stream,
     strip_data_uri,
 )
 from rentahal.backends.base import HttpClient, WorkerReply
-from rentahal.errors import WorkerBadResponse
+from rentahal.errors import WorkerBadResponse, WorkerUnavailable
 from rentahal.models import AIWorker, Query
 
 
@@ -21,7 +24,7 @@ class OllamaBackend:
     """Chat and vision on an Ollama server.
 
     The model is the query's ``model_name``, else the worker's first listed
-    model, else ``default_model``.
+    model, else ``default_model``. ``stream_chat`` is an extra public method.
     """
 
     protocol = "ollama"
@@ -59,6 +62,37 @@ class OllamaBackend:
             )
         return WorkerReply(text, "text")
 
+    async def stream_chat(
+        self, client: HttpClient, worker: AIWorker, query: Query, timeout_s: float
+    ) -> AsyncIterator[str]:
+        """Yield the answer's content deltas as they arrive (NDJSON, ``stream: true``).
+
+        A stream that ends before a ``"done": true`` line raises
+        ``WorkerBadResponse`` after the deltas that did arrive were yielded.
+        ``timeout_s`` limits each wait for data, not the whole answer.
+        """
+        async with stream(
+            client,
+            "POST",
+            f"{worker.base_url}/api/chat",
+            json={**self.payload(worker, query), "stream": True},
+            worker=worker.name,
+            timeout_s=timeout_s,
+        ) as response:
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                chunk = _chunk(line, worker.name)
+                message = chunk.get("message")
+                content = message.get("content") if isinstance(message, dict) else None
+                if isinstance(content, str) and content:
+                    yield content
+                if chunk.get("done") is True:
+                    return
+        raise WorkerBadResponse(
+            f"worker {worker.name} ended the stream before done", worker=worker.name
+        )
+
     async def probe(self, client: HttpClient, worker: AIWorker, timeout_s: float) -> int:
         return await probe_status(
             client, f"{worker.base_url}/api/tags", worker=worker.name, timeout_s=timeout_s
@@ -76,3 +110,20 @@ class OllamaBackend:
                 f"worker {worker.name} answered models that is not a list", worker=worker.name
             )
         return [m["name"] for m in models if isinstance(m, dict) and isinstance(m.get("name"), str)]
+
+
+def _chunk(line: str, worker: str) -> dict[str, Any]:
+    """One NDJSON line of a streamed chat; an ``error`` line raises."""
+    try:
+        chunk = json.loads(line)
+    except ValueError as exc:
+        raise WorkerBadResponse(
+            f"worker {worker} streamed a line that is not valid JSON", worker=worker
+        ) from exc
+    if not isinstance(chunk, dict):
+        raise WorkerBadResponse(f"worker {worker} streamed a non-object line", worker=worker)
+    if chunk.get("error"):
+        raise WorkerUnavailable(
+            f"worker {worker} failed mid-stream: {chunk['error']}", worker=worker
+        )
+    return chunk
