@@ -239,26 +239,26 @@ class Broker:
             return waiting + await self.state.running_count()
         return waiting + sum(p.in_flight for p in self.processors.values())
 
-    async def submit(self, user_guid: str, query: Query, *, want_result: bool = False) -> Job:
-        """Validate and queue a query; ``QueryRejected`` says why not."""
+    async def validate(self, user_guid: str, query: Query) -> Query:
+        """Check a query before it is queued or streamed; the query as it will run.
+
+        Raises ``QueryRejected`` (banned user, prompt too long or empty, missing
+        image or audio, bad image) or ``NoWorkerAvailable``; images come back
+        preprocessed.
+        """
         user = await self.cached_user(user_guid)
         if user is None:
             raise QueryRejected("Unknown user")
         if user.is_banned:
             raise QueryRejected("You are banned from using this service.")
-        limits = self.settings.queue
-        if len(query.prompt) > limits.max_prompt_chars:
-            raise QueryRejected(f"Prompt too long (limit {limits.max_prompt_chars} characters)")
+        limit = self.settings.queue.max_prompt_chars
+        if len(query.prompt) > limit:
+            raise QueryRejected(f"Prompt too long (limit {limit} characters)")
         if query.query_type == "vision":
             if not query.image:
                 raise QueryRejected("A vision query needs an image")
-            query = query.model_copy(
-                update={
-                    "image": await preprocess_image(
-                        query.image, self.settings.chunking.max_image_bytes
-                    )
-                }
-            )
+            image = await preprocess_image(query.image, self.settings.chunking.max_image_bytes)
+            query = query.model_copy(update={"image": image})
         elif query.query_type == "speech" and not query.audio:
             raise QueryRejected("A speech query needs audio")
         elif query.query_type in ("chat", "imagine") and not query.prompt.strip():
@@ -266,6 +266,12 @@ class Broker:
         self.registry.check_servable(query)
         if query.query_type == "speech" or query.model_type == "speech":
             self.registry.check_type_servable("speech")
+        return query
+
+    async def submit(self, user_guid: str, query: Query, *, want_result: bool = False) -> Job:
+        """Validate and queue a query; ``QueryRejected`` says why not."""
+        query = await self.validate(user_guid, query)
+        limits = self.settings.queue
         if await self.queue_depth() >= limits.max_queue_size:
             raise QueueFull("Queue is full, please try again later")
         if self._queued_by(user_guid) >= limits.max_queued_per_user:

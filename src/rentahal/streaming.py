@@ -101,20 +101,10 @@ class QueryStream:
 
     async def _validate(self) -> None:
         """The checks :meth:`Broker.submit` makes for a chat, before anything is recorded."""
-        query, broker = self.job.query, self.broker
+        query = self.job.query
         if query.query_type != "chat" or query.model_type == "speech":
             raise QueryRejected("Only text chat queries can be streamed")
-        user = await broker.cached_user(self.job.user_guid)
-        if user is None:
-            raise QueryRejected("Unknown user")
-        if user.is_banned:
-            raise QueryRejected("You are banned from using this service.")
-        limit = broker.settings.queue.max_prompt_chars
-        if len(query.prompt) > limit:
-            raise QueryRejected(f"Prompt too long (limit {limit} characters)")
-        if not query.prompt.strip():
-            raise QueryRejected("The prompt is empty")
-        broker.registry.check_servable(query)
+        await self.broker.validate(self.job.user_guid, query)
 
     def _selector(self) -> WorkerSelector:
         realms = self.broker.realms
