@@ -59,7 +59,7 @@ class QueryExecutor:
         """
         run = _Run(job_id=job.job_id)
         queue_wait = max(0.0, time.time() - job.submitted_at)
-        base = {
+        base: dict[str, Any] = {
             "job_id": job.job_id,
             "user_guid": job.user_guid,
             "realm": job.realm,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -91,9 +92,12 @@ class QueryProcessor:
             task = asyncio.create_task(self._run(job, worker.name), name=f"job:{job.job_id}")
             self.tasks[job.job_id] = task
             self.running_jobs[job.job_id] = job
-            task.add_done_callback(lambda _t, jid=job.job_id: self._forget(jid))
+            task.add_done_callback(functools.partial(self._forget_task, job.job_id))
             # Run the job now rather than take the next one first.
             await asyncio.sleep(0)
+
+    def _forget_task(self, job_id: str, _task: asyncio.Task[None]) -> None:
+        self._forget(job_id)
 
     def _forget(self, job_id: str) -> None:
         self.tasks.pop(job_id, None)

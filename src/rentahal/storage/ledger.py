@@ -187,14 +187,14 @@ class Ledger:
             sums[1] += entry.result.cost
             sums[2] += 1
         # One UPDATE ... FROM (VALUES ...) for all users of the batch (SQLite and PostgreSQL).
-        sums = values(
+        table = values(
             column("guid", String),
             column("time_s", Float),
             column("cost", Float),
             column("n", Integer),
             name="sums",
         ).data([(guid, v[0], v[1], int(v[2])) for guid, v in per_user.items()])
-        delta = sums.cte("sums")
+        delta = table.cte("sums")
         rows = (
             await conn.execute(
                 update(t.users)

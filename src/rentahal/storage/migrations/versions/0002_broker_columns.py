@@ -9,6 +9,7 @@ Revision ID: 0002
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -18,7 +19,7 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-_QUERY_COLUMNS = [
+_QUERY_COLUMNS: list[sa.Column[Any]] = [
     sa.Column("job_id", sa.String(64)),
     sa.Column("status", sa.String(16), server_default="done"),
     sa.Column("error", sa.Text),
@@ -28,7 +29,7 @@ _QUERY_COLUMNS = [
     sa.Column("attempts", sa.Integer),
     sa.Column("result_type", sa.String(16)),
 ]
-_WORKER_COLUMNS = [
+_WORKER_COLUMNS: list[sa.Column[Any]] = [
     sa.Column("protocol", sa.String(32)),
     sa.Column("max_concurrency", sa.Integer),
     sa.Column("api_key", sa.String),
@@ -37,7 +38,7 @@ _WORKER_COLUMNS = [
 ]
 
 
-def _add_missing(table: str, columns: list[sa.Column[object]]) -> None:
+def _add_missing(table: str, columns: list[sa.Column[Any]]) -> None:
     present = {c["name"] for c in sa.inspect(op.get_bind()).get_columns(table)}
     missing = [c for c in columns if c.name not in present]
     if missing:
