@@ -336,12 +336,9 @@ class Broker:
         job.move_to(QueryState.CANCELLED)
         await self.finish(
             job,
-            Result(
-                job_id=job.job_id,
-                user_guid=job.user_guid,
-                status="cancelled",
-                realm=job.realm,
-                query_type=job.query.query_type,
+            Result.of(
+                job,
+                "cancelled",
                 error="Cancelled",
                 queue_wait=max(0.0, time.time() - job.submitted_at),
             ),

@@ -223,6 +223,18 @@ class Result(BaseModel):
     recorded: bool = True
     user: User | None = None  # the user's totals after this query was charged
 
+    @classmethod
+    def of(cls, job: Job, status: Literal["done", "failed", "cancelled"], **fields: Any) -> Result:
+        """A result for ``job``, its identity fields filled in from the job."""
+        return cls(
+            job_id=job.job_id,
+            user_guid=job.user_guid,
+            status=status,
+            realm=job.realm,
+            query_type=job.query.query_type,
+            **fields,
+        )
+
     def to_message(self) -> dict[str, Any]:
         """The ``query_result`` (or ``error``) frame for the original client, with our extras."""
         if self.status == "done":

@@ -210,18 +210,15 @@ class QueryStream:
         elapsed = time.monotonic() - started if started is not None else 0.0
         if queue_wait is None:
             queue_wait = time.time() - job.submitted_at - elapsed
-        result = Result(
-            job_id=job.job_id,
-            user_guid=job.user_guid,
-            status=status,
+        result = Result.of(
+            job,
+            status,
             result=text,
             processing_time=round(elapsed, 6),
             queue_wait=round(max(0.0, queue_wait), 6),
             worker=self.worker,
             attempts=job.attempts,
             error=error,
-            realm=job.realm,
-            query_type=job.query.query_type,
         )
         self.result = self.broker.ledger.price(result)
         await _shielded(self.broker.finish(job, result))

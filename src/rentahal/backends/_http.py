@@ -293,3 +293,16 @@ def strip_data_uri(b64: str) -> str:
     if b64.startswith("data:") and "," in b64:
         return b64.split(",", 1)[1]
     return b64
+
+
+async def list_model_ids(
+    client: HttpClient, url: str, *, headers: dict[str, str], worker: str, timeout_s: float
+) -> list[str]:
+    """The ``data[].id`` list of an OpenAI-style ``GET .../v1/models`` answer."""
+    response = await request(
+        client, "GET", url, headers=headers, worker=worker, timeout_s=timeout_s
+    )
+    entries = require(parse_json(response, worker), ("data",), worker)
+    if not isinstance(entries, list):
+        raise WorkerBadResponse(f"worker {worker} answered data that is not a list", worker=worker)
+    return [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]

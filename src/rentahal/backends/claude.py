@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rentahal.backends._http import (
+    list_model_ids,
     parse_json,
     pick_model,
     probe_status,
@@ -128,17 +129,10 @@ class ClaudeBackend:
         self, client: HttpClient, worker: AIWorker, timeout_s: float
     ) -> list[str]:
         base, _ = _urls(worker)
-        response = await request(
+        return await list_model_ids(
             client,
-            "GET",
             f"{base}/v1/models",
             headers=_headers(worker),
             worker=worker.name,
             timeout_s=timeout_s,
         )
-        entries = require(parse_json(response, worker.name), ("data",), worker.name)
-        if not isinstance(entries, list):
-            raise WorkerBadResponse(
-                f"worker {worker.name} answered data that is not a list", worker=worker.name
-            )
-        return [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from rentahal.backends._http import (
+    list_model_ids,
     parse_json,
     pick_model,
     probe_status,
@@ -258,20 +259,13 @@ class OpenAIBackend:
     async def list_models(
         self, client: HttpClient, worker: AIWorker, timeout_s: float
     ) -> list[str]:
-        response = await request(
+        return await list_model_ids(
             client,
-            "GET",
             f"{_base(worker)}/v1/models",
             headers=_headers(worker),
             worker=worker.name,
             timeout_s=timeout_s,
         )
-        entries = require(parse_json(response, worker.name), ("data",), worker.name)
-        if not isinstance(entries, list):
-            raise WorkerBadResponse(
-                f"worker {worker.name} answered data that is not a list", worker=worker.name
-            )
-        return [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
 
 
 def _sse_data(line: str) -> str | None:

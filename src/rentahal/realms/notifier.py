@@ -133,12 +133,9 @@ class QueueNotifier:
                 job.move_to(QueryState.FAILED)
                 await broker.finish(
                     job,
-                    Result(
-                        job_id=job.job_id,
-                        user_guid=job.user_guid,
-                        status="failed",
-                        realm=job.realm,
-                        query_type=job.query.query_type,
+                    Result.of(
+                        job,
+                        "failed",
                         error=f"No worker could take the query within {limit:g}s",
                         queue_wait=now - job.submitted_at,
                     ),

@@ -115,14 +115,7 @@ class QueryProcessor:
             result = await self.executor.execute(job, worker_state.worker, self.selector)
         except asyncio.CancelledError:
             if job.job_id in self._cancel_requested:
-                result = Result(
-                    job_id=job.job_id,
-                    user_guid=job.user_guid,
-                    status="cancelled",
-                    realm=job.realm,
-                    query_type=job.query.query_type,
-                    error="Cancelled",
-                )
+                result = Result.of(job, "cancelled", error="Cancelled")
                 job.move_to(QueryState.CANCELLED)
                 self.stats.cancelled += 1
                 await asyncio.shield(self._finish(job, result))
@@ -132,14 +125,7 @@ class QueryProcessor:
             raise
         except Exception as exc:
             logger.exception("job %s crashed", job.job_id)
-            result = Result(
-                job_id=job.job_id,
-                user_guid=job.user_guid,
-                status="failed",
-                realm=job.realm,
-                query_type=job.query.query_type,
-                error=f"Internal error: {exc}",
-            )
+            result = Result.of(job, "failed", error=f"Internal error: {exc}")
         job.move_to(QueryState.DONE if result.status == "done" else QueryState.FAILED)
         if result.status == "done":
             self.stats.processed += 1
