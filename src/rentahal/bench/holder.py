@@ -45,6 +45,14 @@ async def _open(url: str, deflate: bool) -> ClientConnection:
                 return ws
 
 
+def _deflate_accepted(ws: ClientConnection) -> bool:
+    """Whether the server accepted the permessage-deflate the client offered."""
+    response = ws.response
+    if response is None:
+        return False
+    return "permessage-deflate" in response.headers.get("Sec-WebSocket-Extensions", "")
+
+
 async def _listen(ws: ClientConnection, marker: bytes, times: list[float]) -> None:
     with contextlib.suppress(websockets.ConnectionClosed):
         async for raw in ws:
@@ -60,6 +68,7 @@ async def main(args: argparse.Namespace) -> None:
     gate = asyncio.Semaphore(args.parallel)
     clients: list[ClientConnection] = []
     failures: list[str] = []
+    accepted: list[int] = []  # connections on which the broker accepted permessage-deflate
     deadline = time.monotonic() + args.connect_timeout_s
 
     async def one() -> None:
@@ -67,14 +76,23 @@ async def main(args: argparse.Namespace) -> None:
             if time.monotonic() > deadline:
                 return
             try:
-                clients.append(await _open(args.url, args.deflate))
+                ws = await _open(args.url, args.deflate)
+                clients.append(ws)
+                if _deflate_accepted(ws):
+                    accepted.append(1)
             except Exception as exc:
                 failures.append(f"{type(exc).__name__}: {exc}")
             if len(clients) % 100 == 0:
                 _emit("progress", connected=len(clients))
 
     await asyncio.gather(*(one() for _ in range(args.count)))
-    _emit("ready", connected=len(clients), failed=len(failures), first_error=failures[:1])
+    _emit(
+        "ready",
+        connected=len(clients),
+        failed=len(failures),
+        first_error=failures[:1],
+        deflate_accepted=len(accepted),
+    )
     times: list[float] = []
     listeners = [asyncio.create_task(_listen(ws, args.marker.encode(), times)) for ws in clients]
     with contextlib.suppress(TimeoutError):

@@ -29,6 +29,7 @@ import psutil
 from rentahal.demo import free_port
 from rentahal.models import AIWorker
 from rentahal.storage.database import Storage
+from rentahal.storage.keys import KeyStore
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
@@ -199,6 +200,26 @@ class Cluster:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, run()).result()
         return guid
+
+    def create_api_key(self, user_guid: str | None = None, name: str = "bench") -> str:
+        """Create a load user (unless it exists) with an API key; answers the plaintext key.
+
+        Call it after :meth:`seed` and before the broker starts: the bench database is
+        fresh, so the broker's ``/v1`` endpoints have no key to accept otherwise.
+        """
+        guid = user_guid or str(uuid.uuid4())
+
+        async def run() -> str:
+            storage = Storage(f"sqlite+aiosqlite:///{self.db_path}")
+            try:
+                await storage.migrate()
+                await storage.get_or_create_user(guid)  # the key's user must exist first
+                return (await KeyStore(storage).create(guid, name)).key
+            finally:
+                await storage.close()
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, run()).result()
 
     def start_broker(self, config: BrokerConfig, name: str = "broker") -> Child:
         """Start ``rentahal serve`` on a free port with the bench database; wait until ready."""

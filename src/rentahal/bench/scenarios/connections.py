@@ -126,6 +126,7 @@ async def run(opts: ConnectionsOptions, phases: Phases, command: str) -> Scenari
             await asyncio.gather(*(follow(i, p) for i, p in enumerate(holders)))
             connect_s = time.monotonic() - started
             total = sum(connected)
+            accepted = sum(int(r.get("deflate_accepted", 0)) for r in ready)
             if sysop_ws is None:
                 sysop_ws = await _sysop(url, sysop_guid, drain)
             await asyncio.sleep(1.0)  # let the connect sequences settle
@@ -187,6 +188,7 @@ async def run(opts: ConnectionsOptions, phases: Phases, command: str) -> Scenari
         "sysop_bytes": drain.bytes,
         "sysop_frames": drain.frames,
         "deflate": opts.deflate,
+        "deflate_accepted": accepted,
         "holder_errors": [r.get("first_error") for r in ready if r.get("failed")],
     }
     report.target("clients held", ">= 10,000", f"{total:,}", total >= 10_000)
@@ -204,7 +206,13 @@ async def run(opts: ConnectionsOptions, phases: Phases, command: str) -> Scenari
     )
     report.notes += [
         "Clients are held by separate holder processes; only the broker's RSS is measured.",
-        f"permessage-deflate {'negotiated (as browsers do)' if opts.deflate else 'off'}.",
+        (
+            "permessage-deflate offered by the clients (as browsers do); the broker "
+            f"accepted it on {accepted:,} of {total:,} connections "
+            "(its websocket.per_message_deflate setting)."
+            if opts.deflate
+            else "permessage-deflate not offered by the clients."
+        ),
         "The sysop socket was connected "
         + (
             "first (it receives active_users with every connect)."

@@ -83,9 +83,10 @@ async def run(opts: OverheadOptions, phases: Phases, command: str) -> ScenarioRe
         phases.start("starting worker and broker")
         (worker,) = cluster.start_workers(1, latency_ms=0.0, max_concurrency=0)
         cluster.seed([chat_worker(worker, max_concurrency=max(256, top))])
+        api_key = cluster.create_api_key(name="bench overhead")  # /v1 wants a bearer key
         broker = cluster.start_broker(BrokerConfig(max_connections=max(1000, 4 * top)))
         broker_openai = f"http://{broker.address}"
-        unavailable = await _probe(openai_client(broker_openai, opts.model))
+        unavailable = await _probe(openai_client(broker_openai, opts.model, api_key))
         vs_problem = (
             await _probe(openai_client(opts.vs_url, opts.vs_model, opts.vs_api_key))
             if opts.vs_url
@@ -97,7 +98,12 @@ async def run(opts: OverheadOptions, phases: Phases, command: str) -> ScenarioRe
             ("broker ws", lambda: WSQueryClient.open(ws_url(broker))),
         ]
         if not unavailable:
-            paths.append(("broker /v1/chat", lambda: _ready(openai_client(broker_openai))))
+            paths.append(
+                (
+                    "broker /v1/chat",
+                    lambda: _ready(openai_client(broker_openai, opts.model, api_key)),
+                )
+            )
         if opts.vs_url and not vs_problem:
             paths.append(
                 (
