@@ -1,8 +1,8 @@
 """The ledger: finished queries, user totals and system totals, written atomically.
 
 Records are group-committed: whatever finished while the previous transaction
-ran is written in the next one (one row insert batch, one update per user, one
-update of the totals), so a busy broker does not pay a commit per query.
+ran is written in the next one (one multi-row insert, the users' totals, the
+system totals, one commit), so a busy broker does not pay a commit per query.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Float, Integer, String, column, insert, select, update, values
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -27,6 +27,16 @@ from rentahal.storage.database import Storage, user_from_row
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 256
+
+_CHARGE_USER = (
+    update(t.users)
+    .where(t.users.c.guid == bindparam("b_guid"))
+    .values(
+        total_query_time=t.users.c.total_query_time + bindparam("b_time"),
+        total_cost=t.users.c.total_cost + bindparam("b_cost"),
+        query_count=t.users.c.query_count + bindparam("b_count"),
+    )
+)
 
 
 def compute_cost(processing_time_s: float, costs: CostSettings) -> float:
@@ -152,26 +162,12 @@ class Ledger:
         self, storage: Storage, entries: list[_Entry]
     ) -> list[tuple[bool, User | None]]:
         now = datetime.now(UTC).replace(tzinfo=None)
+        # A job already recorded makes the INSERT fail: the caller then retries one by one.
         async with storage.begin() as conn:
-            ids = [e.job.job_id for e in entries]
-            existing = set(
-                (await conn.execute(select(t.queries.c.job_id).where(t.queries.c.job_id.in_(ids))))
-                .scalars()
-                .all()
-            )
-            fresh: list[_Entry] = []
-            for entry in entries:
-                if entry.job.job_id not in existing:
-                    existing.add(entry.job.job_id)
-                    fresh.append(entry)
-            if fresh:
-                await conn.execute(insert(t.queries), [_row(e.job, e.result, now) for e in fresh])
-            users = await self._charge(conn, [e for e in fresh if e.result.status == "done"], now)
-        fresh_ids = {id(e) for e in fresh}
+            await conn.execute(insert(t.queries), [_row(e.job, e.result, now) for e in entries])
+            users = await self._charge(conn, [e for e in entries if e.result.status == "done"], now)
         return [
             (True, users.get(e.job.user_guid) if e.result.status == "done" else None)
-            if id(e) in fresh_ids
-            else (False, None)
             for e in entries
         ]
 
@@ -186,27 +182,18 @@ class Ledger:
             sums[0] += entry.result.processing_time
             sums[1] += entry.result.cost
             sums[2] += 1
-        # One UPDATE ... FROM (VALUES ...) for all users of the batch (SQLite and PostgreSQL).
-        table = values(
-            column("guid", String),
-            column("time_s", Float),
-            column("cost", Float),
-            column("n", Integer),
-            name="sums",
-        ).data([(guid, v[0], v[1], int(v[2])) for guid, v in per_user.items()])
-        delta = table.cte("sums")
-        rows = (
-            await conn.execute(
-                update(t.users)
-                .where(t.users.c.guid == delta.c.guid)
-                .values(
-                    total_query_time=t.users.c.total_query_time + delta.c.time_s,
-                    total_cost=t.users.c.total_cost + delta.c.cost,
-                    query_count=t.users.c.query_count + delta.c.n,
-                )
-                .returning(*t.users.c)
-            )
-        ).all()
+        # Statements with bound parameters only, so SQLAlchemy compiles each once.
+        params = [
+            {"b_guid": guid, "b_time": v[0], "b_cost": v[1], "b_count": int(v[2])}
+            for guid, v in per_user.items()
+        ]
+        if len(params) == 1:
+            rows = (await conn.execute(_CHARGE_USER.returning(*t.users.c), params[0])).all()
+        else:
+            await conn.execute(_CHARGE_USER, params)
+            rows = (
+                await conn.execute(select(t.users).where(t.users.c.guid.in_(list(per_user))))
+            ).all()
         users = {row.guid: user_from_row(row) for row in rows}
         stats = t.system_stats.c
         await conn.execute(
