@@ -1,7 +1,8 @@
 """Who is calling the HTTP API: ``Authorization: Bearer <api key>`` -> the user.
 
-Every call reads the key and the user row afresh (nothing is cached), so a
-revoked key or a ban takes effect on the very next request.
+Every call reads the key afresh, so a revoked key fails on the very next
+request; the user comes from the broker's short-lived user cache, which every
+ban (on any node) invalidates at once.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ async def identify(broker: Broker, authorization: str | None) -> User:
             "missing_api_key",
         )
     guid = await KeyStore(broker.storage).lookup(key)
-    user = await broker.get_user(guid) if guid is not None else None
+    user = await broker.cached_user(guid) if guid is not None else None
     if user is None:
         raise AuthFailed(401, "Invalid or revoked API key", "invalid_api_key")
     if user.is_banned:
