@@ -38,11 +38,9 @@ class WorkerProcess:
     process: subprocess.Popen[bytes]
 
 
-def start_worker_process(
-    port: int, *, latency_ms: float = 0.0, max_concurrency: int = 0, quiet: bool = True
-) -> subprocess.Popen[bytes]:
-    """Start ``python -m rentahal.worker`` on ``127.0.0.1:port``."""
-    cmd = [
+def worker_cmd(port: int, *, latency_ms: float = 0.0, max_concurrency: int = 0) -> list[str]:
+    """The command line of a reference worker on ``127.0.0.1:port``."""
+    return [
         sys.executable,
         "-m",
         "rentahal.worker",
@@ -57,7 +55,14 @@ def start_worker_process(
         "--log-level",
         "warning",
     ]
+
+
+def start_worker_process(
+    port: int, *, latency_ms: float = 0.0, max_concurrency: int = 0, quiet: bool = True
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m rentahal.worker`` on ``127.0.0.1:port``."""
     out = subprocess.DEVNULL if quiet else None
+    cmd = worker_cmd(port, latency_ms=latency_ms, max_concurrency=max_concurrency)
     return subprocess.Popen(cmd, stdout=out, stderr=out)
 
 

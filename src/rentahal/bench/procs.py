@@ -26,7 +26,7 @@ from types import TracebackType
 import httpx
 import psutil
 
-from rentahal.demo import free_port
+from rentahal.demo import free_port, worker_cmd
 from rentahal.models import AIWorker
 from rentahal.storage.database import Storage
 from rentahal.storage.keys import KeyStore
@@ -160,21 +160,7 @@ class Cluster:
         started = []
         for i in range(count):
             port = free_port()
-            cmd = [
-                sys.executable,
-                "-m",
-                "rentahal.worker",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--latency-ms",
-                str(latency_ms),
-                "--max-concurrency",
-                str(max_concurrency),
-                "--log-level",
-                "warning",
-            ]
+            cmd = worker_cmd(port, latency_ms=latency_ms, max_concurrency=max_concurrency)
             started.append(self._spawn(f"{prefix}{i}", cmd, f"127.0.0.1:{port}", {}))
         for child in started:
             _wait_http(child, "/health")
