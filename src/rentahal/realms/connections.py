@@ -40,13 +40,17 @@ class Connection:
         self.closed = False
         self._outbox: asyncio.Queue[object] = asyncio.Queue(maxsize=outbox_size)
         self.close_code = 1000
-        self._delivered: deque[str] = deque(maxlen=DELIVERED_MEMORY)
+        self._delivered_order: deque[str] = deque()
+        self._delivered: set[str] = set()
 
     def note_delivered(self, job_id: str) -> bool:
         """Remember that this socket got ``job_id``'s result; False if it already had."""
         if job_id in self._delivered:
             return False
-        self._delivered.append(job_id)
+        self._delivered.add(job_id)
+        self._delivered_order.append(job_id)
+        if len(self._delivered_order) > DELIVERED_MEMORY:
+            self._delivered.discard(self._delivered_order.popleft())
         return True
 
     def send_text(self, text: str) -> bool:
