@@ -34,6 +34,8 @@ class RealmWorkerManager:
         self.realms = realms
         self.router = router
         self._strategies: dict[str, Strategy] = {}
+        self._members: set[str] = set()
+        self._members_key: tuple[int, int] | None = None
 
     def strategy(self, key: str, name: str) -> Strategy:
         """The strategy object for a pool or realm (kept, so round robin remembers)."""
@@ -43,10 +45,16 @@ class RealmWorkerManager:
         return current
 
     def member_names(self) -> set[str]:
-        """Names of the workers in this realm."""
-        return {
-            w.name for w in self.workers.workers() if self.realms.realm_of_worker(w) == self.realm
-        }
+        """Names of the workers in this realm (recomputed only when workers or realms change)."""
+        key = (self.workers.version, self.realms.version)
+        if self._members_key != key:
+            self._members = {
+                w.name
+                for w in self.workers.workers()
+                if self.realms.realm_of_worker(w) == self.realm
+            }
+            self._members_key = key
+        return self._members
 
     def states(self) -> list[WorkerState]:
         """States of this realm's workers."""

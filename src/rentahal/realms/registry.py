@@ -32,6 +32,7 @@ class RealmRegistry:
         self.realms: dict[str, Realm] = {
             name: Realm(name, cfg) for name, cfg in realms_file.realms.items()
         }
+        self.version = 0  # bumped when realms are created, changed or deleted
 
     @property
     def pools(self) -> dict[str, PoolConfig]:
@@ -92,6 +93,7 @@ class RealmRegistry:
             raise ValueError(f"Realm {name} already exists")
         self._check_backups(name, config)
         realm = self.realms[name] = Realm(name, config)
+        self.version += 1
         self.file.realms[name] = config
         return realm
 
@@ -102,6 +104,7 @@ class RealmRegistry:
             raise ValueError(f"{name} is the primary realm of its query type; its type is fixed")
         self._check_backups(name, config)
         realm.config = config
+        self.version += 1
         self.file.realms[name] = config
         return realm
 
@@ -114,6 +117,7 @@ class RealmRegistry:
             if name in other.config.backup_realms:
                 other.config.backup_realms.remove(name)
         del self.realms[name]
+        self.version += 1
         del self.file.realms[name]
         return realm
 

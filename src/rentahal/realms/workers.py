@@ -96,6 +96,7 @@ class WorkerRegistry:
         self._states: dict[str, WorkerState] = {}
         self._listeners: list[Callable[[], None]] = []
         self._waiters: list[asyncio.Future[None]] = []
+        self.version = 0  # bumped when workers are added or removed
         # Cluster mode: slots are confirmed in shared state; None on a single node.
         self.cluster: ClusterState | None = None
         self.on_cluster_release: Callable[[str], Awaitable[None]] | None = None
@@ -108,11 +109,13 @@ class WorkerRegistry:
         if old is not None:
             state.in_flight = old.in_flight
         self._states[worker.name] = state
+        self.version += 1
         self._notify()
 
     def remove(self, name: str) -> bool:
         """Forget a worker; calls in flight finish normally."""
         removed = self._states.pop(name, None) is not None
+        self.version += 1
         self._notify()
         return removed
 
