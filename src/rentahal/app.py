@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -66,6 +66,21 @@ def make_state(settings: Settings) -> ClusterState:
     return MemoryState()
 
 
+# Shutdown is bounded: draining jobs takes at most ~7 s of this; what is still
+# running after the limit is abandoned (its jobs are reclaimed by other nodes).
+STOP_TIMEOUT_S = 12.0
+CLOSE_TIMEOUT_S = 3.0
+
+
+async def _within(limit_s: float, what: str, close: Callable[[], Awaitable[None]]) -> None:
+    """Run one shutdown step, giving up (with an error in the log) after ``limit_s``."""
+    try:
+        async with asyncio.timeout(limit_s):
+            await close()
+    except TimeoutError:
+        logger.error("stopping the %s took longer than %.0fs; going on", what, limit_s)
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The broker application for ``settings``."""
 
@@ -73,14 +88,14 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             storage = Storage(settings.database.url)
-            stack.push_async_callback(storage.close)
+            stack.push_async_callback(_within, CLOSE_TIMEOUT_S, "database", storage.close)
             client = make_http_client(settings)
-            stack.push_async_callback(client.close)
+            stack.push_async_callback(_within, CLOSE_TIMEOUT_S, "http client", client.close)
             state = make_state(settings)
-            stack.push_async_callback(state.close)
+            stack.push_async_callback(_within, CLOSE_TIMEOUT_S, "cluster state", state.close)
             broker = Broker(settings, storage, make_bus(settings), client, state)
             await broker.start()
-            stack.push_async_callback(broker.stop)
+            stack.push_async_callback(_within, STOP_TIMEOUT_S, "broker", broker.stop)
             app.state.broker = broker
             app.state.loop = asyncio.get_running_loop()
             logger.info("broker %s ready", broker.node_id)
