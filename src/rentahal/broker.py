@@ -301,6 +301,27 @@ class Broker:
                 return index
         return None
 
+    async def pending_jobs(self, user_guid: str) -> list[str]:
+        """Ids of the user's jobs that are waiting or running (on any node)."""
+        jobs = [
+            job.job_id
+            for queue in list(self.processors)
+            for job in await self.bus.waiting(queue)
+            if job.user_guid == user_guid
+        ]
+        jobs += [
+            job_id
+            for processor in list(self.processors.values())
+            for job_id, job in list(processor.running_jobs.items())
+            if job.user_guid == user_guid
+        ]
+        jobs += [
+            job_id
+            for job_id, (_queue, guid) in self._owner.items()
+            if guid == user_guid and job_id not in jobs and await self.state.running(job_id)
+        ]
+        return jobs
+
     async def wait_result(self, job_id: str, timeout_s: float | None = None) -> Result:
         """Wait for a job submitted with ``want_result=True``."""
         fut = self._waiters[job_id]

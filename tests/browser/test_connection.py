@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -93,3 +94,26 @@ def test_the_page_reconnects_to_a_restarted_broker(
     expect(answer_text(turn)).to_contain_text("after the restart")
     # the same user (cookie) on the new broker, which reads the same database
     expect(page.locator("#history .history-item")).to_have_count(2)
+
+
+def test_a_query_lost_in_a_restart_is_reported(
+    broker_factory: Callable[..., BrokerServer],
+    slow_chat_worker: str,
+    start_again: Callable[[BrokerServer], BrokerServer],
+    open_page: OpenPage,
+) -> None:
+    server = broker_factory(demo_worker_records({"chat": slow_chat_worker}, max_concurrency=1))
+    page = open_page(server)
+    turn = ask(page, "running when the broker stops")
+    entry = page.locator("#pending-list .pending-query").filter(has_text="running when")
+    # it has reached the broker (the page knows its job id) before the restart
+    expect(entry).to_have_attribute("data-job-id", re.compile(r"\w+"))
+
+    server.stop()  # the embedded memory queue goes with the process
+    start_again(server)
+    expect(page.locator("#connection-state")).to_have_attribute("data-state", "connected")
+    expect(turn.locator(".answer-note")).to_contain_text("lost while the server restarted")
+    expect(page.locator("#pending-list .pending-query")).to_have_count(0)
+    # the page goes on working on the new broker
+    after = ask(page, "after the restart")
+    expect(answer_text(after)).to_contain_text("after the restart", timeout=20_000)

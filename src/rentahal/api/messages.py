@@ -213,6 +213,12 @@ async def get_previous_queries(session: Session, message: dict[str, Any]) -> Non
     session.send({"type": "previous_queries", "data": rows})
 
 
+async def get_pending_jobs(session: Session, message: dict[str, Any]) -> None:
+    """Which of the user's queries are still waiting or running (e.g. after a reconnect)."""
+    jobs = await session.broker.pending_jobs(session.user.guid)
+    session.send({"type": "pending_jobs", "job_ids": jobs})
+
+
 async def pong(session: Session, message: dict[str, Any]) -> None:
     """The client's heartbeat; nothing to answer."""
 
@@ -304,6 +310,7 @@ HANDLERS: dict[str, Handler] = {
     "text_to_speech": text_to_speech,
     "set_nickname": set_nickname,
     "get_previous_queries": get_previous_queries,
+    "get_pending_jobs": get_pending_jobs,
     "pong": pong,
     "cancel_query": cancel_query,
     "get_stats": get_stats,

@@ -328,6 +328,15 @@ const handlers = {
   },
   active_users(msg) { showActiveUsers(msg.users); },
   queue_update(msg) { pending.setDepth(msg.depth, msg.total); },
+  pending_jobs(msg) {
+    const alive = new Set((Array.isArray(msg.job_ids) ? msg.job_ids : []).map(String));
+    for (const entry of [...pending.entries]) {
+      if (entry.jobId === null || alive.has(String(entry.jobId))) continue;
+      pending.remove(entry);
+      conversation.addNote(
+        'This query was lost while the server restarted; please send it again.', entry.turn);
+    }
+  },
   query_queued(msg) {
     const entry = pending.queued(msg);
     if (entry.state === 'uploading') pending.setState(entry, 'queued');
@@ -397,7 +406,11 @@ conn.addEventListener('message', (event) => {
 });
 
 showConnectionState(conn, els.connection, els.reconnectInfo, {
-  onConnected: () => send({ type: 'get_previous_queries' }),
+  onConnected: () => {
+    send({ type: 'get_previous_queries' });
+    // after a reconnect, learn which of our queries the server still has
+    if (pending.entries.some((e) => e.jobId !== null)) send({ type: 'get_pending_jobs' });
+  },
   isBanned: () => state.banned,
 });
 
