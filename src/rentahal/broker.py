@@ -43,6 +43,7 @@ BROADCAST_CHANNEL = "broadcast"
 RESULTS_CHANNEL = "results"
 WATCHDOG_INTERVAL_S = 2.0
 USER_CACHE_S = 10.0
+_ACTIVE = (QueryState.QUEUED, QueryState.DISPATCHED, QueryState.RUNNING)
 USER_CACHE_SIZE = 100_000
 
 
@@ -309,11 +310,12 @@ class Broker:
             for job in await self.bus.waiting(queue)
             if job.user_guid == user_guid
         ]
+        # A finished job stays in running_jobs until its task's callback runs.
         jobs += [
             job_id
             for processor in list(self.processors.values())
             for job_id, job in list(processor.running_jobs.items())
-            if job.user_guid == user_guid
+            if job.user_guid == user_guid and job.state in _ACTIVE
         ]
         jobs += [
             job_id

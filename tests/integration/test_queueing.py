@@ -138,21 +138,23 @@ async def test_pending_jobs_lists_waiting_and_running(broker_factory) -> None:
     with reference_worker(latency_ms=1500) as a:
         server = broker_factory([_chat_worker("slow", a, 1)])
         client = await _open(server.ws_url)
-        for prompt in ("runs", "waits"):
-            await client.send(
-                {"type": "submit_query", "query": {"prompt": prompt, "query_type": "chat"}}
-            )
-        running = (await client.expect("query_queued"))["job_id"]
-        waiting = (await client.expect("query_queued"))["job_id"]
-        await asyncio.sleep(0.3)
-        await client.send({"type": "get_pending_jobs"})
-        listed = await client.expect("pending_jobs")
-        assert sorted(listed["job_ids"]) == sorted([running, waiting])
         other = await _open(server.ws_url)
-        await other.send({"type": "get_pending_jobs"})
-        assert (await other.expect("pending_jobs"))["job_ids"] == []
-        await client.expect("query_result", job_id=running)
-        await client.send({"type": "get_pending_jobs"})
-        assert (await client.expect("pending_jobs"))["job_ids"] == [waiting]
-        await client.close()
-        await other.close()
+        try:
+            for prompt in ("runs", "waits"):
+                await client.send(
+                    {"type": "submit_query", "query": {"prompt": prompt, "query_type": "chat"}}
+                )
+            running = (await client.expect("query_queued"))["job_id"]
+            waiting = (await client.expect("query_queued"))["job_id"]
+            await asyncio.sleep(0.3)
+            await client.send({"type": "get_pending_jobs"})
+            listed = await client.expect("pending_jobs")
+            assert sorted(listed["job_ids"]) == sorted([running, waiting])
+            await other.send({"type": "get_pending_jobs"})
+            assert (await other.expect("pending_jobs"))["job_ids"] == []
+            await client.expect("query_result", job_id=running)
+            await client.send({"type": "get_pending_jobs"})
+            assert (await client.expect("pending_jobs"))["job_ids"] == [waiting]
+        finally:
+            await client.close()
+            await other.close()
