@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.client import WSClient
+from tests.support.client import Opener, WSClient
 from tests.support.servers import (
     BrokerServer,
     broker_settings,
@@ -72,5 +72,21 @@ async def connect(broker: BrokerServer) -> AsyncIterator[Callable[..., Any]]:
         return client
 
     yield open_client
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def open_client() -> AsyncIterator[Opener]:
+    """Connect clients to any broker (closed after the test, even when it fails)."""
+    clients: list[WSClient] = []
+
+    async def connect(server: BrokerServer) -> WSClient:
+        client = await WSClient.connect(server.ws_url)
+        clients.append(client)
+        await client.connect_sequence()
+        return client
+
+    yield connect
     for client in clients:
         await client.close()

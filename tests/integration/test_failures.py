@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from rentahal.models import AIWorker
 from tests.support.bad_worker import BadWorker
-from tests.support.client import WSClient
+from tests.support.client import Opener, WSClient
 from tests.support.servers import BrokerServer, ThreadServer
 
 BrokerFactory = Callable[..., BrokerServer]
@@ -43,25 +43,6 @@ def _worker(name: str, server: ThreadServer, wtype: str = "chat", **kw: Any) -> 
         type=wtype,  # type: ignore[arg-type]
         **kw,
     )
-
-
-Opener = Callable[[BrokerServer], Awaitable[WSClient]]
-
-
-@pytest.fixture
-async def open_client() -> AsyncIterator[Opener]:
-    """Connect clients to a broker (closed after the test, even when it fails)."""
-    clients: list[WSClient] = []
-
-    async def connect(server: BrokerServer) -> WSClient:
-        client = await WSClient.connect(server.ws_url)
-        clients.append(client)
-        await client.connect_sequence()
-        return client
-
-    yield connect
-    for client in clients:
-        await client.close()
 
 
 def _rows(server: BrokerServer, guid: str | None) -> list[dict[str, Any]]:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
 from starlette.applications import Starlette
 
 from rentahal.models import AIWorker
 from tests.support.bad_worker import BadWorker
-from tests.support.client import WSClient
+from tests.support.client import Opener, WSClient
 from tests.support.servers import BrokerServer, ThreadServer
 
 BrokerFactory = Callable[..., BrokerServer]
-Opener = Callable[[BrokerServer], Awaitable[WSClient]]
 
 
 @contextlib.contextmanager
@@ -28,22 +26,6 @@ def serve(app: Starlette) -> Iterator[ThreadServer]:
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-async def open_client() -> AsyncIterator[Opener]:
-    """Connect clients to a broker (closed after the test, even when it fails)."""
-    clients: list[WSClient] = []
-
-    async def connect(server: BrokerServer) -> WSClient:
-        client = await WSClient.connect(server.ws_url)
-        clients.append(client)
-        await client.connect_sequence()
-        return client
-
-    yield connect
-    for client in clients:
-        await client.close()
 
 
 def _worker(name: str, address: str, wtype: str = "chat", **kw: Any) -> AIWorker:

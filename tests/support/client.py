@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+
+if TYPE_CHECKING:
+    from tests.support.servers import BrokerServer
 
 
 class WSClient:
@@ -99,3 +103,7 @@ class WSClient:
     async def close(self) -> None:
         """Close the socket."""
         await self.ws.close()
+
+
+Opener = Callable[["BrokerServer"], Awaitable[WSClient]]
+"""The ``open_client`` fixture: connect a client (connect sequence read) to a broker."""
