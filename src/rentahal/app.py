@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from rentahal.api import admin, metrics, ws
+from rentahal.api import admin, admin_workers, metrics, ws
 from rentahal.api.debug import router as debug_router
 from rentahal.api.openai import router as openai_router
 from rentahal.api.queries import router as queries_router
@@ -110,6 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openai_router)
     app.include_router(metrics.router)
     app.include_router(admin.router)
+    app.include_router(admin_workers.router)
 
     @app.get("/", include_in_schema=False, response_model=None)
     async def index() -> FileResponse | HTMLResponse:

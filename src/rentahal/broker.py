@@ -23,7 +23,7 @@ from rentahal.models import (
     Result,
     User,
 )
-from rentahal.realms.config import load_realms
+from rentahal.realms.config import load_realms, with_identity
 from rentahal.realms.connections import Connection, RealmConnectionManager
 from rentahal.realms.execution import QueryExecutor
 from rentahal.realms.metrics import RealmMetricsCollector
@@ -118,7 +118,7 @@ class Broker:
         if not self.settings.broker.realms_enabled:
             return
         path = Path(self.settings.broker.realms_file)
-        realms_file = load_realms(path)
+        realms_file = with_identity(path, load_realms(path))
         if not realms_file.enabled:
             return
         self.realms = RealmService(

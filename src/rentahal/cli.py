@@ -11,6 +11,7 @@ import typer
 import uvicorn
 from rich.console import Console
 
+from rentahal.admin_cli import pools_app, realms_app, workers_app
 from rentahal.bench import bench_app
 from rentahal.config import Settings, load_settings
 from rentahal.errors import ConfigError
@@ -24,6 +25,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.add_typer(bench_app, name="bench")
+app.add_typer(realms_app, name="realms")
+app.add_typer(pools_app, name="pools")
+app.add_typer(workers_app, name="workers")
 app.command("worker")(worker_command)
 console = Console()
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from rentahal.broker import Broker
+from rentahal.realms.config import callback_url
 from rentahal.status import live_realms, realm_summary
 
 router = APIRouter()
@@ -40,6 +41,13 @@ async def federation_status(request: Request) -> dict[str, Any]:
     realms = broker.realms
     return {
         "federation_id": realms.registry.file.federation_id if realms else None,
+        "callback_url": (
+            callback_url(
+                realms.registry.file, broker.settings.server.host, broker.settings.server.port
+            )
+            if realms
+            else None
+        ),
         "node_id": broker.node_id,
         "realms_enabled": realms is not None,
         "realms": await realm_summary(broker),

@@ -7,17 +7,32 @@ admin API saves changes atomically (write a temporary file, then rename).
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rentahal.errors import ConfigError
 from rentahal.models import QUERY_TYPES
 from rentahal.realms.strategies import STRATEGY_NAMES
+
+logger = logging.getLogger(__name__)
+
+# The seed's default file names every installation ``rentahal-main``: treated as unset.
+PLACEHOLDER_FEDERATION_ID = "rentahal-main"
 
 
 class RealmConfig(BaseModel):
@@ -70,22 +85,63 @@ class PoolConfig(BaseModel):
 
 
 class DiscoveryConfig(BaseModel):
-    """Federation discovery of other broker instances."""
+    """Federation discovery of other broker installations (the seed's keys).
+
+    ``peers`` and ``interval_s`` are accepted as our older names for
+    ``bootstrap_nodes`` and ``advertise_interval``.
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    enabled: bool = True
+    bootstrap_nodes: list[str] = Field(
+        default_factory=list, validation_alias=AliasChoices("bootstrap_nodes", "peers")
+    )
+    advertise_interval: float = Field(
+        default=300.0, gt=0, validation_alias=AliasChoices("advertise_interval", "interval_s")
+    )
+
+
+class ShardConfig(BaseModel):
+    """One database shard: a name and a SQLAlchemy URL or a plain SQLite file path."""
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = False
-    interval_s: float = Field(default=60.0, gt=0)
-    peers: list[str] = Field(default_factory=list)
+    name: str = Field(min_length=1, max_length=64)
+    connection_string: str = Field(min_length=1)
 
 
 class ShardingConfig(BaseModel):
-    """User-data sharding by GUID."""
+    """User-data sharding by GUID prefix (the seed's ``database_sharding``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False
-    shards: list[str] = Field(default_factory=list)
+    shards: list[ShardConfig] = Field(default_factory=list)
+    shard_map: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("shards", mode="before")
+    @classmethod
+    def _plain_strings(cls, value: Any) -> Any:
+        # Our older form: a list of connection strings, named shard_0, shard_1, ...
+        if isinstance(value, list):
+            return [
+                {"name": f"shard_{i}", "connection_string": item} if isinstance(item, str) else item
+                for i, item in enumerate(value)
+            ]
+        return value
+
+    @model_validator(mode="after")
+    def _known_shards(self) -> ShardingConfig:
+        names = [shard.name for shard in self.shards]
+        if len(set(names)) != len(names):
+            raise ValueError("shard names must be unique")
+        for prefix, shard in self.shard_map.items():
+            if shard not in names:
+                raise ValueError(f"shard_map: prefix {prefix!r} names unknown shard {shard!r}")
+        if self.enabled and not self.shards:
+            raise ValueError("sharding is enabled but no shards are listed")
+        return self
 
 
 def _default_realms() -> dict[str, RealmConfig]:
@@ -107,8 +163,10 @@ class RealmsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
-    federation_id: str = "rentahal-main"
-    federation_callback_url: str = "http://localhost:5000/api/federation/callback"
+    # None: a random id is made on first start and kept (see ``with_identity``).
+    federation_id: str | None = Field(default=None, min_length=1, max_length=128)
+    # None: the broker's own base URL (``Settings.base_url``).
+    federation_callback_url: str | None = None
     realms: dict[str, RealmConfig] = Field(default_factory=_default_realms)
     pools: dict[str, PoolConfig] = Field(default_factory=dict)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
@@ -134,6 +192,12 @@ def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
         return None
     line = None
     for key in loc:
+        if isinstance(node, yaml.SequenceNode) and isinstance(key, int):
+            if not 0 <= key < len(node.value):
+                break
+            node = node.value[key]
+            line = node.start_mark.line + 1
+            continue
         if not isinstance(node, yaml.MappingNode):
             break
         for key_node, value_node in node.value:
@@ -189,3 +253,41 @@ def save_realms(path: str | Path, realms: RealmsFile) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def new_federation_id() -> str:
+    """A fresh, random installation id (``rentahal-`` and 16 hex digits)."""
+    return f"rentahal-{secrets.token_hex(8)}"
+
+
+def with_identity(path: str | Path, realms: RealmsFile) -> RealmsFile:
+    """``realms`` with a federation id of its own, made and kept on first start.
+
+    An absent id, or the seed's shared placeholder, is replaced by a random one
+    that is written back to ``path`` (atomically) so the next start keeps it.
+    """
+    if realms.federation_id and realms.federation_id != PLACEHOLDER_FEDERATION_ID:
+        return realms
+    if realms.federation_id == PLACEHOLDER_FEDERATION_ID:
+        logger.warning(
+            "%s: federation_id %r is the seed's shared placeholder; using a random id",
+            path,
+            PLACEHOLDER_FEDERATION_ID,
+        )
+    realms = realms.model_copy(update={"federation_id": new_federation_id()})
+    try:
+        save_realms(path, realms)
+    except OSError as exc:
+        logger.error("could not keep the federation id in %s: %s", path, exc)
+    return realms
+
+
+def callback_url(realms: RealmsFile, host: str, port: int) -> str:
+    """The configured federation callback URL, else the broker's own base URL."""
+    if realms.federation_callback_url:
+        return realms.federation_callback_url
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
