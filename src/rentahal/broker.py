@@ -86,6 +86,8 @@ class Broker:
             is_leader=lambda: self.state.try_lead(
                 "health", self.node_id, settings.workers.health_check_interval * 3
             ),
+            open_circuits=self.registry.open_circuits,
+            on_probe_ok=self.registry.probe_succeeded,
         )
         self._waiters: dict[str, asyncio.Future[Result]] = {}
         # job_id -> (queue, user_guid) of jobs queued from this node and not yet delivered

@@ -87,6 +87,8 @@ class WorkerSettingsSection(_Section):
     retry_backoff_s: float = Field(default=0.25, ge=0)
     circuit_failures: int = Field(default=3, ge=1)
     circuit_open_s: float = Field(default=30.0, ge=0)
+    # Workers with an open circuit are probed this often; a 200 closes the circuit.
+    circuit_probe_interval_s: float = Field(default=2.0, gt=0)
     rate_limit_cooldown_s: float = Field(default=10.0, ge=0)
     retry_image_on_timeout: bool = False
 

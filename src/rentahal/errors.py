@@ -8,6 +8,7 @@ meets them; code above that layer only sees these types::
     ├── QueryRejected            refused before queueing (message is user-facing)
     │   ├── QueueFull
     │   └── NoWorkerAvailable    no live worker can serve the query type/model
+    │       └── WorkerCircuitOpen  every such worker has an open circuit
     ├── WorkerError              a worker call failed
     │   ├── WorkerTimeout        no answer within the deadline
     │   ├── WorkerUnavailable    connect error or 5xx: retry elsewhere
@@ -40,6 +41,25 @@ class QueueFull(QueryRejected):
 
 class NoWorkerAvailable(QueryRejected):
     """No live worker serves this query type or model."""
+
+
+class WorkerCircuitOpen(NoWorkerAvailable):
+    """Every worker that could serve the query has an open circuit.
+
+    ``workers`` names them; ``retry_in_s`` is when the first is tried again
+    (a successful health probe may close a circuit sooner).
+    """
+
+    def __init__(self, workers: list[str], worker_type: str, retry_in_s: int) -> None:
+        self.workers = workers
+        self.retry_in_s = max(0, retry_in_s)
+        if len(workers) == 1:
+            who = f"{worker_type} worker {workers[0]} is"
+        else:
+            who = f"{worker_type} workers {', '.join(workers)} are"
+        super().__init__(
+            f"The {who} not answering (circuit open); it will be tried again in {self.retry_in_s} s"
+        )
 
 
 class WorkerError(BrokerError):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,10 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from rentahal.demo import start_worker_process, wait_healthy
 from rentahal.models import AIWorker
 from tests.support.bad_worker import BadWorker
 from tests.support.client import Opener, WSClient
-from tests.support.servers import BrokerServer, ThreadServer
+from tests.support.servers import BrokerServer, ThreadServer, free_port, reference_worker
 
 BrokerFactory = Callable[..., BrokerServer]
 
@@ -207,17 +210,24 @@ async def test_circuit_opens_skips_then_half_open_trial_closes_it(
         assert _circuit(server, "flaky") == "open"
         assert (await _worker_health(sysop, "flaky"))["circuit"] == "open"
 
-        # While open the worker is skipped: the queries wait, no calls are made.
+        # While open the worker is skipped: queries fail at once, naming it; no calls.
         flaky.mode = "sleep:0.3"
         flaky.max_in_flight = 0
+        started = time.monotonic()
+        refused = await sysop.query("refused")
+        assert time.monotonic() - started < 0.5
+        assert refused["type"] == "error"
+        assert refused["message"].startswith("The chat worker flaky is not answering")
+        assert refused["message"].endswith("tried again in 1 s")
+        assert flaky.calls == 2
+
+        # After circuit_open_s the next queries are let through: one trial at a time.
+        await asyncio.sleep(max(0.0, opened_at + 1.05 - time.monotonic()))
         for prompt in ("two", "three"):
             await sysop.send(
                 {"type": "submit_query", "query": {"prompt": prompt, "query_type": "chat"}}
             )
-        await asyncio.sleep(0.5)
-        assert flaky.calls == 2
         results = [await sysop.expect("query_result") for _ in range(2)]
-        assert time.monotonic() - opened_at >= 1.0
         assert sorted(r["result"] for r in results) == ["ok: three", "ok: two"]
         assert all(r["attempts"] == 1 for r in results)
         # one half-open trial at a time, although the worker has two slots
@@ -242,6 +252,7 @@ async def test_failed_half_open_trial_reopens_the_circuit(
         client = await open_client(server)
         assert (await client.query("one"))["type"] == "error"
         assert flaky.calls == 2
+        await asyncio.sleep(0.6)  # the circuit is half open: the next query is the trial
         error = await client.query("trial")
         # one trial call, then the circuit is open again and no retry is attempted
         assert error["type"] == "error"
@@ -249,10 +260,127 @@ async def test_failed_half_open_trial_reopens_the_circuit(
         assert flaky.calls == 3
         assert _circuit(server, "flaky") == "open"
         flaky.mode = "ok"
+        await asyncio.sleep(0.6)
         result = await client.query("later")
         assert result["type"] == "query_result" and result["worker"] == "flaky"
         assert flaky.calls == 4
         assert _circuit(server, "flaky") == "closed"
+
+
+@contextlib.contextmanager
+def _worker_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """The reference worker as a process on ``port``, stopped after the block."""
+    proc = start_worker_process(port)
+    try:
+        wait_healthy(f"127.0.0.1:{port}", proc)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def _until_circuit(server: BrokerServer, name: str, state: str, timeout_s: float) -> float:
+    """Seconds until ``name``'s circuit is in ``state`` (fails after ``timeout_s``)."""
+    started = time.monotonic()
+    while _circuit(server, name) != state:
+        assert time.monotonic() - started < timeout_s, f"circuit of {name} not {state}"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def test_stopped_worker_fails_fast_and_a_probe_closes_its_circuit(
+    broker_factory: BrokerFactory, open_client: Opener
+) -> None:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    server = broker_factory(
+        [AIWorker(name="solo", address=address, type="chat")],
+        workers={"circuit_failures": 1, "circuit_open_s": 30, "circuit_probe_interval_s": 0.2},
+    )
+    client = await open_client(server)
+    with _worker_process(port):
+        assert (await client.query("warm up"))["type"] == "query_result"
+    # The worker process is gone: the first query fails and opens the circuit.
+    failed = await client.query("while down", timeout_s=10)
+    assert failed["type"] == "error" and "solo" in failed["message"]
+    assert _circuit(server, "solo") == "open"
+    # The next one is refused at once, naming the worker and when it is tried again.
+    started = time.monotonic()
+    refused = await client.query("still down", timeout_s=5)
+    assert time.monotonic() - started < 1.0
+    assert refused["type"] == "error"
+    match = re.fullmatch(
+        r"The chat worker solo is not answering \(circuit open\); "
+        r"it will be tried again in (\d+) s",
+        refused["message"],
+    )
+    assert match is not None, refused
+    assert 25 <= int(match.group(1)) <= 30
+    # Back on its port: a probe closes the circuit within a few probe intervals.
+    with _worker_process(port):
+        assert await _until_circuit(server, "solo", "closed", timeout_s=3.0) < 3.0
+        started = time.monotonic()
+        answer = await client.query("back again", timeout_s=5)
+        assert answer["type"] == "query_result" and answer["worker"] == "solo"
+        assert time.monotonic() - started < 2.0
+    assert [r["status"] for r in reversed(_rows(server, client.guid))] == [
+        "done",
+        "failed",
+        "done",
+    ]
+
+
+async def test_open_circuit_sends_queries_to_another_worker_at_once(
+    broker_factory: BrokerFactory, open_client: Opener
+) -> None:
+    down_port = free_port()
+    with reference_worker() as up:
+        server = broker_factory(
+            [
+                AIWorker(name="down", address=f"127.0.0.1:{down_port}", type="chat"),
+                AIWorker(name="up", address=up, type="chat", health_score=50),
+            ],
+            workers={"circuit_failures": 1, "circuit_open_s": 30},
+        )
+        client = await open_client(server)
+        first = await client.query("one")  # tried on "down" (healthier), retried on "up"
+        assert (first["type"], first["worker"], first["attempts"]) == ("query_result", "up", 2)
+        assert _circuit(server, "down") == "open"
+        started = time.monotonic()
+        second = await client.query("two")
+        assert time.monotonic() - started < 1.0
+        assert (second["worker"], second["attempts"]) == ("up", 1)
+
+
+async def test_queued_queries_fail_at_once_when_the_circuit_opens(
+    broker_factory: BrokerFactory, open_client: Opener
+) -> None:
+    port = free_port()
+    server = broker_factory(
+        [AIWorker(name="slow", address=f"127.0.0.1:{port}", type="chat", max_concurrency=1)],
+        workers={"circuit_failures": 1, "circuit_open_s": 30, "max_attempts": 1},
+    )
+    client = await open_client(server)
+    proc = start_worker_process(port, latency_ms=1000)
+    try:
+        wait_healthy(f"127.0.0.1:{port}", proc)
+        for prompt in ("first", "second", "third"):
+            await client.send(
+                {"type": "submit_query", "query": {"prompt": prompt, "query_type": "chat"}}
+            )
+            await client.expect("query_queued")
+        await asyncio.sleep(0.3)  # "first" runs, the others wait for the only slot
+        proc.kill()  # the running call breaks: the circuit opens
+        started = time.monotonic()
+        errors = [await client.expect("error", timeout_s=5) for _ in range(3)]
+        assert time.monotonic() - started < 2.0
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    messages = sorted(e["message"] for e in errors)
+    assert messages[-1].startswith("worker slow unreachable")
+    assert all(m.startswith("The chat worker slow is not answering") for m in messages[:2])
+    assert sorted(r["status"] for r in _rows(server, client.guid)) == ["failed"] * 3
 
 
 # --- 5. 429 cool-down -----------------------------------------------------------------------
@@ -373,14 +501,23 @@ async def test_model_name_selects_the_worker_that_serves_it(
             assert result["worker"] == worker
         assert (llama.calls, mistral.calls) == (1, 2)
 
+        # A model no worker lists is only a preference: any chat worker answers it.
         started = time.monotonic()
-        refused = await client.query("hi", model_name="gpt-9")
+        anywhere = await client.query("hi", model_name="gpt-9")
         assert time.monotonic() - started < 1.0
-        assert refused == {"type": "error", "message": "No chat worker serves model 'gpt-9'"}
-        assert (llama.calls, mistral.calls) == (1, 2)
+        assert anywhere["type"] == "query_result", anywhere
+        assert llama.calls + mistral.calls == 4
+        # The original client sends worker names (maybe stale) as model_name.
+        named = await client.query("hi", model_name="llama-box")
+        assert named["worker"] == "llama-box"
+        stale = await client.query("hi", model_name="default_worker")
+        assert stale["type"] == "query_result", stale
         rows = _rows(server, client.guid)
         assert [(r["model_name"], r["worker"]) for r in reversed(rows)] == [
             ("mixtral", "mistral-box"),
             ("llama3", "llama-box"),
             ("mistral", "mistral-box"),
+            ("gpt-9", anywhere["worker"]),
+            ("llama-box", "llama-box"),
+            ("default_worker", stale["worker"]),
         ]

@@ -120,7 +120,11 @@ def broker_settings(tmp: Path, **sections: dict[str, Any]) -> Settings:
     """Settings for a test broker: SQLite in ``tmp``, fast health checks off by default."""
     overrides: dict[str, dict[str, Any]] = {
         "database": {"database_name": str(tmp / "llm_broker.db")},
-        "workers": {"health_check_interval": 3600, "retry_backoff_s": 0.01},
+        "workers": {
+            "health_check_interval": 3600,
+            "circuit_probe_interval_s": 3600,
+            "retry_backoff_s": 0.01,
+        },
         "broker": {"realms_file": str(tmp / "realms.yml")},
     }
     for name, values in sections.items():

@@ -11,6 +11,7 @@ from rentahal.config import WorkerSettingsSection
 from rentahal.errors import (
     NoWorkerAvailable,
     WorkerBadResponse,
+    WorkerCircuitOpen,
     WorkerRateLimited,
     WorkerRejected,
     WorkerTimeout,
@@ -119,20 +120,42 @@ def test_reserve_picks_the_healthiest_then_avoids_excluded() -> None:
     assert again is not None
 
 
-def test_model_name_selects_the_listing_worker_and_unknown_model_is_named() -> None:
+def test_model_name_prefers_the_listing_worker_and_unknown_models_run_anywhere() -> None:
     registry = _registry(
         _worker("llama", models=["llama3"]), _worker("mistral", models=["mistral"])
     )
     picked = registry.reserve(Query(prompt="x", query_type="chat", model_name="mistral"))
     assert picked is not None and picked.name == "mistral"
-    with pytest.raises(NoWorkerAvailable, match="No chat worker serves model 'gpt-9'"):
-        registry.check_servable(Query(prompt="x", query_type="chat", model_name="gpt-9"))
+    registry.release("mistral")
+    unknown = Query(prompt="x", query_type="chat", model_name="gpt-9")
+    registry.check_servable(unknown)  # model_name only prefers: any chat worker serves it
+    assert {s.worker.name for s in registry.candidates("chat", "gpt-9")} == {"llama", "mistral"}
 
 
 def test_workers_without_a_model_list_serve_any_model() -> None:
     registry = _registry(_worker("any"), _worker("llama", models=["llama3"]))
     picked = registry.reserve(Query(prompt="x", query_type="chat", model_name="other"))
     assert picked is not None and picked.name == "any"
+
+
+def test_model_name_naming_a_worker_prefers_it() -> None:
+    registry = _registry(_worker("gpu1", health_score=10), _worker("gpu2"))
+    picked = registry.reserve(Query(prompt="x", query_type="chat", model_name="gpu1"))
+    assert picked is not None and picked.name == "gpu1"
+
+
+def test_unhealthy_preferred_worker_gives_way_to_any_healthy_one(clock: Clock) -> None:
+    registry = _registry(
+        _worker("llama", models=["llama3"]), _worker("other", models=["x"]), circuit_failures=1
+    )
+    llama3 = Query(prompt="x", query_type="chat", model_name="llama3")
+    _fail(registry, "llama")
+    picked = registry.reserve(llama3)
+    assert picked is not None and picked.name == "other"
+    registry.release("other")
+    _fail(registry, "other")
+    with pytest.raises(NoWorkerAvailable, match="worker llama is not answering"):
+        registry.check_servable(llama3)  # no healthy one: the preferred one is named
 
 
 def test_check_servable_refuses_when_every_worker_is_blacklisted() -> None:
@@ -158,9 +181,44 @@ def test_circuit_opens_after_consecutive_failures(clock: Clock) -> None:
     assert not registry.can_serve_now(CHAT)
     assert registry.reserve(CHAT) is None
     assert registry.total_capacity() == 0
-    # an open circuit is not a blacklist: the query is still accepted for queueing
-    registry.check_servable(CHAT)
+    # every worker open: refused at once, naming the worker and when it is tried again
+    with pytest.raises(WorkerCircuitOpen) as refused:
+        registry.check_servable(CHAT)
+    assert refused.value.workers == ["a"] and refused.value.retry_in_s == 30
+    assert str(refused.value) == (
+        "The chat worker a is not answering (circuit open); it will be tried again in 30 s"
+    )
+    clock.advance(12.5)
+    with pytest.raises(WorkerCircuitOpen, match="again in 18 s"):
+        registry.check_servable(CHAT)
     assert registry.public()[0]["circuit"] == "open"
+
+
+def test_an_open_circuit_is_skipped_while_another_worker_is_usable(clock: Clock) -> None:
+    registry = _registry(_worker("a", health_score=100), _worker("b", health_score=10))
+    _fail(registry, "a", 3)
+    registry.check_servable(CHAT)
+    picked = registry.reserve(CHAT)
+    assert picked is not None and picked.name == "b"
+
+
+def test_a_passing_probe_closes_the_circuit_and_one_failure_reopens_it(clock: Clock) -> None:
+    registry = _registry(_worker("a"), circuit_failures=3, circuit_open_s=30)
+    state = registry.get("a")
+    assert state is not None
+    woken: list[int] = []
+    registry.add_listener(lambda: woken.append(1))
+    _fail(registry, "a", 3)
+    assert registry.open_circuits() == [state.worker]
+    assert woken  # opening wakes the queue consumers, so waiting jobs fail at once
+    registry.probe_succeeded("a")
+    assert state.circuit(clock.now) == "closed" and registry.can_serve_now(CHAT)
+    assert registry.open_circuits() == []
+    _fail(registry, "a")  # still failing although /health passes: open again at once
+    assert state.circuit(clock.now) == "open"
+    registry.report_success("a")
+    registry.probe_succeeded("nobody")
+    assert state.circuit(clock.now) == "closed" and state.consecutive_failures == 0
 
 
 def test_a_success_resets_the_failure_streak(clock: Clock) -> None:

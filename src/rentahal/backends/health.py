@@ -73,7 +73,12 @@ async def probe_worker(client: HttpClient, worker: AIWorker, timeout_s: float) -
 
 
 class HealthMonitor:
-    """Probes every worker each ``interval_s`` and applies the rules."""
+    """Probes every worker each ``health_check_interval`` and applies the rules.
+
+    Workers that ``open_circuits`` lists are also probed each
+    ``circuit_probe_interval_s`` (these probes only close circuits); every 200
+    is passed to ``on_probe_ok``.
+    """
 
     def __init__(
         self,
@@ -83,8 +88,13 @@ class HealthMonitor:
         settings: WorkerSettingsSection,
         on_change: Callable[[list[AIWorker]], Awaitable[None]],
         is_leader: Callable[[], Awaitable[bool]] | None = None,
+        open_circuits: Callable[[], list[AIWorker]] | None = None,
+        on_probe_ok: Callable[[str], None] | None = None,
     ) -> None:
         self._list_workers = list_workers
+        self._open_circuits = open_circuits
+        self._on_probe_ok = on_probe_ok
+        self._circuit_task: asyncio.Task[None] | None = None
         self._client = client
         self._rules = rules
         self._settings = settings
@@ -104,9 +114,36 @@ class HealthMonitor:
             *(probe_worker(self._client, w, self._timeout_for(w)) for w in workers)
         )
         changed = [w for w, s in zip(workers, statuses, strict=True) if self._rules.apply(w, s)]
+        self._report_ok(workers, statuses)
         if changed:
             await self._on_change(changed)
         return changed
+
+    def _report_ok(self, workers: list[AIWorker], statuses: list[int | None]) -> None:
+        if self._on_probe_ok is None:
+            return
+        for worker, status in zip(workers, statuses, strict=True):
+            if status == 200:
+                self._on_probe_ok(worker.name)
+
+    async def check_open_circuits(self) -> None:
+        """Probe the workers with open circuits once; a 200 closes the circuit."""
+        workers = self._open_circuits() if self._open_circuits is not None else []
+        if not workers:
+            return
+        statuses = await asyncio.gather(
+            *(probe_worker(self._client, w, self._timeout_for(w)) for w in workers)
+        )
+        self._report_ok(workers, list(statuses))
+
+    async def _run_circuits(self) -> None:
+        # Circuits are per node, so every node probes its own open ones.
+        while True:
+            await asyncio.sleep(self._settings.circuit_probe_interval_s)
+            try:
+                await self.check_open_circuits()
+            except Exception:
+                logger.exception("probe of open circuits failed")
 
     async def _run(self) -> None:
         while True:
@@ -123,13 +160,18 @@ class HealthMonitor:
         """Start the periodic loop."""
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="health-monitor")
+        if self._open_circuits is not None and (
+            self._circuit_task is None or self._circuit_task.done()
+        ):
+            self._circuit_task = asyncio.create_task(self._run_circuits(), name="circuit-probes")
 
     async def stop(self) -> None:
-        """Stop the loop and wait for it."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        """Stop the loops and wait for them."""
+        for task in (self._task, self._circuit_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._task = self._circuit_task = None

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from rentahal.bus.base import Bus
+from rentahal.errors import NoWorkerAvailable
 from rentahal.models import Job, QueryState, Result
 from rentahal.realms.execution import QueryExecutor
 from rentahal.realms.workers import WorkerRegistry, WorkerSelector
@@ -76,7 +77,24 @@ class QueryProcessor:
         self._loop_task = asyncio.create_task(self._consume(), name=f"processor:{self.queue}")
 
     def _dispatchable(self, job: Job) -> bool:
-        return self.selector.can_serve_now(job.query)
+        # Jobs no worker can serve (open circuits, removed workers) are taken to fail them.
+        return self.selector.can_serve_now(job.query) or self._refusal(job) is not None
+
+    def _refusal(self, job: Job) -> NoWorkerAvailable | None:
+        """Why no worker will serve ``job`` soon, or ``None`` when one may (busy is fine)."""
+        try:
+            self.registry.check_servable(job.query)
+        except NoWorkerAvailable as exc:
+            return exc
+        return None
+
+    async def _fail_refused(self, job: Job, refusal: NoWorkerAvailable) -> None:
+        job.move_to(QueryState.FAILED)
+        self.stats.errors += 1
+        result = Result.of(
+            job, "failed", error=str(refusal), queue_wait=max(0.0, time.time() - job.submitted_at)
+        )
+        await asyncio.shield(self._finish(job, result))
 
     async def _consume(self) -> None:
         while not self._stopping:
@@ -85,8 +103,12 @@ class QueryProcessor:
             if job is None:
                 continue
             worker = self.selector.reserve(job.query)
-            if worker is None:  # capacity vanished between check and reserve
-                await self.bus.requeue(self.queue, job)
+            if worker is None:
+                refusal = self._refusal(job)
+                if refusal is not None:
+                    await self._fail_refused(job, refusal)
+                else:  # capacity vanished between check and reserve
+                    await self.bus.requeue(self.queue, job)
                 continue
             job.move_to(QueryState.DISPATCHED)
             task = asyncio.create_task(self._run(job, worker.name), name=f"job:{job.job_id}")

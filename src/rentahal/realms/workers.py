@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -12,7 +13,12 @@ from typing import Protocol
 from rentahal.backends.health import HealthRules
 from rentahal.bus.state import ClusterState
 from rentahal.config import WorkerSettingsSection
-from rentahal.errors import NoWorkerAvailable, WorkerRateLimited, WorkerRejected
+from rentahal.errors import (
+    NoWorkerAvailable,
+    WorkerCircuitOpen,
+    WorkerRateLimited,
+    WorkerRejected,
+)
 from rentahal.models import AIWorker, Query, dispatch_type, worker_family
 from rentahal.realms.strategies import HealthStrategy
 
@@ -77,6 +83,10 @@ class WorkerState:
         if state == "half_open":
             return not self.half_open_trial
         return True
+
+    def healthy(self, now: float) -> bool:
+        """Not blacklisted and its circuit not open (busy or cooling down still counts)."""
+        return not self.worker.is_blacklisted and self.circuit(now) != "open"
 
     def has_capacity(self) -> bool:
         """Fewer calls in flight than ``max_concurrency``."""
@@ -159,9 +169,12 @@ class WorkerRegistry:
         family: str = "worker_node",
         within: Collection[str] | None = None,
     ) -> list[WorkerState]:
-        """Workers of a type and family that serve ``model_name`` (optionally among ``within``).
+        """Workers of a type and family for ``model_name`` (optionally among ``within``).
 
-        Workers that list the model win; workers that list no models come next.
+        ``model_name`` only prefers: workers that list the model, else the worker
+        of that name (the original client sends worker names), else workers that
+        list no models, else any worker of the type. The first of these groups
+        with a healthy worker wins (when none has one: the first non-empty group).
         """
         of_type = [
             s
@@ -170,12 +183,19 @@ class WorkerRegistry:
             and _family_of(s.worker) == family
             and (within is None or s.worker.name in within)
         ]
-        if model_name:
-            listing = [s for s in of_type if model_name in s.worker.models]
-            if listing:
-                return listing
-            return [s for s in of_type if not s.worker.models]
-        return of_type
+        if not model_name:
+            return of_type
+        groups = (
+            [s for s in of_type if model_name in s.worker.models],
+            [s for s in of_type if s.worker.name == model_name],
+            [s for s in of_type if not s.worker.models],
+            of_type,
+        )
+        now = time.monotonic()
+        for group in groups:
+            if any(s.healthy(now) for s in group):
+                return group
+        return next((group for group in groups if group), [])
 
     @staticmethod
     def free(states: Iterable[WorkerState], exclude: Iterable[str] = ()) -> list[WorkerState]:
@@ -203,18 +223,26 @@ class WorkerRegistry:
     def check_type_servable(
         self, worker_type: str, model_name: str = "", family: str = "worker_node"
     ) -> None:
-        """``check_servable`` for a worker type rather than a query."""
+        """``check_servable`` for a worker type rather than a query.
+
+        Refuses when no worker is left that is not blacklisted, and when every
+        such worker has an open circuit: the error names them and says when the
+        first is tried again, rather than letting the query wait for it.
+        """
         candidates = [
             s
             for s in self.candidates(worker_type, model_name, family)
             if not s.worker.is_blacklisted
         ]
-        if candidates:
-            return
         kind = worker_type if family == "worker_node" else f"{family} {worker_type}"
-        if model_name and self.candidates(worker_type, "", family):
-            raise NoWorkerAvailable(f"No {kind} worker serves model '{model_name}'")
-        raise NoWorkerAvailable(f"No {kind} worker is available")
+        if not candidates:
+            raise NoWorkerAvailable(f"No {kind} worker is available")
+        now = time.monotonic()
+        if all(s.circuit(now) == "open" for s in candidates):
+            retry_s = min(s.circuit_open_until for s in candidates) - now
+            raise WorkerCircuitOpen(
+                [s.worker.name for s in candidates], worker_type, math.ceil(retry_s)
+            )
 
     def can_serve_now(self, query: Query) -> bool:
         """True when any usable worker for ``query`` has a free slot (any realm)."""
@@ -380,6 +408,27 @@ class WorkerRegistry:
                 self.settings.circuit_open_s,
                 state.consecutive_failures,
             )
+            # Waiting queries for this worker must now fail at once, not wait.
+            self._notify()
+
+    def probe_succeeded(self, name: str) -> None:
+        """A health probe of ``name`` answered 200: close its circuit at once.
+
+        The failure streak stays one short of ``circuit_failures``, so a worker
+        whose probe passes but whose calls fail opens again on its next failure.
+        """
+        state = self._states.get(name)
+        if state is None or state.circuit_open_until == 0.0:
+            return
+        state.circuit_open_until = 0.0
+        state.consecutive_failures = max(0, self.settings.circuit_failures - 1)
+        logger.info("circuit of worker %s closed by a health probe", name)
+        self._notify()
+
+    def open_circuits(self) -> list[AIWorker]:
+        """Workers whose circuit is open or half open (probed more often)."""
+        now = time.monotonic()
+        return [s.worker for s in self._states.values() if s.circuit(now) != "closed"]
 
     def reset_health(self, name: str | None = None) -> list[AIWorker]:
         """Clear blacklist, circuit and cool-down; health back to 100 (one or all)."""
