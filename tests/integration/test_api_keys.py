@@ -82,7 +82,7 @@ async def test_keys_are_private_to_their_owner(keys_server: BrokerServer) -> Non
         response = await http.post("/api/chat", json={"prompt": "mine"}, headers=auth(key["key"]))
     assert response.status_code == 200
     rows = keys_server.call(keys_server.broker.storage.recent_queries(alice.guid or ""))
-    assert [r["job_id"] for r in rows] == [response.json()["job_id"]]
+    assert [r["job_id"] for r in rows] == [response.headers["x-rentahal-job-id"]]
     assert keys_server.call(keys_server.broker.storage.recent_queries(bob.guid or "")) == []
     await alice.close()
     await bob.close()

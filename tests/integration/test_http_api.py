@@ -1,4 +1,4 @@
-"""Legacy HTTP routes ``/api/*``: API-key auth, answer shape, errors, ledger rows and costs.
+"""Legacy HTTP routes ``/api/*``: key and cookie auth, answer shapes, errors, ledger rows.
 
 Also holds the helpers the other HTTP API tests share: a broker with the API
 routers and key handlers wired in, and a user with a key.
@@ -10,6 +10,7 @@ import base64
 import io
 import math
 import struct
+import uuid
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +84,11 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def cookie(guid: str) -> dict[str, str]:
+    """The Cookie header of the original web client, holding ``user_guid``."""
+    return {"Cookie": f"user_guid={guid}"}
+
+
 def make_wav(seconds: float = 0.25, rate: int = 16000) -> bytes:
     """A mono 16-bit 440 Hz tone as WAV, written with the stdlib ``wave`` module."""
     frames = b"".join(
@@ -134,11 +140,74 @@ def _assert_charged(server: BrokerServer, guid: str, body: dict[str, Any]) -> di
     return row
 
 
-async def test_chat_answers_the_shape_and_is_charged(api_server: BrokerServer) -> None:
+OBJECT = {"format": "object"}
+
+
+def _from_headers(response: httpx.Response) -> dict[str, Any]:
+    """The figures a bare answer carries in its ``X-Rentahal-*`` headers."""
+    h = response.headers
+    return {
+        "cost": float(h["x-rentahal-cost"]),
+        "processing_time": float(h["x-rentahal-processing-time"]),
+        "job_id": h["x-rentahal-job-id"],
+        "worker": h.get("x-rentahal-worker"),  # whisper and bark name none
+        "result_type": h["x-rentahal-result-type"],
+    }
+
+
+async def test_chat_answers_the_bare_string_with_figures_in_headers(
+    api_server: BrokerServer,
+) -> None:
     ws, key = await user_with_key(api_server)
     async with httpx.AsyncClient(base_url=api_server.url, timeout=30) as http:
         response = await http.post(
             "/api/chat",
+            # the original client sends worker names (here a stale one) as model_name
+            json={"prompt": "bare please", "model_name": "default_worker"},
+            headers=auth(key),
+        )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert isinstance(body, str) and "bare please" in body
+    figures = _from_headers(response)
+    assert figures["worker"] == "ref-chat" and figures["result_type"] == "text"
+    row = _assert_charged(api_server, ws.guid or "", figures)
+    assert (row["prompt"], row["model_name"]) == ("bare please", "default_worker")
+    await ws.close()
+
+
+async def test_bare_answers_of_vision_imagine_whisper_bark(api_server: BrokerServer) -> None:
+    ws, key = await user_with_key(api_server)
+    wav = make_wav()
+    async with httpx.AsyncClient(base_url=api_server.url, timeout=60, headers=auth(key)) as http:
+        vision = await http.post(
+            "/api/vision", json={"prompt": "what is this?", "image": make_png_b64()}
+        )
+        imagine = await http.post("/api/imagine", json={"prompt": "a red fox"})
+        whisper = await http.post(
+            "/api/whisper", json={"audio": base64.b64encode(wav).decode("ascii")}
+        )
+        bark = await http.post("/api/bark", json={"prompt": "say this aloud"})
+    for response in (vision, imagine, whisper, bark):
+        assert response.status_code == 200, response.text
+        assert isinstance(response.json(), str)
+        _assert_charged(api_server, ws.guid or "", _from_headers(response))
+    assert vision.json() and _from_headers(vision)["worker"] == "ref-vision"
+    assert base64.b64decode(imagine.json()).startswith(b"\x89PNG")
+    assert f"received {len(wav)} bytes of WAV audio" in whisper.json()
+    audio = base64.b64decode(bark.json())
+    assert audio[:4] == b"RIFF" and audio[8:12] == b"WAVE"
+    assert _from_headers(bark)["result_type"] == "audio"
+    await ws.close()
+
+
+async def test_chat_answers_the_object_on_opt_in_and_is_charged(api_server: BrokerServer) -> None:
+    ws, key = await user_with_key(api_server)
+    async with httpx.AsyncClient(base_url=api_server.url, timeout=30) as http:
+        response = await http.post(
+            "/api/chat",
+            params=OBJECT,
             json={"prompt": "hello there", "query_type": "imagine", "model_type": "worker_node"},
             headers=auth(key),
         )
@@ -158,10 +227,11 @@ async def test_chat_answers_the_shape_and_is_charged(api_server: BrokerServer) -
     await ws.close()
 
 
-async def test_vision_imagine_whisper_bark(api_server: BrokerServer) -> None:
+async def test_vision_imagine_whisper_bark_objects_on_opt_in(api_server: BrokerServer) -> None:
     ws, key = await user_with_key(api_server)
     guid = ws.guid or ""
-    async with httpx.AsyncClient(base_url=api_server.url, timeout=60, headers=auth(key)) as http:
+    headers = {**auth(key), "Accept": "application/vnd.rentahal+json"}
+    async with httpx.AsyncClient(base_url=api_server.url, timeout=60, headers=headers) as http:
         vision = await http.post(
             "/api/vision", json={"prompt": "what is this?", "image": make_png_b64()}
         )
@@ -198,6 +268,46 @@ async def test_vision_imagine_whisper_bark(api_server: BrokerServer) -> None:
     await ws.close()
 
 
+async def test_the_user_guid_cookie_identifies_an_existing_user(api_server: BrokerServer) -> None:
+    ws, _key = await user_with_key(api_server)
+    guid = ws.guid or ""
+    async with httpx.AsyncClient(base_url=api_server.url, timeout=30) as http:
+        ok = await http.post("/api/chat", json={"prompt": "by cookie"}, headers=cookie(guid))
+        not_uuid = await http.post("/api/chat", json={"prompt": "x"}, headers=cookie("../../etc"))
+        unknown = await http.post(
+            "/api/chat", json={"prompt": "x"}, headers=cookie(str(uuid.uuid4()))
+        )
+        # a form-like body (what another site could send) is not identified by the cookie
+        not_json = await http.post(
+            "/api/chat",
+            content=b'{"prompt": "x"}',
+            headers={"content-type": "text/plain", **cookie(guid)},
+        )
+        # an API key wins over the cookie
+        other, other_key = await user_with_key(api_server, "other")
+        keyed = await http.post(
+            "/api/chat",
+            params=OBJECT,
+            json={"prompt": "by key"},
+            headers={**auth(other_key), **cookie(guid)},
+        )
+    assert ok.status_code == 200, ok.text
+    assert "by cookie" in ok.json()
+    assert _row(api_server, guid, ok.headers["x-rentahal-job-id"])["prompt"] == "by cookie"
+    for response, text in (
+        (not_uuid, "not a valid UUID"),
+        (unknown, "no known user"),
+        (not_json, "Content-Type: application/json"),
+    ):
+        assert response.status_code == 401, response.text
+        assert text in response.json()["detail"]
+    assert keyed.status_code == 200
+    assert _row(api_server, other.guid or "", keyed.json()["job_id"])["prompt"] == "by key"
+    assert len(api_server.call(api_server.broker.storage.recent_queries(guid))) == 1
+    await ws.close()
+    await other.close()
+
+
 async def test_missing_invalid_and_revoked_keys_are_401(api_server: BrokerServer) -> None:
     ws, key = await user_with_key(api_server)
     async with httpx.AsyncClient(base_url=api_server.url, timeout=30) as http:
@@ -229,6 +339,13 @@ async def test_banned_users_key_is_refused_at_once(api_server: BrokerServer) -> 
         banned = await http.post("/api/chat", json={"prompt": "after"})
         assert banned.status_code == 403
         assert banned.json()["detail"] == "You are banned from using this service."
+        by_cookie = await http.post(
+            "/api/chat",
+            json={"prompt": "after"},
+            headers={"Authorization": "", **cookie(victim.guid or "")},
+        )
+        assert by_cookie.status_code == 403
+        assert by_cookie.json()["detail"] == "You are banned from using this service."
         await sysop.send({"type": "unban_user", "user_guid": victim.guid})
         await sysop.expect("user_unbanned", guid=victim.guid)
         assert (await http.post("/api/chat", json={"prompt": "again"})).status_code == 200

@@ -2,7 +2,9 @@
 
 Every call reads the key afresh, so a revoked key fails on the very next
 request; the user comes from the broker's short-lived user cache, which every
-ban (on any node) invalidates at once.
+ban (on any node) invalidates at once. The original's ``/api/*`` routes also
+accept the ``user_guid`` cookie the original web client holds
+(:data:`KeyOrCookieCaller`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from rentahal.broker import Broker
-from rentahal.models import User
+from rentahal.models import User, is_valid_guid
 from rentahal.storage.keys import KeyStore
 
 BANNED_MESSAGE = "You are banned from using this service."
@@ -74,3 +76,42 @@ async def authenticate(request: Request) -> User:
 
 Caller = Annotated[User, Depends(authenticate)]
 """A route parameter of this type receives the authenticated user."""
+
+
+async def identify_by_cookie(broker: Broker, guid: str, content_type: str | None) -> User:
+    """The existing, non-banned user whose GUID is the ``user_guid`` cookie.
+
+    Only JSON requests count: a cross-site page cannot send one without a CORS
+    preflight (which the broker never grants), so the cookie cannot be abused
+    by another site's form or ``no-cors`` fetch.
+    """
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise AuthFailed(
+            401,
+            "Requests identified by the user_guid cookie must send "
+            "'Content-Type: application/json'",
+            "cookie_needs_json",
+        )
+    if not is_valid_guid(guid):
+        raise AuthFailed(401, "The user_guid cookie is not a valid UUID", "invalid_user_guid")
+    user = await broker.cached_user(guid)
+    if user is None:
+        raise AuthFailed(401, "The user_guid cookie names no known user", "unknown_user_guid")
+    if user.is_banned:
+        raise AuthFailed(403, BANNED_MESSAGE, "user_banned")
+    return user
+
+
+async def authenticate_key_or_cookie(request: Request) -> User:
+    """FastAPI dependency: a Bearer API key if one is sent, else the ``user_guid`` cookie."""
+    broker = broker_of(request)
+    authorization = request.headers.get("authorization")
+    guid = request.cookies.get("user_guid")
+    if bearer_token(authorization) is None and guid:
+        return await identify_by_cookie(broker, guid, request.headers.get("content-type"))
+    return await identify(broker, authorization)
+
+
+KeyOrCookieCaller = Annotated[User, Depends(authenticate_key_or_cookie)]
+"""The user of a call identified by an API key or by the ``user_guid`` cookie."""

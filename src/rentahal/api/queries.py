@@ -6,6 +6,12 @@ Chat, vision and imagine run through the queue (``Broker.submit`` +
 form (a queued ``speech`` query is transcribed *and then answered*), so they
 call the speech worker directly and are recorded in the ledger here.
 
+They answer the original's body: the bare result as a JSON string (text, or
+base64 PNG / WAV), with cost, processing time, job id and worker in
+``X-Rentahal-*`` headers. ``?format=object`` or ``Accept:
+application/vnd.rentahal+json`` asks for the object form (:func:`result_body`).
+Callers identify with an API key or the original client's ``user_guid`` cookie.
+
 The helpers (:func:`run_query`, :func:`run_transcription`, :func:`run_speech`,
 :func:`describe_error`) are shared with the OpenAI-compatible routes.
 """
@@ -19,6 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -26,7 +33,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 
-from rentahal.api.auth import AuthFailed, Caller, broker_of
+from rentahal.api.auth import AuthFailed, KeyOrCookieCaller, broker_of
 from rentahal.broker import Broker
 from rentahal.errors import (
     BrokerError,
@@ -43,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 MAX_AUDIO_BYTES = 25 * 1024 * 1024
 MAX_SPEECH_CHARS = 5000
+OBJECT_MEDIA_TYPE = "application/vnd.rentahal+json"
 # Beyond the queue wait and the worker attempts, room for the speech steps of a query.
 _RESULT_MARGIN_S = 10.0
 
@@ -231,6 +239,37 @@ def result_body(result: Result) -> dict[str, Any]:
     }
 
 
+def result_headers(result: Result) -> dict[str, str]:
+    """The ``X-Rentahal-*`` headers of a legacy answer (the worker name percent-encoded)."""
+    headers = {
+        "X-Rentahal-Cost": repr(result.cost),
+        "X-Rentahal-Processing-Time": repr(result.processing_time),
+        "X-Rentahal-Job-Id": result.job_id,
+        "X-Rentahal-Result-Type": result.result_type,
+        "X-Rentahal-Attempts": str(result.attempts),
+        "X-Rentahal-Queue-Wait": repr(result.queue_wait),
+        "X-Rentahal-Recorded": "true" if result.recorded else "false",
+    }
+    if result.worker is not None:
+        headers["X-Rentahal-Worker"] = quote(result.worker, safe="")
+    return headers
+
+
+def wants_object(request: Request) -> bool:
+    """True when the caller opted in to the object form."""
+    if request.query_params.get("format") == "object":
+        return True
+    return OBJECT_MEDIA_TYPE in request.headers.get("accept", "").lower()
+
+
+def legacy_answer(request: Request, result: Result) -> JSONResponse:
+    """The original's bare JSON string, or the object form on opt-in; headers either way."""
+    headers = result_headers(result)
+    if wants_object(request):
+        return JSONResponse(result_body(result), headers=headers)
+    return JSONResponse(result.result, headers=headers)
+
+
 class _LegacyRoute(APIRoute):
     """Turns broker and auth errors into ``{"detail": ...}`` answers with fitting statuses."""
 
@@ -282,36 +321,38 @@ class QueryBody(BaseModel):
         )
 
 
-async def _queued(request: Request, user_guid: str, query: Query) -> dict[str, Any]:
-    return result_body(await run_query(broker_of(request), user_guid, query))
+async def _queued(request: Request, user_guid: str, query: Query) -> JSONResponse:
+    return legacy_answer(request, await run_query(broker_of(request), user_guid, query))
 
 
 @router.post("/api/chat")
-async def chat(body: QueryBody, user: Caller, request: Request) -> dict[str, Any]:
+async def chat(body: QueryBody, user: KeyOrCookieCaller, request: Request) -> JSONResponse:
     """A chat query through the queue."""
     return await _queued(request, user.guid, body.to_query("chat"))
 
 
 @router.post("/api/vision")
-async def vision(body: QueryBody, user: Caller, request: Request) -> dict[str, Any]:
+async def vision(body: QueryBody, user: KeyOrCookieCaller, request: Request) -> JSONResponse:
     """A vision query (base64 ``image``) through the queue."""
     return await _queued(request, user.guid, body.to_query("vision"))
 
 
 @router.post("/api/imagine")
-async def imagine(body: QueryBody, user: Caller, request: Request) -> dict[str, Any]:
+async def imagine(body: QueryBody, user: KeyOrCookieCaller, request: Request) -> JSONResponse:
     """An image generation through the queue; the result is a base64 PNG."""
     return await _queued(request, user.guid, body.to_query("imagine"))
 
 
 @router.post("/api/whisper")
-async def whisper(body: QueryBody, user: Caller, request: Request) -> dict[str, Any]:
+async def whisper(body: QueryBody, user: KeyOrCookieCaller, request: Request) -> JSONResponse:
     """Transcription of the base64 ``audio``; the result is the text."""
     audio = decode_base64(body.audio, "audio")
-    return result_body(await run_transcription(broker_of(request), user.guid, audio))
+    result = await run_transcription(broker_of(request), user.guid, audio)
+    return legacy_answer(request, result)
 
 
 @router.post("/api/bark")
-async def bark(body: QueryBody, user: Caller, request: Request) -> dict[str, Any]:
+async def bark(body: QueryBody, user: KeyOrCookieCaller, request: Request) -> JSONResponse:
     """Speech of ``prompt``; the result is a base64 WAV (``result_type`` audio)."""
-    return result_body(await run_speech(broker_of(request), user.guid, body.prompt))
+    result = await run_speech(broker_of(request), user.guid, body.prompt)
+    return legacy_answer(request, result)
