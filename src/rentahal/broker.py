@@ -47,6 +47,15 @@ _ACTIVE = (QueryState.QUEUED, QueryState.DISPATCHED, QueryState.RUNNING)
 USER_CACHE_SIZE = 100_000
 
 
+def user_totals(user: User) -> dict[str, Any]:
+    """The running totals a result frame carries (``user_totals``; no identity)."""
+    return {
+        "query_count": user.query_count,
+        "total_query_time": user.total_query_time,
+        "total_cost": user.total_cost,
+    }
+
+
 class Broker:
     """Queues queries, runs them on workers, records them, and delivers results."""
 
@@ -431,8 +440,15 @@ class Broker:
             await self.state.mark_delivered(result.job_id)
 
     def deliver(self, result: Result, conns: list[Connection]) -> bool:
-        """Send a result (and the updated totals right after it) to sockets that lack it."""
-        frames = [result.to_message()]
+        """Send a result, with the user's updated totals in it, to sockets that lack it.
+
+        No ``user_info`` follows, unlike before: the original client rebuilds its
+        page (``init()``) on every ``user_info``, and the original sent none here.
+        """
+        frame = result.to_message()
+        if result.user is not None:
+            frame["user_totals"] = user_totals(result.user)
+        frames = [frame]
         if not result.recorded:
             frames.append(
                 {
@@ -441,8 +457,6 @@ class Broker:
                     "message": "The query ran but could not be recorded: database unavailable",
                 }
             )
-        elif result.user is not None:
-            frames.append({"type": "user_info", "data": result.user.model_dump()})
         sent = False
         for conn in conns:
             if conn.note_delivered(result.job_id):

@@ -30,6 +30,11 @@ def test_chat_answer_appears_and_total_cost_grows(
     expect(page.locator("#total-cost")).not_to_have_text(f"${first:.4f}")
     assert total_cost(page) > first
     expect(page.locator("#pending-list .pending-query")).to_have_count(0)
+    # the totals come with each result (no user_info follows it): the user box counts both
+    queries = page.locator("#user-info dt", has_text="Queries").locator(
+        "xpath=following-sibling::dd[1]"
+    )
+    expect(queries).to_have_text("2")
 
 
 def test_markup_in_a_prompt_is_shown_as_text_and_runs_nothing(

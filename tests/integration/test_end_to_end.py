@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 
+import pytest
 from PIL import Image
 
 from tests.support.servers import BrokerServer
@@ -42,6 +43,23 @@ async def test_chat_answer_with_time_and_cost(connect, broker: BrokerServer) -> 
         costs.cost_per_second
     )
     assert result["worker"] == "ref-chat"
+
+
+async def test_a_result_carries_the_totals_and_no_user_info_follows(connect) -> None:
+    client = await connect()
+    first = await client.query("count me")
+    second = await client.query("and me")
+    # the original client runs init() on every user_info; the original sent none here
+    await client.send({"type": "get_previous_queries"})
+    await client.expect("previous_queries")
+    assert [m["type"] for m in client.seen].count("user_info") == 1  # the connect one
+    totals = second["user_totals"]
+    assert set(totals) == {"query_count", "total_query_time", "total_cost"}
+    assert first["user_totals"]["query_count"] == 1 and totals["query_count"] == 2
+    assert totals["total_cost"] == pytest.approx(first["cost"] + second["cost"])
+    assert totals["total_query_time"] == pytest.approx(
+        first["processing_time"] + second["processing_time"]
+    )
 
 
 async def test_imagine_returns_png(connect) -> None:

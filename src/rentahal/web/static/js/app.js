@@ -246,6 +246,14 @@ function showUser(user) {
   if (user.is_banned) banned();
 }
 
+/** The `user_totals` a result carries: our totals after it. False when there are none. */
+function applyTotals(totals) {
+  if (!totals || typeof totals !== 'object' || !state.user) return false;
+  const { query_count, total_query_time, total_cost } = totals;
+  showUser({ ...state.user, query_count, total_query_time, total_cost });
+  return true;
+}
+
 function banned() {
   if (state.banned) return;
   state.banned = true;
@@ -277,6 +285,7 @@ function showActiveUsers(users = state.activeUsers) {
 }
 
 function handleError(msg) {
+  applyTotals(msg.user_totals);
   const message = String(msg.message ?? 'Error');
   if (message === BANNED_MESSAGE) {
     banned();
@@ -345,8 +354,10 @@ const handlers = {
   query_result(msg) {
     const entry = pending.take(msg.job_id ?? null);
     conversation.addAnswer(msg, entry?.turn);
-    state.totalCost += Number(msg.cost) || 0;
-    showCost();
+    if (!applyTotals(msg.user_totals)) {
+      state.totalCost += Number(msg.cost) || 0;
+      showCost();
+    }
     send({ type: 'get_previous_queries' });
   },
   query_cancelled(msg) {
