@@ -13,9 +13,9 @@ LEGACY_TYPES = ["chat", "vision", "imagine", "speech"]
 
 
 async def system_status(broker: Broker) -> dict[str, Any]:
-    """The original's ``/debug/system_status``."""
+    """The original's ``/debug/system_status`` (``database_exists``: the database answers)."""
     return {
-        "database_exists": True,
+        "database_exists": await broker.storage.reachable(),
         "total_workers": len(broker.registry.workers()),
         "queue_depth": await broker.queue_depth(),
         "huggingface_models": len(broker.fleet.hf_models),

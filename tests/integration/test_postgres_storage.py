@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select, text
 
@@ -212,3 +215,17 @@ async def test_workers_saved_listed_replaced_deleted(storage: Storage) -> None:
     assert await storage.delete_worker("sd-1") is True
     assert await storage.delete_worker("sd-1") is False
     assert [w.name for w in await storage.list_workers()] == ["chat-1"]
+
+
+async def test_system_status_says_when_the_database_is_down(broker_factory: Any) -> None:
+    with PostgresServer() as down_later:
+        server = broker_factory(database={"database_url": down_later.url})
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            up = await http.get("/debug/system_status")
+            assert up.json()["database_exists"] is True
+            down_later.stop()
+            started = time.monotonic()
+            down = await http.get("/debug/system_status")
+            assert time.monotonic() - started < 5.0
+        assert down.status_code == 200
+        assert down.json()["database_exists"] is False

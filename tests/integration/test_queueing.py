@@ -125,13 +125,28 @@ async def test_queue_full_and_per_user_limit(broker_factory) -> None:
         await bob.close()
 
 
-async def test_queue_update_broadcast(connect) -> None:
-    client = await connect()
-    watcher = await connect()
-    await client.send({"type": "submit_query", "query": {"prompt": "q", "query_type": "chat"}})
-    update = await watcher.expect("queue_update")
-    assert update["total"] >= 1
-    assert update["depth"] >= 0
+async def test_queue_update_broadcast(broker_factory) -> None:
+    with reference_worker(latency_ms=1000) as a:
+        server = broker_factory(
+            [_chat_worker("slow", a, 1), AIWorker(name="painter", address=a, type="imagine")]
+        )
+        client = await _open(server.ws_url)
+        watcher = await _open(server.ws_url)
+        try:
+            for prompt in ("runs", "waits"):
+                await client.send(
+                    {"type": "submit_query", "query": {"prompt": prompt, "query_type": "chat"}}
+                )
+            # every watcher sees the depth (one running, one waiting) and the worker count
+            busy = await watcher.expect("queue_update", depth=2, timeout_s=3)
+            assert busy["total"] == 2
+            for _ in range(2):
+                await client.expect("query_result")
+            idle = await watcher.expect("queue_update", depth=0, timeout_s=3)
+            assert idle["total"] == 2
+        finally:
+            await client.close()
+            await watcher.close()
 
 
 async def test_pending_jobs_lists_waiting_and_running(broker_factory) -> None:

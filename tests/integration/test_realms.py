@@ -170,13 +170,41 @@ async def test_metrics_parse_with_live_figures(broker: BrokerServer) -> None:
     assert samples[("rentahal_processing_time_seconds_count", (("realm", "$CHAT"),))] == 3
     assert ("rentahal_queue_depth", (("realm", "$IMAGINE"),)) in samples
     assert samples[("rentahal_worker_health", (("realm", "$CHAT"), ("worker", "ref-chat")))] == 100
-    assert "rentahal_cross_realm_queries_total" in {n for n, _ in samples}
+    # $CHAT's own worker served every query: none crossed realms
+    assert samples[("rentahal_cross_realm_queries_total", ())] == 0
     chat = next(r for r in summary["realms"] if r["name"] == "$CHAT")
     assert chat["processed"] == 3 and chat["query_types"] == ["chat"]
     assert status["processed"] == 3 and status["error_rate"] == 0.0
     assert status["routing_table"]["chat"] == ["$CHAT"]
     await sysop.close()
     await user.close()
+
+
+async def test_cross_realm_queries_are_counted(broker_factory) -> None:
+    with reference_worker() as chat:
+        # the only chat worker sits in $IMAGINE: $CHAT's queries borrow it
+        server = broker_factory(
+            [AIWorker(name="lodger", address=chat, type="chat", realm="$IMAGINE")]
+        )
+        sysop, user = await _sysop_and_user(server)
+
+        async def crossed() -> float:
+            async with _client(server) as c:
+                text = (await c.get("/metrics")).text
+            return next(
+                s.value
+                for fam in text_string_to_metric_families(text)
+                for s in fam.samples
+                if s.name == "rentahal_cross_realm_queries_total"
+            )
+
+        assert await crossed() == 0
+        for i in range(2):
+            result = await user.query(f"borrow {i}")
+            assert (result["realm"], result["worker"]) == ("$CHAT", "lodger")
+        assert await crossed() == 2
+        await sysop.close()
+        await user.close()
 
 
 async def test_saturated_imagine_realm_does_not_delay_chat(broker_factory) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import httpx
 
 from tests.support.servers import BrokerServer
@@ -42,6 +45,21 @@ async def test_system_status_and_index(broker: BrokerServer) -> None:
         index = await client.get("/")
         assert index.status_code == 200
         assert "text/html" in index.headers["content-type"]
+
+
+async def test_system_status_says_when_the_sqlite_file_is_gone(broker: BrokerServer) -> None:
+    path = Path(broker.settings.database.database_name)
+    async with httpx.AsyncClient(base_url=broker.url) as client:
+        assert (await client.get("/debug/system_status")).json()["database_exists"] is True
+        moved = path.with_suffix(".moved")
+        await asyncio.to_thread(path.rename, moved)
+        try:
+            status = await client.get("/debug/system_status")
+        finally:
+            await asyncio.to_thread(moved.rename, path)
+        assert status.status_code == 200
+        assert status.json()["database_exists"] is False
+        assert (await client.get("/debug/system_status")).json()["database_exists"] is True
 
 
 async def test_sysop_only_messages_refused_for_users(connect) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 
 from rentahal.broker import LEGACY_QUEUE, WATCHDOG_INTERVAL_S
-from rentahal.models import Query
+from rentahal.models import AIWorker, Query
 from rentahal.wrapping import get_db, process_query, select_worker
 from tests.support.client import WSClient
 from tests.support.servers import BrokerServer
@@ -19,21 +20,34 @@ async def _user(server: BrokerServer) -> WSClient:
     return client
 
 
-async def test_process_query_and_select_worker_realm_then_legacy(broker: BrokerServer) -> None:
-    client = await _user(broker)
-    b = broker.broker
+async def test_process_query_and_select_worker_realm_then_legacy(
+    broker_factory: Any, ref_workers: dict[str, str]
+) -> None:
+    # Two chat workers: "ref-chat" belongs to $CHAT; the healthier "lodger" sits in
+    # $IMAGINE, so only the legacy path (the healthiest of all) picks it.
+    server = broker_factory(
+        [
+            AIWorker(name="ref-chat", address=ref_workers["chat"], type="chat", health_score=50),
+            AIWorker(name="lodger", address=ref_workers["chat"], type="chat", realm="$IMAGINE"),
+        ]
+    )
+    client = await _user(server)
+    b = server.broker
     query = Query(prompt="wrapped", query_type="chat")
-    result = broker.call(process_query(b, client.guid, query, timeout_s=10))
-    assert result.status == "done" and result.realm == "$CHAT"
+    result = server.call(process_query(b, client.guid, query, timeout_s=10))
+    assert (result.status, result.realm, result.worker) == ("done", "$CHAT", "ref-chat")
     assert "wrapped" in result.result
-    assert broker.call(select_worker(b, query)).name == "ref-chat"
-    assert get_db(b, client.guid) is b.storage.for_user(client.guid)
+    assert server.call(select_worker(b, query)).name == "ref-chat"
+    # get_db gives the storage holding the user's rows: the query just recorded is there
+    rows = server.call(get_db(b, client.guid).recent_queries(client.guid))
+    assert [r["job_id"] for r in rows] == [result.job_id]
+    assert server.call(get_db(b).get_user(client.guid)) is not None
     # stop the realm: the same calls take the legacy path
     assert b.realms is not None
-    broker.call(b.realms.stop_realm("$CHAT"))
-    result = broker.call(process_query(b, client.guid, query, timeout_s=10))
-    assert result.status == "done" and result.realm == LEGACY_QUEUE
-    assert broker.call(select_worker(b, query)).name == "ref-chat"
+    server.call(b.realms.stop_realm("$CHAT"))
+    result = server.call(process_query(b, client.guid, query, timeout_s=10))
+    assert (result.status, result.realm, result.worker) == ("done", LEGACY_QUEUE, "lodger")
+    assert server.call(select_worker(b, query)).name == "lodger"
     await client.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -152,6 +153,33 @@ class Storage:
                         last_updated=_utcnow(),
                     )
                 )
+
+    def _sqlite_file(self) -> Path | None:
+        """The SQLite database file, or ``None`` (PostgreSQL, in-memory SQLite)."""
+        url = self.engine.url
+        if not url.get_backend_name() == "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        database = str(url.database)
+        if url.query.get("uri") == "true" and database.startswith("file:"):
+            database = database.removeprefix("file:")
+        return Path(database)
+
+    async def reachable(self, timeout_s: float = 2.0) -> bool:
+        """True when the database answers a cheap query within ``timeout_s``.
+
+        A SQLite file must also still exist: open connections keep reading a
+        deleted file, but the broker would not find it again after a restart.
+        """
+        sqlite_file = self._sqlite_file()
+        if sqlite_file is not None and not await asyncio.to_thread(sqlite_file.exists):
+            return False
+        try:
+            async with asyncio.timeout(timeout_s), self.begin() as conn:
+                await conn.execute(select(t.system_stats.c.id).limit(1))
+        except (StorageError, TimeoutError, OSError) as exc:
+            logger.warning("database check failed: %s", exc)
+            return False
+        return True
 
     async def get_user(self, guid: str) -> User | None:
         """The user with ``guid``, or ``None``."""
