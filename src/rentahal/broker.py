@@ -42,6 +42,8 @@ LEGACY_QUEUE = "$LEGACY"
 BROADCAST_CHANNEL = "broadcast"
 RESULTS_CHANNEL = "results"
 WATCHDOG_INTERVAL_S = 2.0
+# A processor whose loop has not beaten for this long is stuck and restarted.
+STUCK_AFTER_S = 5 * WATCHDOG_INTERVAL_S
 USER_CACHE_S = 10.0
 _ACTIVE = (QueryState.QUEUED, QueryState.DISPATCHED, QueryState.RUNNING)
 USER_CACHE_SIZE = 100_000
@@ -109,6 +111,7 @@ class Broker:
             lambda: self.realms.router.stats if self.realms else RouterStats()
         )
         self._watchdog: asyncio.Task[None] | None = None
+        self.stuck_after_s = STUCK_AFTER_S
 
     async def start(self) -> None:
         """Migrate the database, load workers, start consumers and periodic jobs."""
@@ -147,12 +150,17 @@ class Broker:
     async def _watchdog_loop(self) -> None:
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
-            legacy = self.processors.get(LEGACY_QUEUE)
-            if legacy is not None and not legacy.alive:
-                logger.warning("legacy processor is not running; restarting it")
-                legacy.start()
-            if self.realms is not None:
-                self.realms.watchdog()
+            self.watchdog(self.stuck_after_s)
+
+    def watchdog(self, stuck_after_s: float) -> list[str]:
+        """Restart processors that died or have not beaten for ``stuck_after_s``."""
+        restarted = []
+        legacy = self.processors.get(LEGACY_QUEUE)
+        if legacy is not None and legacy.revive(stuck_after_s):
+            restarted.append(LEGACY_QUEUE)
+        if self.realms is not None:
+            restarted += self.realms.watchdog(stuck_after_s)
+        return restarted
 
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
         """Stop consuming, drain running jobs, then stop periodic jobs and the bus."""

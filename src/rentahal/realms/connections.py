@@ -135,14 +135,6 @@ class RealmConnectionManager:
         if conn.realm and conn.realm in self._by_realm:
             self._by_realm[conn.realm].discard(conn)
 
-    def set_realm(self, conn: Connection, realm: str | None) -> None:
-        """Move a socket to ``realm``'s group."""
-        if conn.realm and conn.realm in self._by_realm:
-            self._by_realm[conn.realm].discard(conn)
-        conn.realm = realm
-        if realm:
-            self._by_realm[realm].add(conn)
-
     def realm_counts(self) -> dict[str, int]:
         """Sockets per realm."""
         return {name: len(conns) for name, conns in self._by_realm.items()}
@@ -165,11 +157,6 @@ class RealmConnectionManager:
                     continue
                 sent += conn.send_text(text)
         return sent
-
-    def broadcast_realm(self, realm: str, message: dict[str, Any]) -> int:
-        """Send to every socket in ``realm``."""
-        text = encode(message)
-        return sum(1 for c in list(self._by_realm.get(realm, ())) if c.send_text(text))
 
     def close_user(self, guid: str, message: dict[str, Any] | None = None) -> int:
         """Send ``message`` then close every socket of ``guid``."""

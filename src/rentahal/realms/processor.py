@@ -7,7 +7,6 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from rentahal.bus.base import Bus
 from rentahal.errors import NoWorkerAvailable
@@ -20,24 +19,18 @@ logger = logging.getLogger(__name__)
 FinishHandler = Callable[[Job, Result], Awaitable[None]]
 
 
-@dataclass(slots=True)
-class ProcessorStats:
-    """Counters of one processor."""
-
-    processed: int = 0
-    errors: int = 0
-    cancelled: int = 0
-    processing_time_s: float = 0.0
-    last_heartbeat: float = 0.0
-
-
 class QueryProcessor:
     """Consumes one queue of the :class:`Bus` (the legacy queue or a realm's).
 
     It takes a job only when some worker able to run it has a free slot, so
     dispatch is concurrent up to the workers' combined ``max_concurrency`` and
-    waits on wake-ups from the bus and the registry, never on sleeps.
+    waits on wake-ups from the bus and the registry, never on sleeps. Each
+    round of the consume loop (at least one a second) sets ``last_heartbeat``;
+    :meth:`revive` restarts a loop that died or stopped beating.
     """
+
+    #: Longest wait of one ``Bus.take``: the heartbeat's period while idle.
+    take_timeout_s = 1.0
 
     def __init__(
         self,
@@ -56,11 +49,12 @@ class QueryProcessor:
         self.registry = registry
         self.executor = executor
         self._finish = finish
-        self.stats = ProcessorStats()
+        self.last_heartbeat = 0.0  # time.monotonic() of the consume loop's latest round
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.running_jobs: dict[str, Job] = {}
         self._cancel_requested: set[str] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._abandoned: set[asyncio.Task[None]] = set()  # stuck loops, cancelled
         self._stopping = False
         registry.add_listener(lambda: bus.wake(queue))
 
@@ -74,7 +68,35 @@ class QueryProcessor:
         if self.alive:
             return
         self._stopping = False
+        self.last_heartbeat = time.monotonic()
         self._loop_task = asyncio.create_task(self._consume(), name=f"processor:{self.queue}")
+
+    def stuck(self, max_silence_s: float) -> bool:
+        """True when the loop runs but has not beaten for ``max_silence_s``."""
+        return self.alive and time.monotonic() - self.last_heartbeat > max_silence_s
+
+    def revive(self, max_silence_s: float) -> bool:
+        """Restart the consume loop if it died or is stuck; True when it was restarted.
+
+        A stuck loop is cancelled (kept until it ends); running jobs are not touched.
+        """
+        if self._stopping:
+            return False
+        if self.stuck(max_silence_s):
+            assert self._loop_task is not None
+            silent_s = time.monotonic() - self.last_heartbeat
+            logger.warning("processor %s silent for %.1fs; restarting it", self.queue, silent_s)
+            stale = self._loop_task
+            stale.cancel()
+            self._abandoned.add(stale)
+            stale.add_done_callback(self._abandoned.discard)
+            self._loop_task = None
+        elif self.alive:
+            return False
+        else:
+            logger.warning("processor %s is not running; restarting it", self.queue)
+        self.start()
+        return True
 
     def _dispatchable(self, job: Job) -> bool:
         # Jobs no worker can serve (open circuits, removed workers) are taken to fail them.
@@ -90,7 +112,6 @@ class QueryProcessor:
 
     async def _fail_refused(self, job: Job, refusal: NoWorkerAvailable) -> None:
         job.move_to(QueryState.FAILED)
-        self.stats.errors += 1
         result = Result.of(
             job, "failed", error=str(refusal), queue_wait=max(0.0, time.time() - job.submitted_at)
         )
@@ -98,8 +119,10 @@ class QueryProcessor:
 
     async def _consume(self) -> None:
         while not self._stopping:
-            self.stats.last_heartbeat = time.time()
-            job = await self.bus.take(self.queue, accept=self._dispatchable, timeout_s=1.0)
+            self.last_heartbeat = time.monotonic()
+            job = await self.bus.take(
+                self.queue, accept=self._dispatchable, timeout_s=self.take_timeout_s
+            )
             if job is None:
                 continue
             worker = self.selector.reserve(job.query)
@@ -139,7 +162,6 @@ class QueryProcessor:
             if job.job_id in self._cancel_requested:
                 result = Result.of(job, "cancelled", error="Cancelled")
                 job.move_to(QueryState.CANCELLED)
-                self.stats.cancelled += 1
                 await asyncio.shield(self._finish(job, result))
             else:  # shutting down: hand the job back
                 job.move_to(QueryState.QUEUED)
@@ -149,11 +171,6 @@ class QueryProcessor:
             logger.exception("job %s crashed", job.job_id)
             result = Result.of(job, "failed", error=f"Internal error: {exc}")
         job.move_to(QueryState.DONE if result.status == "done" else QueryState.FAILED)
-        if result.status == "done":
-            self.stats.processed += 1
-            self.stats.processing_time_s += result.processing_time
-        else:
-            self.stats.errors += 1
         await asyncio.shield(self._finish(job, result))
 
     def cancel(self, job_id: str) -> bool:
@@ -174,12 +191,16 @@ class QueryProcessor:
         """Stop taking jobs, let running ones finish for ``drain_timeout_s``, cancel the rest."""
         self._stopping = True
         self.bus.wake(self.queue)
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            try:
-                await self._loop_task
-            except asyncio.CancelledError:
-                pass
+        loops = [t for t in (self._loop_task, *self._abandoned) if t is not None]
+        for loop_task in loops:
+            loop_task.cancel()
+        if loops:
+            await asyncio.wait(loops, timeout=2.0)
+        for loop_task in loops:
+            if loop_task.done() and not loop_task.cancelled():
+                failure = loop_task.exception()
+                if failure is not None:
+                    logger.error("processor %s loop had failed", self.queue, exc_info=failure)
         pending = list(self.tasks.values())
         if pending:
             _done, still = await asyncio.wait(pending, timeout=drain_timeout_s)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -73,14 +72,18 @@ class RealmService:
             )
         processor.start()
 
-    def watchdog(self) -> list[str]:
-        """Restart dead processors of running realms; returns the restarted names."""
+    def watchdog(self, stuck_after_s: float) -> list[str]:
+        """Restart processors of running realms that died or are stuck; the restarted names."""
         restarted = []
         for name, realm in self.registry.realms.items():
+            if realm.stopped:
+                continue
             processor = self.processors.get(name)
-            if not realm.stopped and (processor is None or not processor.alive):
-                logger.warning("processor of realm %s is not running; restarting it", name)
+            if processor is None:
+                logger.warning("realm %s has no processor; starting one", name)
                 self._start_processor(name)
+                restarted.append(name)
+            elif processor.revive(stuck_after_s):
                 restarted.append(name)
         return restarted
 
@@ -147,10 +150,3 @@ class RealmService:
         """Write the realms file atomically (when the broker has one)."""
         if self.path is not None:
             save_realms(self.path, self.registry.file)
-
-    async def stop(self, drain_timeout_s: float) -> None:
-        """Stop every realm processor."""
-        names = list(self.registry.realms)
-        await asyncio.gather(
-            *(self.processors[n].stop(drain_timeout_s) for n in names if n in self.processors)
-        )
