@@ -23,14 +23,15 @@ from rentahal.models import (
     Result,
     User,
 )
-from rentahal.realms.config import load_realms, with_identity
 from rentahal.realms.connections import Connection, RealmConnectionManager
 from rentahal.realms.execution import QueryExecutor
 from rentahal.realms.metrics import RealmMetricsCollector
 from rentahal.realms.notifier import QueueNotifier
 from rentahal.realms.processor import QueryProcessor
 from rentahal.realms.router import RouterStats
-from rentahal.realms.service import RealmService
+from rentahal.realms.service import RealmService, load_shared
+from rentahal.realms.store import RealmStore
+from rentahal.realms.sync import REALMS_CHANGED
 from rentahal.realms.workers import WorkerRegistry
 from rentahal.storage.database import Storage
 from rentahal.storage.ledger import Ledger
@@ -123,26 +124,31 @@ class Broker:
         self.bus.subscribe(CONTROL_CHANNEL, self._on_control)
         await self.bus.start()
         self._add_processor(LEGACY_QUEUE)
-        self._start_realms()
+        await self._start_realms()
         self.health.start()
         self.notifier.start()
         self._watchdog = asyncio.create_task(self._watchdog_loop(), name="realm-watchdog")
 
-    def _start_realms(self) -> None:
+    async def _start_realms(self) -> None:
         if not self.settings.broker.realms_enabled:
             return
         path = Path(self.settings.broker.realms_file)
-        realms_file = with_identity(path, load_realms(path))
-        if not realms_file.enabled:
+        store = RealmStore(self.storage)
+        stored = await load_shared(store, path, self.node_id)
+        if not stored.file.enabled:
             return
         self.realms = RealmService(
-            realms_file,
+            stored,
             path,
+            store,
             self.bus,
             self.registry,
             self.executor,
             self.finish,
             self.processors,
+            reroute=self.reroute,
+            control_channel=CONTROL_CHANNEL,
+            node_id=self.node_id,
             on_start=self.job_started,
         )
         self.realms.start()
@@ -169,6 +175,8 @@ class Broker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
             self._watchdog = None
+        if self.realms is not None:
+            await self.realms.close()
         await asyncio.gather(*(p.stop(drain_timeout_s) for p in self.processors.values()))
         await self.ledger.close()
         await self.health.stop()
@@ -511,6 +519,9 @@ class Broker:
                 for job_id, job in list(processor.running_jobs.items()):
                     if job.user_guid == message["guid"]:
                         processor.cancel(job_id)
+        elif op == REALMS_CHANGED:
+            if self.realms is not None:
+                self.realms.sync.notify()
         else:
             await self.fleet.handle_control(message)
 

@@ -16,6 +16,8 @@ meets them; code above that layer only sees these types::
     │   ├── WorkerRejected       4xx: the query itself is bad, never retried
     │   └── WorkerBadResponse    an answer we cannot parse (HTML, truncated JSON)
     ├── RealmNotFound
+    ├── PoolNotFound
+    ├── StaleVersion             a realm-config edit based on an older version
     ├── BusError                 the queue transport failed
     └── StorageError             the database refused a write
 """
@@ -99,6 +101,22 @@ class WorkerBadResponse(WorkerError):
 
 class RealmNotFound(BrokerError):
     """No realm of that name exists."""
+
+
+class PoolNotFound(BrokerError):
+    """No pool alias of that name exists."""
+
+
+class StaleVersion(BrokerError):
+    """A realm configuration change named a version that is no longer the current one."""
+
+    def __init__(self, expected: int, current: int) -> None:
+        super().__init__(
+            f"The realm configuration is at version {current}, not {expected}; "
+            "reload it and apply the change again"
+        )
+        self.expected = expected
+        self.current = current
 
 
 class BusError(BrokerError):

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import hmac
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import ValidationError
 
 from rentahal.broker import Broker
-from rentahal.errors import RealmNotFound
+from rentahal.errors import PoolNotFound, RealmNotFound, StaleVersion, StorageError
 from rentahal.models import AIWorker, is_valid_guid
-from rentahal.realms.config import PoolConfig, RealmConfig
 from rentahal.realms.service import RealmService
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
@@ -64,31 +65,74 @@ def _realm_view(service: RealmService, name: str) -> dict[str, Any]:
     }
 
 
-def _parse(model: type[RealmConfig] | type[PoolConfig], body: dict[str, Any]) -> Any:
-    fields = {k: v for k, v in body.items() if k not in ("name", "stopped")}
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']}"
+
+
+def _etag(version: int) -> dict[str, str]:
+    return {"ETag": f'"{version}"'}
+
+
+def _expected_version(request: Request, body: dict[str, Any] | None = None) -> int | None:
+    """The configuration version a write is based on: ``If-Match``, else ``body["version"]``.
+
+    ``None`` (neither given, or ``If-Match: *``): the write applies to the newest version.
+    """
+    header = request.headers.get("if-match")
+    if header is not None and header.strip() != "*":
+        raw = header.strip().removeprefix("W/").strip('"')
+        if not raw.isdigit():
+            raise HTTPException(422, "If-Match: a realm configuration version (the ETag)")
+        return int(raw)
+    value = (body or {}).get("version")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise HTTPException(422, "version: a realm configuration version number")
+    return value
+
+
+@contextmanager
+def _errors(realm_missing: int = 404) -> Iterator[None]:
+    """Translate the service's refusals into HTTP answers."""
     try:
-        return model.model_validate(fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise HTTPException(422, f"{where}: {first['msg']}") from None
+        yield
+    except ValidationError as exc:  # before ValueError, its base
+        raise HTTPException(422, _first_error(exc)) from None
+    except StaleVersion as exc:
+        raise HTTPException(409, str(exc), headers=_etag(exc.current)) from None
+    except RealmNotFound as exc:
+        detail = str(exc) if realm_missing == 404 else f"realm: {exc}"
+        raise HTTPException(realm_missing, detail) from None
+    except PoolNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from None
+    except StorageError as exc:
+        raise HTTPException(503, f"The realm configuration could not be saved: {exc}") from None
 
 
 Admin = Depends(require_sysop)
 
 
 @router.get("/realms", dependencies=[Admin])
-async def list_realms(request: Request) -> dict[str, Any]:
-    """Every realm with its configuration, state and workers."""
+async def list_realms(request: Request, response: Response) -> dict[str, Any]:
+    """Every realm with its configuration, state and workers; ``version`` is also the ETag."""
     service = _realms(request)
+    response.headers.update(_etag(service.version))
     return {
+        "version": service.version,
         "realms": [_realm_view(service, n) for n in service.registry.realms],
         "routing_table": service.router.routing_table(),
     }
 
 
 @router.post("/realms", dependencies=[Admin], status_code=201)
-async def create_realm(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+async def create_realm(
+    request: Request, response: Response, body: dict[str, Any]
+) -> dict[str, Any]:
     """Create a realm (``{"name": "$X", "primary_query_type": ..., ...}``)."""
     service = _realms(request)
     name = body.get("name")
@@ -96,44 +140,32 @@ async def create_realm(request: Request, body: dict[str, Any]) -> dict[str, Any]
         raise HTTPException(
             422, "name: a realm name is '$' then letters, digits, '_', '-' or '.' (max 64)"
         )
-    try:
-        service.create_realm(name, _parse(RealmConfig, body))
-    except ValueError as exc:
-        raise HTTPException(409, str(exc)) from None
+    with _errors():
+        await service.create_realm(name, body, _expected_version(request, body))
+    response.headers.update(_etag(service.version))
     return _realm_view(service, name)
 
 
 @router.put("/realms/{name}", dependencies=[Admin])
-async def update_realm(request: Request, name: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Replace a realm's configuration; ``"stopped": true|false`` stops or resumes it."""
-    broker = _broker(request)
+async def update_realm(
+    request: Request, response: Response, name: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """Change a realm's configuration; ``"stopped": true|false`` stops or resumes it."""
     service = _realms(request)
-    try:
-        current = service.registry.get(name).config.model_dump()
-        service.update_realm(name, _parse(RealmConfig, {**current, **body}))
-        if body.get("stopped") is True and not service.registry.get(name).stopped:
-            await broker.reroute(await service.stop_realm(name))
-        elif body.get("stopped") is False and service.registry.get(name).stopped:
-            service.start_realm(name)
-    except RealmNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    except ValueError as exc:
-        raise HTTPException(409, str(exc)) from None
-    return _realm_view(service, name)
+    with _errors():
+        await service.update_realm(name, body, _expected_version(request, body))
+        view = _realm_view(service, name)
+    response.headers.update(_etag(service.version))
+    return view
 
 
 @router.delete("/realms/{name}", dependencies=[Admin], status_code=204)
 async def delete_realm(request: Request, name: str) -> Response:
     """Delete a realm that is not a primary realm; its waiting queries are re-routed."""
     service = _realms(request)
-    try:
-        waiting = await service.delete_realm(name)
-    except RealmNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    except ValueError as exc:
-        raise HTTPException(409, str(exc)) from None
-    await _broker(request).reroute(waiting)
-    return Response(status_code=204)
+    with _errors():
+        await service.delete_realm(name, _expected_version(request))
+    return Response(status_code=204, headers=_etag(service.version))
 
 
 @router.get("/realms/{name}/workers", dependencies=[Admin])
@@ -174,47 +206,51 @@ async def remove_realm_worker(request: Request, name: str, worker: str) -> Respo
 
 
 @router.get("/pools", dependencies=[Admin])
-async def list_pools(request: Request) -> dict[str, Any]:
-    """Every pool alias."""
+async def list_pools(request: Request, response: Response) -> dict[str, Any]:
+    """Every pool alias; ``version`` is the realm configuration's (also the ETag)."""
     service = _realms(request)
-    return {"pools": [{"name": n, **p.model_dump()} for n, p in service.registry.pools.items()]}
+    response.headers.update(_etag(service.version))
+    return {
+        "version": service.version,
+        "pools": [{"name": n, **p.model_dump()} for n, p in service.registry.pools.items()],
+    }
 
 
 @router.post("/pools", dependencies=[Admin], status_code=201)
-async def create_pool(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+async def create_pool(request: Request, response: Response, body: dict[str, Any]) -> dict[str, Any]:
     """Create a pool alias (``{"name", "query_type", "members", "strategy", "blacklisted"}``)."""
-    service = _realms(request)
     name = body.get("name")
     if not isinstance(name, str) or not _NAME_OK.fullmatch(name):
         raise HTTPException(
             422, "name: a pool name is letters, digits, '$', '_', '-' or '.' (max 64)"
         )
-    if name in service.registry.pools:
-        raise HTTPException(409, f"Pool {name} already exists")
-    return _save_pool(service, name, _parse(PoolConfig, body))
+    return await _save_pool(request, response, name, body, create=True)
 
 
 @router.put("/pools/{name}", dependencies=[Admin])
-async def update_pool(request: Request, name: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Replace a pool alias."""
+async def update_pool(
+    request: Request, response: Response, name: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """Change a pool alias."""
+    return await _save_pool(request, response, name, body, create=False)
+
+
+async def _save_pool(
+    request: Request, response: Response, name: str, body: dict[str, Any], *, create: bool
+) -> dict[str, Any]:
     service = _realms(request)
-    if name not in service.registry.pools:
-        raise HTTPException(404, f"No pool named {name}")
-    current = service.registry.pools[name].model_dump()
-    return _save_pool(service, name, _parse(PoolConfig, {**current, **body}))
-
-
-def _save_pool(service: RealmService, name: str, pool: PoolConfig) -> dict[str, Any]:
-    try:
-        service.set_pool(name, pool)
-    except RealmNotFound as exc:
-        raise HTTPException(422, f"realm: {exc}") from None
+    with _errors(realm_missing=422):
+        pool = await service.set_pool(
+            name, body, create=create, version=_expected_version(request, body)
+        )
+    response.headers.update(_etag(service.version))
     return {"name": name, **pool.model_dump()}
 
 
 @router.delete("/pools/{name}", dependencies=[Admin], status_code=204)
 async def delete_pool(request: Request, name: str) -> Response:
     """Remove a pool alias."""
-    if not _realms(request).delete_pool(name):
-        raise HTTPException(404, f"No pool named {name}")
-    return Response(status_code=204)
+    service = _realms(request)
+    with _errors():
+        await service.delete_pool(name, _expected_version(request))
+    return Response(status_code=204, headers=_etag(service.version))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rentahal.errors import RealmNotFound
@@ -27,12 +28,25 @@ def _score(guid: str, realm: str) -> int:
 class RealmRegistry:
     """All realms of this broker and the rules that map queries and users onto them."""
 
-    def __init__(self, realms_file: RealmsFile) -> None:
+    def __init__(self, realms_file: RealmsFile, stopped: Iterable[str] = ()) -> None:
         self.file = realms_file
-        self.realms: dict[str, Realm] = {
-            name: Realm(name, cfg) for name, cfg in realms_file.realms.items()
-        }
+        self.realms: dict[str, Realm] = {}
         self.version = 0  # bumped when realms are created, changed or deleted
+        self.replace(realms_file, stopped)
+
+    def replace(self, realms_file: RealmsFile, stopped: Iterable[str] = ()) -> None:
+        """Take a whole configuration at once (a new version of the shared one)."""
+        halted = set(stopped)
+        self.file = realms_file
+        self.realms = {
+            name: Realm(name, cfg, stopped=name in halted)
+            for name, cfg in realms_file.realms.items()
+        }
+        self.version += 1
+
+    def stopped_names(self) -> frozenset[str]:
+        """Names of the stopped realms."""
+        return frozenset(name for name, realm in self.realms.items() if realm.stopped)
 
     @property
     def pools(self) -> dict[str, PoolConfig]:

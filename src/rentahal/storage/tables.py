@@ -101,3 +101,16 @@ api_keys = Table(
     Column("created_at", DateTime, nullable=False),
     Column("revoked", Boolean, nullable=False, default=False),
 )
+
+# One row (id 1): the cluster's realm and pool configuration as one versioned
+# document, since it is validated as a whole (backup realms, pool realms).
+realm_config = Table(
+    "realm_config",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("config", Text, nullable=False),
+    Column("stopped", Text, nullable=False, default="[]"),
+    Column("updated_at", DateTime, nullable=False),
+    Column("updated_by", String(64), nullable=False, default=""),
+)
