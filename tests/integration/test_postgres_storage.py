@@ -75,10 +75,10 @@ async def test_migrate_twice_is_idempotent(storage: Storage) -> None:
                 )
             ).scalars()
         )
-    assert version == "0002"
+    assert version == "0003"
     assert stats_rows == 1
     assert {"users", "queries", "ai_workers", "huggingface_models", "system_stats"} <= tables
-    assert "api_keys" in tables
+    assert {"api_keys", "realm_config"} <= tables
     stats = await storage.system_stats()
     assert (stats["total_queries"], stats["total_cost"]) == (0, 0.0)
 

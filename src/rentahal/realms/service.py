@@ -265,6 +265,14 @@ class RealmService:
 
         await self._change(mutate, version)
 
+    async def stop_realm(self, name: str, version: int | None = None) -> None:
+        """Stop a realm on every node; its waiting jobs are re-routed."""
+        await self.update_realm(name, {"stopped": True}, version)
+
+    async def start_realm(self, name: str, version: int | None = None) -> None:
+        """Resume a stopped realm on every node."""
+        await self.update_realm(name, {"stopped": False}, version)
+
     async def delete_realm(self, name: str, version: int | None = None) -> None:
         """Delete a (non-primary) realm; its waiting jobs are re-routed."""
         await self._change(lambda reg: reg.delete(name), version)
