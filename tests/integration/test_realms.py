@@ -98,6 +98,33 @@ async def test_realm_and_pool_crud_is_saved(broker: BrokerServer) -> None:
     await user.close()
 
 
+async def test_config_version_in_answers_and_bad_versions_refused(broker: BrokerServer) -> None:
+    sysop, user = await _sysop_and_user(broker)
+    async with _client(broker, sysop.guid) as admin:
+        listing = await admin.get("/api/admin/realms")
+        version = listing.json()["version"]
+        assert listing.headers["ETag"] == f'"{version}"'
+        assert (await admin.get("/api/admin/pools")).json()["version"] == version
+        bad = await admin.put(
+            "/api/admin/realms/$CHAT", json={"max_workers": 3}, headers={"If-Match": "yesterday"}
+        )
+        assert bad.status_code == 422 and "If-Match" in bad.json()["detail"]
+        bad = await admin.put("/api/admin/realms/$CHAT", json={"max_workers": 3, "version": "1"})
+        assert bad.status_code == 422 and "version" in bad.json()["detail"]
+        missing = await admin.put("/api/admin/pools/nope", json={"members": []})
+        assert missing.status_code == 404
+        assert (await admin.delete("/api/admin/pools/nope")).status_code == 404
+        ok = await admin.put(
+            "/api/admin/realms/$CHAT", json={"max_workers": 3}, headers={"If-Match": "*"}
+        )
+        assert ok.status_code == 200 and ok.headers["ETag"] == f'"{version + 1}"'
+        stale = await admin.delete("/api/admin/realms/$CHAT", headers={"If-Match": f'"{version}"'})
+        assert stale.status_code == 409 and f"version {version + 1}" in stale.json()["detail"]
+        assert _saved(broker.settings.broker.realms_file)["realms"]["$CHAT"]["max_workers"] == 3
+    await sysop.close()
+    await user.close()
+
+
 async def test_realm_created_and_deleted_while_queries_flow(broker_factory) -> None:
     with reference_worker(latency_ms=100) as chat:
         workers = [
