@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from rentahal.errors import StorageError
 from rentahal.realms.store import RealmStore, StoredRealms
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,10 @@ class RealmSync:
             self._wake.clear()
             try:
                 await self.refresh()
-            except Exception:  # a database hiccup: the next tick tries again
-                logger.exception("could not check the shared realm configuration")
+            except StorageError as exc:  # the database is away: the next tick tries again
+                logger.warning("could not read the shared realm configuration: %s", exc)
+            except Exception:
+                logger.exception("could not apply the shared realm configuration")
 
     async def close(self) -> None:
         """Stop the check loop."""
