@@ -22,6 +22,7 @@ from rentahal.realms.config import (
     RealmConfig,
     RealmsFile,
     load_realms,
+    new_federation_id,
     save_realms,
     with_identity,
 )
@@ -49,7 +50,10 @@ async def load_shared(store: RealmStore, path: Path | None, node_id: str = "") -
     stored = await store.load()
     if stored is not None:
         return stored
-    seed = with_identity(path, load_realms(path)) if path is not None else RealmsFile()
+    if path is not None:
+        seed = with_identity(path, load_realms(path))
+    else:
+        seed = RealmsFile(federation_id=new_federation_id())
     stored = await store.seed(seed, node_id)
     logger.info("realm configuration seeded from %s (version %d)", path, stored.version)
     return stored
