@@ -17,6 +17,9 @@ import httpx
 import pytest
 import yaml
 
+from rentahal.realms.store import RealmStore
+from rentahal.realms.sync import CHECK_INTERVAL_S
+from rentahal.storage.database import Storage
 from tests.support.client import WSClient
 from tests.support.cluster import Cluster, Node
 
@@ -307,3 +310,29 @@ async def test_a_stale_version_is_refused_with_409(
             f"{a.http_url}/api/admin/realms/$CHAT", json={"queue_threshold": 50, "max_workers": 10}
         )
         await admin.put(f"{a.http_url}/api/admin/realms/$VISION", json={"max_workers": 5})
+
+
+@pytest.mark.timeout(30, func_only=True)
+async def test_a_missed_announcement_is_caught_by_the_periodic_check(
+    cluster: Cluster, admin: httpx.AsyncClient
+) -> None:
+    a, b = running(cluster, 2)
+    storage = Storage(cluster.database_url)
+    store = RealmStore(storage)
+    try:
+        current = await store.load()
+        assert current is not None
+        changed = current.file.model_copy(deep=True)
+        changed.realms["$CHAT"].queue_threshold = 11
+        # Written straight to the database: no realms_changed message is sent.
+        await store.save(changed, current.stopped, based_on=current.version)
+        lag = await lag_until(
+            admin,
+            [a, b],
+            lambda r, _p: realm(r, "$CHAT")["queue_threshold"] == 11,  # type: ignore[index]
+            limit_s=CHECK_INTERVAL_S + 1.0,
+        )
+        print(f"\nREALM CONFIG PERIODIC CHECK LAG {lag:.3f}s")
+    finally:
+        await storage.close()
+        await admin.put(f"{a.http_url}/api/admin/realms/$CHAT", json={"queue_threshold": 50})
