@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from rentahal.api import admin, admin_workers, metrics, ws
+from rentahal.api import admin, admin_workers, federation, metrics, ws
 from rentahal.api.debug import router as debug_router
 from rentahal.api.openai import router as openai_router
 from rentahal.api.queries import router as queries_router
@@ -24,6 +24,7 @@ from rentahal.bus.base import Bus
 from rentahal.bus.memory import MemoryBus
 from rentahal.bus.state import ClusterState, MemoryState
 from rentahal.config import Settings
+from rentahal.federation.service import start_federation
 from rentahal.storage.database import Storage
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,10 @@ def create_app(settings: Settings) -> FastAPI:
             broker = Broker(settings, storage, make_bus(settings), client, state)
             await broker.start()
             stack.push_async_callback(_within, STOP_TIMEOUT_S, "broker", broker.stop)
+            federation = await start_federation(settings, storage, broker)
+            stack.push_async_callback(_within, CLOSE_TIMEOUT_S, "federation", federation.stop)
             app.state.broker = broker
+            app.state.federation = federation
             app.state.loop = asyncio.get_running_loop()
             logger.info("broker %s ready", broker.node_id)
             yield
@@ -111,6 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(admin.router)
     app.include_router(admin_workers.router)
+    app.include_router(federation.router)
 
     @app.get("/", include_in_schema=False, response_model=None)
     async def index() -> FileResponse | HTMLResponse:

@@ -125,3 +125,9 @@ class BusError(BrokerError):
 
 class StorageError(BrokerError):
     """The database could not be written (for example a read-only file)."""
+
+
+class PeerLost(WorkerError):
+    """A federated peer accepted a query and then failed: it may have run, so no retry."""
+
+    retryable = False

@@ -116,8 +116,10 @@ class Fleet:
         registry = self.broker.registry
         stored = {w.name: w for w in await self.broker.storage.list_workers()}
         configured = {w.name for w in configured_workers(self.broker.settings)}
+        # Workers standing for other installations live in memory only.
+        remote = {w.name for w in registry.workers() if w.protocol == "federation"}
         for name in [w.name for w in registry.workers() if w.name not in stored]:
-            if name not in configured:
+            if name not in configured and name not in remote:
                 registry.remove(name)
         for worker in stored.values():
             current = registry.get(worker.name)

@@ -14,6 +14,8 @@ QUERY_TYPES = ("chat", "vision", "imagine", "speech")
 WORKER_TYPES = ("chat", "vision", "imagine", "speech")
 MODEL_TYPES = ("worker_node", "huggingface", "claude", "speech")
 PROTOCOLS = ("predict", "a1111", "ollama", "openai", "claude", "huggingface")
+# Another installation standing in as a worker (see rentahal.federation); not a worker node.
+FEDERATION_PROTOCOL = "federation"
 
 QueryType = Literal["chat", "vision", "imagine", "speech"]
 WorkerType = Literal["chat", "vision", "imagine", "speech"]
@@ -69,6 +71,10 @@ class Query(BaseModel):
     model_name: str = ""
     image: str | None = None
     audio: str | None = None
+    # The route of a query that came from another installation: how many
+    # installations it passed and which (loops are refused by both).
+    federation_hops: int = Field(default=0, ge=0, le=16)
+    federation_visited: list[str] = Field(default_factory=list, max_length=16)
 
     @field_validator("model_type", mode="before")
     @classmethod
@@ -121,7 +127,7 @@ class AIWorker(BaseModel):
     @field_validator("protocol")
     @classmethod
     def _known_protocol(cls, value: str) -> str:
-        if value and value not in PROTOCOLS:
+        if value and value not in PROTOCOLS and value != FEDERATION_PROTOCOL:
             raise ValueError(f"unknown protocol {value!r}; known: {', '.join(PROTOCOLS)}")
         return value
 

@@ -12,7 +12,7 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -144,6 +144,30 @@ class ShardingConfig(BaseModel):
         return self
 
 
+class FederationConfig(BaseModel):
+    """How this installation admits and uses other installations (``federation:``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # token: a join needs proof of ``join_token``; approval: a sysop approves each
+    # join in the console; open: anyone who holds their key may join.
+    trust: Literal["token", "approval", "open"] = "token"
+    join_token: str | None = Field(default=None, min_length=8)
+    route_when_wait_s: float = Field(default=30.0, ge=0)
+    max_hops: int = Field(default=2, ge=1, le=8)
+    # query type -> federation id: always send that type to that peer.
+    pins: dict[str, str] = Field(default_factory=dict)
+    request_timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("pins")
+    @classmethod
+    def _pinned_types(cls, value: dict[str, str]) -> dict[str, str]:
+        for query_type in value:
+            if query_type not in QUERY_TYPES:
+                raise ValueError(f"pins: {query_type!r} is not one of {', '.join(QUERY_TYPES)}")
+        return value
+
+
 def _default_realms() -> dict[str, RealmConfig]:
     return {
         "$CHAT": RealmConfig(primary_query_type="chat", description="Chat LLMs"),
@@ -171,6 +195,7 @@ class RealmsFile(BaseModel):
     pools: dict[str, PoolConfig] = Field(default_factory=dict)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     database_sharding: ShardingConfig = Field(default_factory=ShardingConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
 
     @field_validator("realms")
     @classmethod

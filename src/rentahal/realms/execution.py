@@ -19,6 +19,7 @@ from rentahal.errors import (
     WorkerRejected,
     WorkerTimeout,
 )
+from rentahal.federation.context import ROUTING_JOB
 from rentahal.media import decode_audio
 from rentahal.models import AIWorker, Job, Query, Result, dispatch_type, worker_family
 from rentahal.realms.workers import WorkerRegistry, WorkerSelector
@@ -57,6 +58,7 @@ class QueryExecutor:
 
         Retries reserve through ``selector`` (the realm's manager; default: any worker).
         """
+        ROUTING_JOB.set(job)  # this task runs only this job
         run = _Run(job_id=job.job_id)
         queue_wait = max(0.0, time.time() - job.submitted_at)
         base: dict[str, Any] = {

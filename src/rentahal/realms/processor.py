@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable
 
 from rentahal.bus.base import Bus
 from rentahal.errors import NoWorkerAvailable
-from rentahal.models import Job, QueryState, Result
+from rentahal.federation.context import ROUTING_JOB
+from rentahal.models import AIWorker, Job, QueryState, Result
 from rentahal.realms.execution import QueryExecutor
 from rentahal.realms.workers import WorkerRegistry, WorkerSelector
 
@@ -100,14 +101,28 @@ class QueryProcessor:
 
     def _dispatchable(self, job: Job) -> bool:
         # Jobs no worker can serve (open circuits, removed workers) are taken to fail them.
-        return self.selector.can_serve_now(job.query) or self._refusal(job) is not None
+        token = ROUTING_JOB.set(job)
+        try:
+            return self.selector.can_serve_now(job.query) or self._refusal(job) is not None
+        finally:
+            ROUTING_JOB.reset(token)
+
+    def _reserve(self, job: Job) -> AIWorker | None:
+        token = ROUTING_JOB.set(job)
+        try:
+            return self.selector.reserve(job.query)
+        finally:
+            ROUTING_JOB.reset(token)
 
     def _refusal(self, job: Job) -> NoWorkerAvailable | None:
         """Why no worker will serve ``job`` soon, or ``None`` when one may (busy is fine)."""
+        token = ROUTING_JOB.set(job)
         try:
             self.registry.check_servable(job.query)
         except NoWorkerAvailable as exc:
             return exc
+        finally:
+            ROUTING_JOB.reset(token)
         return None
 
     async def _fail_refused(self, job: Job, refusal: NoWorkerAvailable) -> None:
@@ -125,7 +140,7 @@ class QueryProcessor:
             )
             if job is None:
                 continue
-            worker = self.selector.reserve(job.query)
+            worker = self._reserve(job)
             if worker is None:
                 refusal = self._refusal(job)
                 if refusal is not None:

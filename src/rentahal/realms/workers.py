@@ -111,6 +111,8 @@ class WorkerRegistry:
         self.cluster: ClusterState | None = None
         self.on_cluster_release: Callable[[str], Awaitable[None]] | None = None
         self.lease_s = 600.0
+        # Filters federated (remote) candidates; set by the federation service.
+        self.remote_gate: Callable[[list[WorkerState]], list[WorkerState]] | None = None
 
     def add(self, worker: AIWorker) -> None:
         """Add or replace a worker (keeps in-flight counts of a replaced one)."""
@@ -183,6 +185,9 @@ class WorkerRegistry:
             and _family_of(s.worker) == family
             and (within is None or s.worker.name in within)
         ]
+        # Other installations are candidates only when the federation allows it.
+        if self.remote_gate is not None:
+            of_type = self.remote_gate(of_type)
         if not model_name:
             return of_type
         groups = (

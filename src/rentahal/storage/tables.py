@@ -114,3 +114,17 @@ realm_config = Table(
     Column("updated_at", DateTime, nullable=False),
     Column("updated_by", String(64), nullable=False, default=""),
 )
+
+# Other installations this one federates with (see rentahal.federation).
+federation_peers = Table(
+    "federation_peers",
+    metadata,
+    Column("federation_id", String(128), primary_key=True),
+    Column("callback_url", String(512), nullable=False),
+    Column("public_key", String(64), nullable=False),
+    # pending (awaits a sysop), active, down (unreachable), blocked
+    Column("state", String(16), nullable=False),
+    Column("last_seen", Float),
+    Column("services", Text),
+    Column("created_at", DateTime),
+)

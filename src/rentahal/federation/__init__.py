@@ -1,0 +1,1 @@
+"""Federation between independent RENT-A-HAL installations (signed HTTP between them)."""
