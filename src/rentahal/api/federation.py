@@ -11,11 +11,10 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
 
 from rentahal.api.admin import Admin
 from rentahal.federation.client import PeerCallFailed
-from rentahal.federation.service import AdmissionRefused, FederationService
+from rentahal.federation.service import AdmissionRefused, FederationService, JoinRefused
 from rentahal.federation.signing import SignatureError, sign_response
 
 router = APIRouter(tags=["federation"])
@@ -87,7 +86,7 @@ async def join(request: Request) -> Response:
     try:
         answer = await service.admit(request.method, str(request.url), dict(request.headers), body)
     except AdmissionRefused as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+        return _signed(service, exc.status, {"status": "refused", "detail": str(exc)})
     return _signed(service, 202 if answer["status"] == "pending" else 200, answer)
 
 
@@ -115,6 +114,7 @@ async def route(request: Request) -> Response:
     service, peer_id, body = await _verified(request)
     status, answer = await service.incoming.submit(peer_id, _json(body))
     if status == 200 and answer.get("status") == "queued":
+        service.metrics.queries_in += 1
         peer = service.peers.get(peer_id)
         if peer is not None:
             peer.queries_in += 1
@@ -151,6 +151,8 @@ async def join_peer(request: Request, body: dict[str, Any]) -> dict[str, Any]:
         raise HTTPException(422, "url: an http(s) URL of another installation")
     try:
         peer = await service.join(url)
+    except JoinRefused as exc:
+        raise HTTPException(403, f"The other installation refused: {exc}") from None
     except PeerCallFailed as exc:
         raise HTTPException(502, f"Could not join: {exc}") from None
     if peer is None:

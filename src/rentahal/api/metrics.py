@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from rentahal.broker import Broker
+from rentahal.federation.service import FederationService
 from rentahal.realms.config import callback_url
 from rentahal.status import live_realms, realm_summary
 
@@ -39,6 +40,7 @@ async def federation_status(request: Request) -> dict[str, Any]:
     broker = _broker(request)
     summary = broker.metrics.get_summary_metrics()
     realms = broker.realms
+    federation: FederationService | None = getattr(request.app.state, "federation", None)
     return {
         "federation_id": realms.registry.file.federation_id if realms else None,
         "callback_url": (
@@ -49,6 +51,9 @@ async def federation_status(request: Request) -> dict[str, Any]:
             else None
         ),
         "node_id": broker.node_id,
+        "total_realms": len(realms.registry.realms) if realms else 0,
+        "federation_metrics": federation.metrics.view() if federation else {},
+        "remote_federations": federation.peer_views() if federation else [],
         "realms_enabled": realms is not None,
         "realms": await realm_summary(broker),
         "routing_table": realms.router.routing_table() if realms else {},

@@ -49,6 +49,10 @@ MAX_MODELS = 50
 MAX_PEERS = 256
 
 
+class JoinRefused(Exception):
+    """The other installation refused our join (its reason is the message)."""
+
+
 class AdmissionRefused(Exception):
     """A join that is refused; ``status`` is the HTTP status to answer."""
 
@@ -392,9 +396,11 @@ class FederationService:
             if known is None and self.peers[their_id].state == "down" and their_id in self.peers:
                 # Only kept once the join is accepted (below).
                 self.peers.pop(their_id, None)
-        if status != 200 or answer.get("status") != "accepted":
-            logger.info("join to %s: %s %s", base_url, status, answer.get("status") or answer)
+        if status == 202 and answer.get("status") == "pending":
+            logger.info("join to %s waits for a sysop there", base_url)
             return None
+        if status != 200 or answer.get("status") != "accepted":
+            raise JoinRefused(str(answer.get("detail") or f"status {status}"))
         if answer.get("federation_id") != their_id or answer.get("public_key") != their_key:
             raise PeerCallFailed(f"{base_url}: accepted with another identity", connected=True)
         peer = known or candidate
@@ -512,7 +518,7 @@ class FederationService:
             return
         try:
             await self.join(url)
-        except PeerCallFailed as exc:
+        except (PeerCallFailed, JoinRefused) as exc:
             logger.info("could not join %s: %s", url, exc)
 
     # -- views -------------------------------------------------------------------
