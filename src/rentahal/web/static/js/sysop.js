@@ -3,6 +3,7 @@
 
 import { $, clear, fillKv, h, money, seconds } from './dom.js';
 import { AdminPanel } from './admin.js';
+import { FederationPanel } from './federation.js';
 
 export { detailMessage } from './admin.js';
 
@@ -23,6 +24,7 @@ export class SysopConsole {
     this.workers = [];
     this.users = [];
     this.admin = new AdminPanel(root, { getWorkers: () => this.workers });
+    this.federation = new FederationPanel(root);
     this.bind();
   }
 
@@ -36,6 +38,7 @@ export class SysopConsole {
     $('#refresh-stats', root).addEventListener('click', () => {
       this.send({ type: 'get_stats' });
       this.admin.load();
+      this.federation.load();
     });
 
     $('#add-worker-form', root).addEventListener('submit', (event) => {
@@ -72,6 +75,7 @@ export class SysopConsole {
     if (this.visible && !was) {
       this.send({ type: 'get_stats' });
       this.admin.load();
+      this.federation.load();
     }
   }
 
