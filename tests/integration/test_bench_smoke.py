@@ -90,3 +90,9 @@ def test_nodes() -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["data"]["ledger_rows"] == report["data"]["answered"] > 0
+
+
+def test_federation() -> None:
+    report = _bench("federation", "--concurrency", "1", "--duration", "0.5")
+    data = report["data"]
+    assert data["a_done"] == data["b_rows_for_a"] == data["answered_through_a"] > 0

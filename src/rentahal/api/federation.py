@@ -113,11 +113,6 @@ async def route(request: Request) -> Response:
     """Queue a peer's query here (at most once per its job id)."""
     service, peer_id, body = await _verified(request)
     status, answer = await service.incoming.submit(peer_id, _json(body))
-    if status == 200 and answer.get("status") == "queued":
-        service.metrics.queries_in += 1
-        peer = service.peers.get(peer_id)
-        if peer is not None:
-            peer.queries_in += 1
     return _signed(service, status, answer)
 
 

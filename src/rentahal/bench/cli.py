@@ -182,3 +182,20 @@ def nodes(
 
     opts = scenario.NodesOptions(clients=clients, duration_s=duration)
     execute(lambda phases, cmd: scenario.run(opts, phases, cmd), as_json)
+
+
+@bench_app.command()
+def federation(
+    concurrency: str = typer.Option("1,8", help="Comma-separated client counts."),
+    latency_ms: float = typer.Option(0.0, min=0, max=10_000, help="Worker latency at B."),
+    duration: float = DurationOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """What one federated hop adds: chat through installation A to B, against B directly."""
+    from rentahal.bench.scenarios import federation as scenario
+
+    levels = tuple(int(c) for c in concurrency.split(",") if c.strip())
+    opts = scenario.FederationOptions(
+        concurrency=levels, latency_ms=latency_ms, duration_s=duration
+    )
+    execute(lambda phases, cmd: scenario.run(opts, phases, cmd), as_json)

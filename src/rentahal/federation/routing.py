@@ -11,10 +11,12 @@ passes, so no HTTP request outlives its timeout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +83,15 @@ class _Run:
 class IncomingRuns:
     """Queries other installations sent here (at most once per peer job id)."""
 
-    def __init__(self, broker: Broker, storage: Storage, federation_id: str, max_hops: int) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        storage: Storage,
+        federation_id: str,
+        max_hops: int,
+        on_accept: Callable[[str], None] = lambda _peer: None,
+    ) -> None:
+        self.on_accept = on_accept
         self.broker = broker
         self.storage = storage
         self.federation_id = federation_id
@@ -122,11 +132,18 @@ class IncomingRuns:
             return 422, {"error": str(exc)}
         run = _Run(job.job_id)
         self.runs[(peer_id, job_id)] = run
+        self.on_accept(peer_id)
         self._forget_old()
         task = asyncio.create_task(self._await(run, job_id), name=f"federation-run:{job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return 200, self._answer(job_id, "queued")
+        # A short query answers in this very call; a long one is polled for.
+        wait_s = payload.get("wait_s", 0)
+        if isinstance(wait_s, int | float) and wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(float(wait_s), POLL_S)):
+                    await run.done.wait()
+        return 200, run.answer or self._answer(job_id, "queued")
 
     async def _await(self, run: _Run, job_id: str) -> None:
         limit = self.broker.settings.queue.queue_timeout + 2 * max(
@@ -206,6 +223,8 @@ class FederationBackend:
             "source_federation": me,
             "job_id": job_id,
             "hops": query.federation_hops + 1,
+            # The peer may answer within this call when the query is quick.
+            "wait_s": round(min(timeout_s, service.config.request_timeout_s) / 2, 2),
             "visited": [*query.federation_visited, me],
             "query": query.model_dump(
                 include={"prompt", "query_type", "model_type", "model_name", "image", "audio"}

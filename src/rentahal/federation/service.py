@@ -115,7 +115,9 @@ class FederationService:
         self.verifier = Verifier(self._key_of)
         self.client = PeerClient(identity, broker.client, self.verifier)
         self.metrics = FederationMetrics()
-        self.incoming = IncomingRuns(broker, store.storage, identity.federation_id, config.max_hops)
+        self.incoming = IncomingRuns(
+            broker, store.storage, identity.federation_id, config.max_hops, self._accepted
+        )
         broker.metrics.registry.register(
             FederationCollector(self.metrics, lambda: list(self.peers.values()))
         )
@@ -141,6 +143,12 @@ class FederationService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    def _accepted(self, peer_id: str) -> None:
+        self.metrics.queries_in += 1
+        peer = self.peers.get(peer_id)
+        if peer is not None:
+            peer.queries_in += 1
 
     def _key_of(self, federation_id: str) -> Any:
         peer = self.peers.get(federation_id)
