@@ -241,6 +241,7 @@ class FederationService:
             allowed.append(state)
         if not allowed:
             return local
+        allowed = self._least_waiting(allowed)
         pinned = self.config.pins.get(allowed[0].worker.type)
         if pinned is not None:
             chosen = [s for s in allowed if s.worker.address == pinned]
@@ -252,6 +253,18 @@ class FederationService:
         if job is not None and time.time() - job.submitted_at > self.config.route_when_wait_s:
             return local + allowed
         return local
+
+    def _least_waiting(self, remote: list[WorkerState]) -> list[WorkerState]:
+        """The peers whose advertised wait is within a second of the shortest."""
+
+        def wait(state: WorkerState) -> float:
+            peer = self.peers[state.worker.address]
+            service = peer.services.get(state.worker.type, {})
+            return float(service.get("est_wait_s", 0.0))
+
+        shortest = min(wait(s) for s in remote)
+        pinned = self.config.pins.get(remote[0].worker.type)
+        return [s for s in remote if wait(s) <= shortest + 1.0 or s.worker.address == pinned]
 
     def peer_for(self, worker: AIWorker) -> Peer | None:
         """The peer a virtual worker stands for."""
