@@ -75,10 +75,10 @@ async def test_migrate_twice_is_idempotent(storage: Storage) -> None:
                 )
             ).scalars()
         )
-    assert version == "0003"
+    assert version == "0004"
     assert stats_rows == 1
     assert {"users", "queries", "ai_workers", "huggingface_models", "system_stats"} <= tables
-    assert {"api_keys", "realm_config"} <= tables
+    assert {"api_keys", "realm_config", "federation_peers"} <= tables
     stats = await storage.system_stats()
     assert (stats["total_queries"], stats["total_cost"]) == (0, 0.0)
 

@@ -565,7 +565,13 @@ async def start_federation(
 ) -> FederationService:
     """This installation's federation service, started (identity made on first start)."""
     path = Path(settings.broker.realms_file)
-    realms = with_identity(path, load_realms(path))
+    # The shared realm configuration (every node of the installation agrees), else the file.
+    shared = broker.realms.registry.file if broker.realms is not None else None
+    realms = (
+        shared
+        if shared is not None and shared.federation_id
+        else with_identity(path, load_realms(path))
+    )
     assert realms.federation_id is not None
     identity = Identity.load_or_create(
         key_file(settings),
