@@ -347,3 +347,84 @@ def workers_remove(
     """Remove a worker; calls running on it finish."""
     _Target(url, token, config).call("DELETE", f"/api/admin/workers/{name}")
     console.print(f"worker {name} removed")
+
+
+token_app = typer.Typer(help="Tokens for workers that register themselves", no_args_is_help=True)
+workers_app.add_typer(token_app, name="token")
+
+
+def _with_tokens(config: Path, work: Any) -> Any:
+    """Run ``work(WorkerTokens)`` on the database of ``config`` (migrated)."""
+    from rentahal.realms.registration import WorkerTokens
+    from rentahal.storage.database import Storage
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+    async def run() -> Any:
+        storage = Storage(settings.database.url)
+        try:
+            await storage.migrate()
+            return await work(WorkerTokens(storage))
+        finally:
+            await storage.close()
+
+    return asyncio.run(run())
+
+
+@token_app.command("create")
+def token_create(
+    realm: str | None = typer.Option(None, "--realm", help="Workers join this realm."),
+    query_type: str | None = typer.Option(None, "--type", "-t", help="Workers of this type."),
+    name: str = typer.Option("", "--name", "-n", help="A label for the token."),
+    config: Path = ConfigOpt,
+) -> None:
+    """Issue a worker token (printed once), scoped to a realm or a query type."""
+    if realm is None and query_type is None:
+        console.print("[red]give --realm or --type[/red]")
+        raise typer.Exit(2)
+
+    async def work(tokens: Any) -> str:
+        token, _record = await tokens.create(name=name, realm=realm, query_type=query_type)
+        return str(token)
+
+    token = _with_tokens(config, work)
+    console.print("worker token (shown once; pass it as --token or RENTAHAL_WORKER_TOKEN):")
+    print(token)
+
+
+@token_app.command("list")
+def token_list(config: Path = ConfigOpt) -> None:
+    """Every worker token (prefixes only)."""
+
+    async def work(tokens: Any) -> list[Any]:
+        return list(await tokens.list())
+
+    table = Table(title="Worker tokens")
+    for column in ("prefix", "name", "realm", "type", "state"):
+        table.add_column(column)
+    for record in _with_tokens(config, work):
+        table.add_row(
+            record.prefix,
+            record.name or "-",
+            record.realm or "-",
+            record.query_type or "-",
+            "revoked" if record.revoked else "active",
+        )
+    Console().print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(prefix: str, config: Path = ConfigOpt) -> None:
+    """Revoke a worker token; the workers it registered are removed."""
+
+    async def work(tokens: Any) -> bool:
+        return bool(await tokens.revoke(prefix))
+
+    if not _with_tokens(config, work):
+        console.print(f"[red]no worker token {prefix}[/red]")
+        raise typer.Exit(1)
+    console.print(f"worker token {prefix} revoked")

@@ -14,6 +14,8 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from rentahal.api import admin, admin_workers, federation, metrics, ws
+from rentahal.api import scaler as scaler_api
+from rentahal.api import workers as workers_api
 from rentahal.api.debug import router as debug_router
 from rentahal.api.openai import router as openai_router
 from rentahal.api.queries import router as queries_router
@@ -25,6 +27,9 @@ from rentahal.bus.memory import MemoryBus
 from rentahal.bus.state import ClusterState, MemoryState
 from rentahal.config import Settings
 from rentahal.federation.service import start_federation
+from rentahal.realms.registration import LeaseSweeper, Registrations
+from rentahal.realms.scaler import RealmScaler, ScalerCollector
+from rentahal.realms.scaler_book import ScalerBook
 from rentahal.storage.database import Storage
 
 logger = logging.getLogger(__name__)
@@ -101,6 +106,23 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(_within, CLOSE_TIMEOUT_S, "federation", federation.stop)
             app.state.broker = broker
             app.state.federation = federation
+            registrations = Registrations(broker, storage)
+            sweeper = LeaseSweeper(registrations)
+            sweeper.start()
+            stack.push_async_callback(_within, CLOSE_TIMEOUT_S, "lease sweeper", sweeper.stop)
+            app.state.registrations = registrations
+            host = (
+                settings.server.host
+                if settings.server.host not in ("0.0.0.0", "::", "")
+                else "127.0.0.1"
+            )
+            scaler = RealmScaler(
+                broker, registrations, f"http://{host}:{settings.server.port}", ScalerBook(storage)
+            )
+            broker.metrics.registry.register(ScalerCollector(scaler))
+            scaler.start()
+            stack.push_async_callback(_within, STOP_TIMEOUT_S, "scaler", scaler.stop)
+            app.state.scaler = scaler
             app.state.loop = asyncio.get_running_loop()
             logger.info("broker %s ready", broker.node_id)
             yield
@@ -116,6 +138,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(admin_workers.router)
     app.include_router(federation.router)
+    app.include_router(scaler_api.router)
+    app.include_router(workers_api.router)
 
     @app.get("/", include_in_schema=False, response_model=None)
     async def index() -> FileResponse | HTMLResponse:

@@ -53,16 +53,27 @@ def _realms(request: Request) -> RealmService:
     return realms
 
 
-def _realm_view(service: RealmService, name: str) -> dict[str, Any]:
+def _realm_view(
+    service: RealmService, name: str, provisioned: set[str] | None = None
+) -> dict[str, Any]:
     realm = service.registry.get(name)
     manager = service.managers.get(name)
+    workers = [s.worker.public() for s in manager.states()] if manager else []
+    for worker in workers:
+        # Started by the scaler (which may also stop it again).
+        worker["provisioned"] = worker["name"] in (provisioned or set())
     return {
         "name": name,
         **realm.config.model_dump(),
         "stopped": realm.stopped,
         "is_primary": service.registry.is_primary(name),
-        "workers": [s.worker.public() for s in manager.states()] if manager else [],
+        "workers": workers,
     }
+
+
+def _provisioned(request: Request) -> set[str]:
+    scaler = getattr(request.app.state, "scaler", None)
+    return set(scaler.provisioned) if scaler is not None else set()
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -124,7 +135,7 @@ async def list_realms(request: Request, response: Response) -> dict[str, Any]:
     response.headers.update(_etag(service.version))
     return {
         "version": service.version,
-        "realms": [_realm_view(service, n) for n in service.registry.realms],
+        "realms": [_realm_view(service, n, _provisioned(request)) for n in service.registry.realms],
         "routing_table": service.router.routing_table(),
     }
 

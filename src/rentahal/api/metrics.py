@@ -11,9 +11,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from rentahal.broker import Broker
 from rentahal.federation.service import FederationService
 from rentahal.realms.config import callback_url
+from rentahal.realms.scaler import RealmScaler
 from rentahal.status import live_realms, realm_summary
 
 router = APIRouter()
+SUMMARY_EVENTS = 20
 
 
 def _broker(request: Request) -> Broker:
@@ -31,7 +33,13 @@ async def metrics(request: Request) -> Response:
 @router.get("/api/realms/summary")
 async def realms_summary(request: Request) -> dict[str, Any]:
     """Per realm: queue depth, load, totals and workers (polled by the dashboard)."""
-    return {"realms": await realm_summary(_broker(request)), "timestamp": time.time()}
+    scaler: RealmScaler | None = getattr(request.app.state, "scaler", None)
+    return {
+        "realms": await realm_summary(_broker(request)),
+        # The scaler's last decisions (what, why, the figures; no addresses).
+        "scaler_events": scaler.view()["events"][:SUMMARY_EVENTS] if scaler else [],
+        "timestamp": time.time(),
+    }
 
 
 @router.get("/api/federation/status")

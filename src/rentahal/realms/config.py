@@ -35,6 +35,74 @@ logger = logging.getLogger(__name__)
 PLACEHOLDER_FEDERATION_ID = "rentahal-main"
 
 
+class ProvisionerConfig(BaseModel):
+    """How the scaler gets workers for a realm (``provisioner:`` of a realm).
+
+    ``command``: a template run on this machine with ``{port}``, ``{name}``,
+    ``{realm}`` and ``{query_type}``; what it starts is the worker at
+    127.0.0.1:{port}. ``start``/``stop``: commands for other machines; ``start``
+    prints the address (``host:port``) of what it started, ``stop`` gets
+    ``{name}`` and ``{address}``. ``static``: standby worker addresses taken in
+    and out. ``python``: ``module:factory`` returning a :class:`Provisioner`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: str | None = None
+    start: str | None = None
+    stop: str | None = None
+    static: list[str] = Field(default_factory=list)
+    python: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    protocol: str = ""
+    max_concurrency: int = Field(default=1, ge=1, le=1024)
+    start_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    drain_timeout_s: float = Field(default=30.0, ge=0, le=3600)
+    # May the scaler stop workers it did not start (down to min_workers)?
+    manage_existing: bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ProvisionerConfig:
+        kinds = [
+            bool(self.command),
+            bool(self.start or self.stop),
+            bool(self.static),
+            bool(self.python),
+        ]
+        if sum(kinds) != 1:
+            raise ValueError("give exactly one of command, start/stop, static or python")
+        if (self.start is None) != (self.stop is None):
+            raise ValueError("start and stop go together")
+        return self
+
+
+class ScalingConfig(BaseModel):
+    """The RealmScaler's thresholds (the seed's names) and timing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    interval_s: float = Field(default=10.0, gt=0, le=3600)
+    window_s: float = Field(default=60.0, gt=0, le=86_400)
+    cooldown_s: float = Field(default=60.0, ge=0, le=86_400)
+    high_load: float = Field(default=0.8, gt=0, le=1)
+    low_load: float = Field(default=0.2, ge=0, lt=1)
+    error_rate: float = Field(default=0.05, ge=0, le=1)
+    queue_wait_s: float = Field(default=10.0, gt=0)
+    max_backup_realms: int = Field(default=2, ge=0, le=16)
+    # Self-registered workers: heartbeat every heartbeat_s, removed after lease_s without one.
+    heartbeat_s: float = Field(default=5.0, gt=0, le=600)
+    lease_s: float = Field(default=20.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> ScalingConfig:
+        if self.low_load >= self.high_load:
+            raise ValueError("low_load must be below high_load")
+        if self.lease_s <= self.heartbeat_s:
+            raise ValueError("lease_s must be longer than heartbeat_s")
+        return self
+
+
 class RealmConfig(BaseModel):
     """One realm: the query type it owns, its worker bounds and backups."""
 
@@ -47,6 +115,7 @@ class RealmConfig(BaseModel):
     strategy: str = "health"
     queue_threshold: int = Field(default=50, ge=1)
     description: str = ""
+    provisioner: ProvisionerConfig | None = None
 
     @field_validator("primary_query_type")
     @classmethod
@@ -196,6 +265,7 @@ class RealmsFile(BaseModel):
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     database_sharding: ShardingConfig = Field(default_factory=ShardingConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
 
     @field_validator("realms")
     @classmethod

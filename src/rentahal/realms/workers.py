@@ -61,6 +61,8 @@ class WorkerState:
     calls_total: int = 0
     failures_total: int = 0
     tags: set[str] = field(default_factory=set)
+    # Being drained by the scaler: finishes its calls, takes no new ones.
+    draining: bool = False
 
     def circuit(self, now: float) -> str:
         """``closed``, ``open`` or ``half_open``."""
@@ -75,6 +77,8 @@ class WorkerState:
         ``ignore_saturation`` (that passes within a query's wait).
         """
         saturated = 0.0 if ignore_saturation else self.saturated_until
+        if self.draining:
+            return False
         if self.worker.is_blacklisted or now < max(self.cooldown_until, saturated):
             return False
         state = self.circuit(now)
@@ -453,6 +457,19 @@ class WorkerRegistry:
     def changed(self) -> None:
         """Health or membership changed outside the registry: wake waiting consumers."""
         self._notify()
+
+    async def wait_for_change(self, timeout_s: float) -> None:
+        """Return when a slot is released or workers change, or after ``timeout_s``."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await waiter
+        except TimeoutError:
+            pass
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` whenever capacity may have grown."""

@@ -127,4 +127,35 @@ federation_peers = Table(
     Column("last_seen", Float),
     Column("services", Text),
     Column("created_at", DateTime),
+# Tokens a sysop issues so workers can register themselves (hash only), and the
+# leases of registered workers (renewed by heartbeats).
+worker_tokens = Table(
+    "worker_tokens",
+    metadata,
+    Column("prefix", String(16), primary_key=True),
+    Column("token_hash", String(128), nullable=False, unique=True),
+    Column("name", String(100), nullable=False, default=""),
+    Column("realm", String(64)),
+    Column("query_type", String(16)),
+    Column("created_at", DateTime, nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
+worker_leases = Table(
+    "worker_leases",
+    metadata,
+    Column("worker", String(100), primary_key=True),
+    Column("token_prefix", String(16), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+# Workers the realm scaler started: its bookkeeping, so the next leader can take over.
+scaler_workers = Table(
+    "scaler_workers",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("realm", String(64), nullable=False),
+    Column("query_type", String(16), nullable=False),
+    Column("address", String(300), nullable=False),
+    Column("node_id", String(64), nullable=False),
 )

@@ -17,6 +17,7 @@ from rentahal.worker.engines import build_engine
 from rentahal.worker.engines._upstream import upstream_timeout
 from rentahal.worker.errors import WorkerNodeError
 from rentahal.worker.gate import Gate, WorkerState
+from rentahal.worker.registration import Registrar
 from rentahal.worker.routes import a1111, ollama, openai, predict
 from rentahal.worker.settings import WorkerSettings
 
@@ -81,6 +82,10 @@ def create_app(settings: WorkerSettings) -> FastAPI:
             engine = build_engine(settings, client)
             gate = Gate(settings.latency_ms, settings.max_concurrency)
             app.state.worker = WorkerState(settings, engine, gate)
+            if settings.broker_url and settings.token:
+                registrar = Registrar(settings, client)
+                registrar.start()
+                stack.push_async_callback(registrar.close)
             logger.info(
                 "worker engine %s, latency %g ms, max concurrency %s",
                 engine.name,

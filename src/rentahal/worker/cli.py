@@ -26,6 +26,15 @@ def worker_command(
     latency_ms: float = typer.Option(0.0, help="Simulated model time added to every call."),
     max_concurrency: int = typer.Option(0, help="Parallel model calls; 0 is unlimited."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    broker: str | None = typer.Option(None, "--broker", help="Register with this broker URL."),
+    token: str | None = typer.Option(
+        None, "--token", envvar="RENTAHAL_WORKER_TOKEN", help="Worker token for --broker."
+    ),
+    worker_type: str = typer.Option("chat", "--type", help="chat, vision, imagine or speech."),
+    name: str | None = typer.Option(None, "--name", help="Name to register (default host-port)."),
+    advertise: str | None = typer.Option(
+        None, "--advertise", help="host:port the broker calls (default: this port)."
+    ),
 ) -> None:
     """Serve the reference worker: /predict, /sdapi, /v1 and /api with the chosen engine."""
     try:
@@ -39,6 +48,11 @@ def worker_command(
                 "openai_api_key": openai_api_key,
                 "latency_ms": latency_ms,
                 "max_concurrency": max_concurrency,
+                "broker_url": broker,
+                "token": token,
+                "worker_type": worker_type,
+                "name": name,
+                "advertise": advertise,
             }
         )
     except ValidationError as exc:
@@ -47,6 +61,8 @@ def worker_command(
             for error in exc.errors()
         ]
         raise typer.BadParameter("; ".join(problems)) from None
+    if (broker is None) != (token is None):
+        raise typer.BadParameter("--broker and --token go together")
     level = log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(

@@ -26,3 +26,10 @@ class WorkerSettings(BaseModel):
     max_concurrency: int = Field(default=0, ge=0)
     upstream_timeout_s: float = Field(default=120.0, gt=0.0)
     """Read timeout for calls to the upstream Ollama/OpenAI server (connect: 5 s)."""
+    broker_url: str | None = None
+    """A broker to register with (needs ``token``); the worker heartbeats and unregisters."""
+    token: str | None = None
+    worker_type: Literal["chat", "vision", "imagine", "speech"] = "chat"
+    name: str | None = None
+    advertise: str | None = None
+    """``host:port`` the broker should call; default: this port at the caller's address."""

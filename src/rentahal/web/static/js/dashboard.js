@@ -126,6 +126,7 @@ export class Dashboard {
   }
 
   update(summary) {
+    renderScalerEvents(this.section.querySelector('#scaler-events'), summary?.scaler_events);
     const realms = Array.isArray(summary?.realms) ? summary.realms : [];
     this.section.hidden = realms.length === 0;
     const now = Date.now();
@@ -221,5 +222,23 @@ export class Dashboard {
         h('span', { class: 'muted', text: `${w.in_flight ?? 0}/${max}` })));
     }
     if (!list.childElementCount) list.append(h('li', { class: 'muted', text: 'no workers' }));
+  }
+}
+
+
+/** The scaler's decisions, newest first: time, realm, action, why and the figures. */
+export function renderScalerEvents(list, events) {
+  if (!list) return;
+  list.replaceChildren();
+  for (const event of Array.isArray(events) ? events.slice(0, 20) : []) {
+    const f = event?.figures || {};
+    const at = new Date(Number(event?.at || 0) * 1000).toLocaleTimeString();
+    const figures = Object.keys(f).length
+      ? ` (workers ${f.workers}, utilisation ${f.utilisation}, wait ${f.queue_wait_s} s, errors ${f.error_rate})`
+      : '';
+    list.append(h('li', {
+      class: `scaler-${String(event?.action ?? '')}`,
+      text: `${at} ${String(event?.realm ?? '')} ${String(event?.action ?? '')}: ${String(event?.reason ?? '')}${figures}`,
+    }));
   }
 }

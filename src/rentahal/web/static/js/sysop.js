@@ -2,8 +2,9 @@
 // Nicknames, GUIDs and worker fields are attacker-controlled: text only.
 
 import { $, clear, fillKv, h, money, seconds } from './dom.js';
-import { AdminPanel } from './admin.js';
 import { FederationPanel } from './federation.js';
+import { AdminPanel, api } from './admin.js';
+import { renderScalerEvents } from './dashboard.js';
 
 export { detailMessage } from './admin.js';
 
@@ -39,6 +40,7 @@ export class SysopConsole {
       this.send({ type: 'get_stats' });
       this.admin.load();
       this.federation.load();
+      this.loadScaler();
     });
 
     $('#add-worker-form', root).addEventListener('submit', (event) => {
@@ -76,6 +78,16 @@ export class SysopConsole {
       this.send({ type: 'get_stats' });
       this.admin.load();
       this.federation.load();
+      this.loadScaler();
+    }
+  }
+
+  async loadScaler() {
+    const list = $('#sysop-scaler-events', this.root);
+    try {
+      renderScalerEvents(list, (await api('GET', '/api/admin/scaler'))?.events);
+    } catch (err) {
+      list.replaceChildren(document.createTextNode(`Could not load the scaler: ${err.message}`));
     }
   }
 
