@@ -127,6 +127,8 @@ federation_peers = Table(
     Column("last_seen", Float),
     Column("services", Text),
     Column("created_at", DateTime),
+)
+
 # Tokens a sysop issues so workers can register themselves (hash only), and the
 # leases of registered workers (renewed by heartbeats).
 worker_tokens = Table(
