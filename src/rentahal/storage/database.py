@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATE_LOCK = 0x52454E54  # "RENT": the advisory lock key of schema migrations
+FIRST_USER_LOCK = 0x52454E55  # the advisory lock key of user creation (first-user rule)
 
 
 def _utcnow() -> datetime:
@@ -193,18 +194,35 @@ class Storage:
         if user is not None:
             return user
         try:
-            async with self.begin() as conn:
-                count = (await conn.execute(select(func.count()).select_from(t.users))).scalar()
-                new = User(guid=guid, nickname=f"user_{guid[:8]}", is_sysop=count == 0)
-                await conn.execute(insert(t.users).values(**new.model_dump()))
+            return await self._create_user(guid, f"user_{guid[:8]}")
         except IntegrityError:
             # A concurrent connect created it, or the nickname prefix is taken.
             user = await self.get_user(guid)
             if user is not None:
                 return user
-            async with self.begin() as conn:
-                new = User(guid=guid, nickname=f"user_{guid.replace('-', '')[:16]}")
-                await conn.execute(insert(t.users).values(**new.model_dump()))
+            return await self._create_user(guid, f"user_{guid.replace('-', '')[:16]}")
+
+    async def _create_user(self, guid: str, nickname: str) -> User:
+        """Insert a user; it becomes sysop only if no other user exists when it commits.
+
+        The rule is atomic: on SQLite the INSERT comes first, so the transaction
+        holds the database's write lock while it counts; on PostgreSQL a
+        transaction-scoped advisory lock makes concurrent creations take turns,
+        and each count (READ COMMITTED) sees the users committed before it.
+        """
+        async with self.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": FIRST_USER_LOCK}
+                )
+            new = User(guid=guid, nickname=nickname, is_sysop=False)
+            await conn.execute(insert(t.users).values(**new.model_dump()))
+            count = (await conn.execute(select(func.count()).select_from(t.users))).scalar()
+            if count == 1:
+                await conn.execute(
+                    update(t.users).where(t.users.c.guid == guid).values(is_sysop=True)
+                )
+                new = new.model_copy(update={"is_sysop": True})
         return new
 
     async def set_nickname(self, guid: str, nickname: str) -> bool:
