@@ -23,6 +23,7 @@ from rentahal.models import (
     Result,
     User,
 )
+from rentahal.nicknames import normalize_nickname
 from rentahal.realms.connections import Connection, RealmConnectionManager
 from rentahal.realms.execution import QueryExecutor
 from rentahal.realms.metrics import RealmMetricsCollector
@@ -219,9 +220,7 @@ class Broker:
 
     async def set_nickname(self, guid: str, nickname: str) -> User:
         """Rename a user; ``QueryRejected`` when the name is invalid or taken."""
-        nickname = nickname.strip()
-        if not (1 <= len(nickname) <= 50):
-            raise QueryRejected("Nickname must be 1 to 50 characters")
+        nickname = normalize_nickname(nickname)
         if not await self.storage.for_user(guid).set_nickname(guid, nickname):
             raise QueryRejected("Nickname already taken")
         self._forget_user(guid)
