@@ -24,12 +24,13 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, Literal
 
 import orjson
-from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
 
 from rentahal.api.auth import Caller, broker_of
 from rentahal.api.queries import (

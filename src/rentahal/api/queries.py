@@ -27,11 +27,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException
 
 from rentahal.api.auth import AuthFailed, KeyOrCookieCaller, broker_of
 from rentahal.broker import Broker
@@ -280,7 +281,7 @@ class _LegacyRoute(APIRoute):
             try:
                 response: Response = await handler(request)
             except (RequestValidationError, HTTPException):
-                raise  # FastAPI's own 422 / HTTPException answers
+                raise  # FastAPI's own 422 / 400 answers (Starlette's base class: bad bodies)
             except Exception as exc:  # unexpected ones are logged by describe_error
                 error = describe_error(exc)
                 headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
