@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from rentahal.api import admin, admin_workers, federation, metrics, ws
 from rentahal.api import scaler as scaler_api
 from rentahal.api import workers as workers_api
+from rentahal.api.client_errors import add_client_error_handlers
 from rentahal.api.debug import router as debug_router
 from rentahal.api.openai import router as openai_router
 from rentahal.api.queries import router as queries_router
@@ -130,6 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="RENT-A-HAL broker", lifespan=lifespan)
     app.state.settings = settings
     add_security_headers(app)
+    add_client_error_handlers(app)
     app.include_router(ws.router)
     app.include_router(debug_router)
     app.include_router(queries_router)

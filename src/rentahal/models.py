@@ -86,6 +86,19 @@ class Query(BaseModel):
     def _none_model_name(cls, value: object) -> object:
         return "" if value is None else value
 
+    @field_validator("prompt", "model_name")
+    @classmethod
+    def _storable_text(cls, value: str) -> str:
+        # Python's JSON parser (the HTTP routes) lets both through; databases and
+        # workers cannot store or encode them.
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+        return value
+
 
 class HuggingFaceModel(BaseModel):
     """A Hugging Face model the sysop made available."""

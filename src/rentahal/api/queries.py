@@ -31,7 +31,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException
 
 from rentahal.api.auth import AuthFailed, KeyOrCookieCaller, broker_of
@@ -72,6 +72,10 @@ def describe_error(exc: Exception) -> ApiError:
         return exc
     if isinstance(exc, AuthFailed):
         return ApiError(exc.status, exc.message, exc.code)
+    if isinstance(exc, ValidationError):  # a query built from the body is invalid
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return ApiError(400, f"{where}: {first['msg']}" if where else first["msg"], "invalid")
     message = str(exc)
     if isinstance(exc, QueueFull):
         return ApiError(429, message, "queue_full")
