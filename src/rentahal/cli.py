@@ -66,6 +66,8 @@ def _run_server(settings: Settings) -> None:
         ws_ping_interval=None,
         ws_per_message_deflate=settings.websocket.per_message_deflate,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        # X-Forwarded-* are believed only from [Security] trusted_proxies, by the app.
+        proxy_headers=False,
     )
 
 

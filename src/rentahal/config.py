@@ -15,9 +15,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rentahal.errors import ConfigError
+from rentahal.networks import IPNetwork, parse_networks
+from rentahal.origins import normalize_origin
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,8 @@ class WorkerSettingsSection(_Section):
     circuit_probe_interval_s: float = Field(default=2.0, gt=0)
     rate_limit_cooldown_s: float = Field(default=10.0, ge=0)
     retry_image_on_timeout: bool = False
+    # The largest image answer (max_image_bytes, 32 MiB) as base64 in JSON is ~43 MiB.
+    max_answer_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
 
 class HuggingFaceSettings(_Section):
@@ -108,12 +112,55 @@ class ClaudeSettings(_Section):
     model_name: str = "claude-3-haiku-20240307"
 
 
+#: Link-local (where clouds answer metadata requests) and known metadata addresses.
+DENIED_WORKER_NETWORKS = (
+    "169.254.0.0/16, fe80::/10, 100.100.100.200/32, fd00:ec2::254/128, 192.0.0.192/32"
+)
+
+
 class SecuritySettings(_Section):
-    """``[Security]``: ``admin_token`` authenticates the admin API without a sysop cookie."""
+    """``[Security]``: admin token, accepted page origins, proxies, worker networks.
+
+    ``admin_token`` authenticates the admin API without a sysop cookie.
+    ``allowed_origins`` are page origins (``https://app.example.com``) whose
+    pages may open ``/ws`` besides the broker's own origin. ``trusted_proxies``
+    are addresses whose ``X-Forwarded-*`` headers are believed. A worker address
+    must lie in ``worker_networks`` and outside ``denied_worker_networks``.
+    All lists are comma-separated; see docs/deployment.md, "Security".
+    """
 
     secret_key: str = ""
     token_expiration: int = 3600
     admin_token: str = ""
+    allowed_origins: str = ""
+    trusted_proxies: str = ""
+    worker_networks: str = "0.0.0.0/0, ::/0"
+    denied_worker_networks: str = DENIED_WORKER_NETWORKS
+
+    @field_validator("trusted_proxies", "worker_networks", "denied_worker_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for entry in value.split(","):
+            if entry.strip() and normalize_origin(entry) is None:
+                raise ValueError(f"{entry.strip()!r} is not an origin like https://host:port")
+        return value
+
+    @property
+    def origins(self) -> frozenset[str]:
+        """The normalized ``allowed_origins``."""
+        found = (normalize_origin(e) for e in self.allowed_origins.split(",") if e.strip())
+        return frozenset(o for o in found if o)
+
+    @property
+    def proxy_networks(self) -> list[IPNetwork]:
+        """``trusted_proxies`` as networks."""
+        return parse_networks(self.trusted_proxies)
 
 
 class PerformanceSettings(_Section):

@@ -80,6 +80,7 @@ class BrokerServer(ThreadServer):
             port=port,
             ws_max_size=4 * (settings.websocket.max_message_size + 16 * 1024),
             ws_per_message_deflate=settings.websocket.per_message_deflate,
+            proxy_headers=False,  # as `rentahal serve`: the app judges X-Forwarded-*
         )
         self.settings = settings
 

@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
+from rentahal.api.handshake import cookie_headers, origin_allowed
 from rentahal.api.messages import HANDLERS, SYSOP_ONLY, Session, handle_error
 from rentahal.broker import Broker
 from rentahal.models import User, is_valid_guid
@@ -140,18 +141,22 @@ async def dispatch(session: Session, message: dict[str, Any]) -> None:
 async def websocket_endpoint(websocket: WebSocket) -> None:
     """One client session of the original protocol (plus our additions)."""
     broker: Broker = websocket.app.state.broker
-    await websocket.accept()
-    if broker.connections.count >= broker.settings.performance.max_connections:
-        await websocket.send_text(
-            orjson.dumps({"type": "error", "message": "Too many connections"}).decode()
-        )
-        await websocket.close(1013)
+    security = broker.settings.security
+    if not origin_allowed(websocket, security):
+        await websocket.close(1008)  # before accept: the handshake is answered 403
         return
     guid = websocket.cookies.get("user_guid")
     fresh = not is_valid_guid(guid)
     if fresh:
         guid = str(uuid.uuid4())
     assert guid is not None
+    await websocket.accept(headers=cookie_headers(websocket, guid, security))
+    if broker.connections.count >= broker.settings.performance.max_connections:
+        await websocket.send_text(
+            orjson.dumps({"type": "error", "message": "Too many connections"}).decode()
+        )
+        await websocket.close(1013)
+        return
     try:
         user = await broker.connect_user(guid)
     except Exception as exc:

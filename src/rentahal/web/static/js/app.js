@@ -318,7 +318,7 @@ function handleError(msg) {
 const handlers = {
   set_cookie(msg) {
     if (msg.name !== 'user_guid' || typeof msg.value !== 'string') return;
-    document.cookie = `user_guid=${encodeURIComponent(msg.value)}; path=/; max-age=31536000; SameSite=Lax`;
+    document.cookie = `user_guid=${encodeURIComponent(msg.value)}; path=/; max-age=31536000; SameSite=Strict`;
   },
   user_info(msg) {
     if (msg.data && typeof msg.data === 'object') showUser(msg.data);
