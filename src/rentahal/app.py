@@ -18,6 +18,7 @@ from rentahal.api import scaler as scaler_api
 from rentahal.api import workers as workers_api
 from rentahal.api.client_errors import add_client_error_handlers
 from rentahal.api.debug import router as debug_router
+from rentahal.api.limits import BodyLimitMiddleware, BodyLimits
 from rentahal.api.openai import router as openai_router
 from rentahal.api.queries import router as queries_router
 from rentahal.api.security import add_security_headers
@@ -132,6 +133,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     add_security_headers(app)
     add_client_error_handlers(app)
+    # Outermost of ours: a body is measured before anything reads or parses it.
+    app.add_middleware(BodyLimitMiddleware, limits=BodyLimits.from_settings(settings))
     app.include_router(ws.router)
     app.include_router(debug_router)
     app.include_router(queries_router)
