@@ -23,6 +23,7 @@ from rentahal.api.openai import router as openai_router
 from rentahal.api.queries import router as queries_router
 from rentahal.api.security import add_security_headers
 from rentahal.backends import HttpClient
+from rentahal.backends._http import limited_response_class
 from rentahal.broker import Broker
 from rentahal.bus.base import Bus
 from rentahal.bus.memory import MemoryBus
@@ -49,6 +50,7 @@ def make_http_client(settings: Settings) -> HttpClient:
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=perf.query_timeout, sock_connect=perf.connect_timeout),
+        response_class=limited_response_class(settings.workers.max_answer_bytes),
     )
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json as jsonlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, NoReturn
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from aiohttp.http_exceptions import HttpProcessingError
@@ -21,8 +25,34 @@ from rentahal.errors import (
     WorkerUnavailable,
 )
 
+logger = logging.getLogger(__name__)
+
 #: A multipart field: plain text, or ``(filename, content, content_type)`` for a file.
 FormField = str | tuple[str, bytes, str]
+
+#: ``[Workers] max_answer_bytes`` when the client was not made by :func:`limited_response_class`.
+DEFAULT_MAX_ANSWER_BYTES = 64 * 1024 * 1024
+MAX_REDIRECTS = 5
+_READ_CHUNK_BYTES = 64 * 1024
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def limited_response_class(max_answer_bytes: int) -> type[aiohttp.ClientResponse]:
+    """The ``response_class`` of a client whose worker answers may be at most that long."""
+    return type(
+        "LimitedClientResponse", (aiohttp.ClientResponse,), {"max_answer_bytes": max_answer_bytes}
+    )
+
+
+def answer_limit(raw: aiohttp.ClientResponse) -> int:
+    """The most bytes an answer on ``raw``'s client may have."""
+    return int(getattr(raw, "max_answer_bytes", DEFAULT_MAX_ANSWER_BYTES))
+
+
+def _too_large(worker: str, limit: int) -> WorkerBadResponse:
+    return WorkerBadResponse(
+        f"worker {worker} answer too large (over {limit} bytes)", worker=worker
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,28 +78,36 @@ class HttpResponse:
         return jsonlib.loads(self.content)
 
 
-def _snippet(response: HttpResponse) -> str:
-    text = response.text[:200].replace("\n", " ")
-    return text or response.reason_phrase
+def _reason(code: int) -> str:
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "unknown status"
 
 
 def check_status(response: HttpResponse, worker: str) -> None:
-    """Raise the error type that matches a non-2xx answer."""
+    """Raise the error type that matches a non-2xx answer.
+
+    The message names the status and its standard reason only: a worker's own
+    error text may quote the prompt, another user's data or internal details,
+    so it goes to the debug log, never to the user.
+    """
     code = response.status_code
     if code < 300:
         return
+    logger.debug("worker %s answered %d: %.200r", worker, code, response.text)
     if code == 429:
         raise WorkerRateLimited(
             f"worker {worker} is rate limiting (429)", worker=worker, status=code
         )
     if 400 <= code < 500:
         raise WorkerRejected(
-            f"worker {worker} rejected the query ({code}): {_snippet(response)}",
+            f"worker {worker} rejected the query ({code} {_reason(code)})",
             worker=worker,
             status=code,
         )
     raise WorkerUnavailable(
-        f"worker {worker} answered {code}: {_snippet(response)}", worker=worker, status=code
+        f"worker {worker} answered {code} ({_reason(code)})", worker=worker, status=code
     )
 
 
@@ -102,11 +140,51 @@ def _timed_out(worker: str, timeout_s: float) -> WorkerTimeout:
     return WorkerTimeout(f"worker {worker} timed out after {timeout_s:g}s", worker=worker)
 
 
-async def _read(response: aiohttp.ClientResponse) -> HttpResponse:
-    content = await response.read()
+async def _read(response: aiohttp.ClientResponse, worker: str) -> HttpResponse:
+    """The whole answer, refused as soon as it is longer than :func:`answer_limit`."""
+    limit = answer_limit(response)
+    if response.content_length is not None and response.content_length > limit:
+        raise _too_large(worker, limit)
+    content = bytearray()
+    async for chunk in response.content.iter_chunked(_READ_CHUNK_BYTES):
+        content += chunk
+        if len(content) > limit:
+            raise _too_large(worker, limit)
     return HttpResponse(
-        response.status, response.headers, content, response.reason or "", response.charset
+        response.status, response.headers, bytes(content), response.reason or "", response.charset
     )
+
+
+def _same_origin(a: str, b: str) -> bool:
+    first, second = urlsplit(a), urlsplit(b)
+    return (first.scheme, first.hostname, first.port) == (
+        second.scheme,
+        second.hostname,
+        second.port,
+    )
+
+
+def _redirect_target(raw: aiohttp.ClientResponse, url: str, method: str, worker: str) -> str:
+    """Where a redirect of ``url`` points; ``WorkerBadResponse`` unless it may be followed.
+
+    Only redirects to the same scheme, host and port are followed (``/predict``
+    -> ``/predict/``), and for other methods than GET only 307/308, which keep
+    the method and body: a worker must not be able to send the broker, with the
+    user's prompt, to another address.
+    """
+    location = raw.headers.get("location")
+    if not location:
+        raise WorkerBadResponse(f"worker {worker} redirected without a location", worker=worker)
+    target = urljoin(url, location)
+    if not _same_origin(url, target):
+        raise WorkerBadResponse(
+            f"worker {worker} redirected to another address; not followed", worker=worker
+        )
+    if method != "GET" and raw.status not in (307, 308):
+        raise WorkerBadResponse(
+            f"worker {worker} answered a {raw.status} redirect; not followed", worker=worker
+        )
+    return target
 
 
 async def request(
@@ -124,25 +202,56 @@ async def request(
 ) -> HttpResponse:
     """Send one request and read the whole answer within ``timeout_s``.
 
-    Transport errors and non-2xx answers become :mod:`rentahal.errors` types.
-    ``form`` is sent as multipart; redirects are followed only when asked.
+    Transport errors and non-2xx answers become :mod:`rentahal.errors` types;
+    an answer longer than the client's limit is ``WorkerBadResponse`` ("answer
+    too large"). ``form`` is sent as multipart; redirects are followed only when
+    asked, and only to the same address (see :func:`_redirect_target`).
     """
     try:
-        async with client.request(
-            method,
-            url,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-            allow_redirects=follow_redirects,
-            **_body(json, data, form),
-        ) as raw:
-            response = await _read(raw)
+        async with asyncio.timeout(timeout_s):
+            response = await _follow(
+                client,
+                method,
+                url,
+                worker,
+                timeout_s,
+                follow_redirects,
+                _body(json, data, form),
+                headers,
+            )
     except TimeoutError as exc:  # aiohttp's timeouts all derive from it
         raise _timed_out(worker, timeout_s) from exc
     except aiohttp.ClientError as exc:
         raise _unreachable(worker, exc) from exc
     check_status(response, worker)
     return response
+
+
+async def _follow(
+    client: HttpClient,
+    method: str,
+    url: str,
+    worker: str,
+    timeout_s: float,
+    follow_redirects: bool,
+    body: dict[str, Any],
+    headers: Mapping[str, str] | None = None,
+) -> HttpResponse:
+    for _hop in range(MAX_REDIRECTS + 1):
+        async with client.request(
+            method,
+            url,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=False,
+            **body,
+        ) as raw:
+            if not (follow_redirects and raw.status in _REDIRECTS):
+                return await _read(raw, worker)
+            url = _redirect_target(raw, url, method, worker)
+    raise WorkerBadResponse(
+        f"worker {worker} redirected more than {MAX_REDIRECTS} times", worker=worker
+    )
 
 
 def parse_json(response: HttpResponse, worker: str) -> Any:
@@ -219,8 +328,10 @@ class HttpStream:
         self.headers: Mapping[str, str] = raw.headers
 
     async def aiter_lines(self) -> AsyncIterator[str]:
-        """Each line of the body, without its line ending."""
+        """Each line of the body, without its line ending; the whole body is capped too."""
         charset = self._raw.charset or "utf-8"
+        limit = answer_limit(self._raw)
+        seen = 0
         lines = aiter(self._raw.content)
         while True:
             try:
@@ -232,11 +343,14 @@ class HttpStream:
                     f"worker {self._worker} streamed a line too long to buffer",
                     worker=self._worker,
                 ) from exc
+            seen += len(line)
+            if seen > limit:
+                raise _too_large(self._worker, limit)
             yield line.decode(charset, errors="replace").rstrip("\r\n")
 
     async def aread(self) -> HttpResponse:
         """The rest of the body, as a complete answer."""
-        return await _read(self._raw)
+        return await _read(self._raw, self._worker)
 
 
 @asynccontextmanager
@@ -276,7 +390,7 @@ async def stream(
             method, url, json=json, headers=headers, timeout=timeout, allow_redirects=False
         ) as raw:
             if raw.status >= 300:
-                check_status(await _read(raw), worker)
+                check_status(await _read(raw, worker), worker)
             answering = True
             yield HttpStream(raw, worker)
     except (TimeoutError, aiohttp.ClientError) as exc:

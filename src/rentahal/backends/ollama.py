@@ -123,7 +123,6 @@ def _chunk(line: str, worker: str) -> dict[str, Any]:
     if not isinstance(chunk, dict):
         raise WorkerBadResponse(f"worker {worker} streamed a non-object line", worker=worker)
     if chunk.get("error"):
-        raise WorkerUnavailable(
-            f"worker {worker} failed mid-stream: {chunk['error']}", worker=worker
-        )
+        # The worker's own text stays out of the user's error (it may quote anything).
+        raise WorkerUnavailable(f"worker {worker} failed mid-stream", worker=worker)
     return chunk

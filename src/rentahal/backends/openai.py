@@ -284,9 +284,8 @@ def _delta(data: str, worker: str) -> str | None:
             f"worker {worker} streamed a chunk that is not valid JSON", worker=worker
         ) from exc
     if isinstance(chunk, dict) and chunk.get("error"):
-        error = chunk["error"]
-        message = error.get("message") if isinstance(error, dict) else error
-        raise WorkerUnavailable(f"worker {worker} failed mid-stream: {message}", worker=worker)
+        # The worker's own text stays out of the user's error (it may quote anything).
+        raise WorkerUnavailable(f"worker {worker} failed mid-stream", worker=worker)
     choices = chunk.get("choices") if isinstance(chunk, dict) else None
     if not isinstance(choices, list):
         raise WorkerBadResponse(f"worker {worker} streamed a chunk without choices", worker=worker)

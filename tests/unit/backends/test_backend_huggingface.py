@@ -77,10 +77,11 @@ async def test_model_loading_is_unavailable(
 ) -> None:
     fake_huggingface.state.mode = "503"
 
-    with pytest.raises(WorkerUnavailable, match="currently loading") as caught:
+    with pytest.raises(WorkerUnavailable, match=r"answered 503 \(Service Unavailable\)") as caught:
         await HuggingFaceBackend().run(client, _worker(fake_huggingface), CHAT, 5)
 
     assert caught.value.status == 503
+    assert "loading" not in str(caught.value)  # the worker's own text is not shown to users
 
 
 async def test_probe(fake_huggingface: FakeServer, client: HttpClient) -> None:
