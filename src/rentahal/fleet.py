@@ -9,6 +9,7 @@ from rentahal.backends import ClaudeBackend, HuggingFaceBackend, register_backen
 from rentahal.config import Settings
 from rentahal.errors import StorageError
 from rentahal.models import AIWorker, HuggingFaceModel
+from rentahal.worker_addresses import check_worker_address
 
 if TYPE_CHECKING:
     from rentahal.broker import Broker
@@ -129,7 +130,11 @@ class Fleet:
                 registry.add(worker)
 
     async def add_worker(self, worker: AIWorker) -> None:
-        """Register (or replace) a worker, persist it, tell everyone."""
+        """Register (or replace) a worker, persist it, tell everyone.
+
+        ``QueryRejected`` when its address is not allowed (see ``worker_addresses``).
+        """
+        await check_worker_address(worker, self.broker.settings.security)
         await self.broker.storage.save_worker(worker)
         self.broker.registry.add(worker)
         await self._announce("workers_changed")

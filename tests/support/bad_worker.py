@@ -1,13 +1,15 @@
-"""A worker that misbehaves on demand: HTML, truncated JSON, 500, 429, hangs."""
+"""A worker that misbehaves on demand: HTML, truncated JSON, 500, 429, hangs, huge answers,
+redirects elsewhere."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 
@@ -58,8 +60,27 @@ class BadWorker:
             return PlainTextResponse("slow down", status_code=429)
         if mode == "400":
             return PlainTextResponse("bad prompt", status_code=400)
+        if mode.startswith("huge:"):  # a valid answer of that many bytes, streamed
+            return StreamingResponse(
+                _huge(int(mode.split(":", 1)[1])), media_type="application/json"
+            )
+        if mode.startswith("redirect:"):  # 307 to another URL (method and body kept)
+            return Response(status_code=307, headers={"location": mode.split(":", 1)[1]})
         if mode == "hang":
             await asyncio.sleep(3600)
         if mode.startswith("sleep:"):
             await asyncio.sleep(float(mode.split(":", 1)[1]))
         return JSONResponse({"response": f"ok: {body.get('prompt', '')}"})
+
+
+async def _huge(total_bytes: int) -> AsyncIterator[bytes]:
+    """``{"response": "xxx..."}`` of ``total_bytes``, in 1 MiB pieces (never held whole)."""
+    head, tail = b'{"response": "', b'"}'
+    yield head
+    left = total_bytes - len(head) - len(tail)
+    block = b"x" * (1024 * 1024)
+    while left > 0:
+        piece = block[: min(left, len(block))]
+        left -= len(piece)
+        yield piece
+    yield tail

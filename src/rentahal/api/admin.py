@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import ValidationError
 
 from rentahal.broker import Broker
-from rentahal.errors import PoolNotFound, RealmNotFound, StaleVersion, StorageError
+from rentahal.errors import PoolNotFound, QueryRejected, RealmNotFound, StaleVersion, StorageError
 from rentahal.models import AIWorker, is_valid_guid
 from rentahal.realms.service import RealmService
 
@@ -201,7 +201,10 @@ async def add_realm_worker(request: Request, name: str, body: dict[str, Any]) ->
     except ValidationError as exc:
         first = exc.errors()[0]
         raise HTTPException(422, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    await _broker(request).fleet.add_worker(worker)
+    try:
+        await _broker(request).fleet.add_worker(worker)
+    except QueryRejected as exc:
+        raise HTTPException(400, str(exc)) from None
     return worker.public()
 
 
