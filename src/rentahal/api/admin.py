@@ -204,7 +204,7 @@ async def add_realm_worker(request: Request, name: str, body: dict[str, Any]) ->
     try:
         await _broker(request).fleet.add_worker(worker)
     except QueryRejected as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise HTTPException(422, str(exc)) from None
     return worker.public()
 
 
