@@ -24,6 +24,7 @@ from rentahal.api.queries import router as queries_router
 from rentahal.api.security import add_security_headers
 from rentahal.backends import HttpClient
 from rentahal.backends._http import limited_response_class
+from rentahal.backends.resolver import GuardedResolver
 from rentahal.broker import Broker
 from rentahal.bus.base import Bus
 from rentahal.bus.memory import MemoryBus
@@ -46,7 +47,12 @@ def make_http_client(settings: Settings) -> HttpClient:
     Call it inside the running loop; the caller closes it.
     """
     perf = settings.performance
-    connector = aiohttp.TCPConnector(limit=512, limit_per_host=0, ttl_dns_cache=300)
+    connector = aiohttp.TCPConnector(
+        limit=512,
+        limit_per_host=0,
+        ttl_dns_cache=300,
+        resolver=GuardedResolver(settings.security),
+    )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=perf.query_timeout, sock_connect=perf.connect_timeout),

@@ -7,7 +7,9 @@ broker's machine can reach: cloud metadata services (link-local
 and private ranges are allowed (workers usually live there). A host name is
 resolved when the worker is added and every address it names is checked; a
 name that does not resolve yet is accepted (the worker is then unreachable and
-its health checks say so).
+its health checks say so). Each connection checks again what the name resolves
+to then (``backends/resolver.py``), so a name that later points elsewhere
+(DNS rebinding) is not followed there.
 """
 
 from __future__ import annotations
@@ -40,6 +42,18 @@ async def _resolve(host: str) -> list[IPAddress]:
     return [a for a in found if a is not None]
 
 
+def refusal(address: IPAddress, security: SecuritySettings) -> str | None:
+    """Why ``address`` may not be a worker's (a phrase naming the setting), or ``None``."""
+    if in_networks(address, parse_networks(security.denied_worker_networks)):
+        return (
+            "is in a refused network ([Security] denied_worker_networks: "
+            "link-local and cloud metadata by default)"
+        )
+    if not in_networks(address, parse_networks(security.worker_networks)):
+        return "is outside [Security] worker_networks"
+    return None
+
+
 async def check_worker_address(worker: AIWorker, security: SecuritySettings) -> None:
     """``QueryRejected`` (a sysop-facing sentence) unless ``worker.address`` may be used."""
     if any(ch in _FORBIDDEN_CHARS or not ch.isprintable() for ch in worker.address):
@@ -54,15 +68,7 @@ async def check_worker_address(worker: AIWorker, security: SecuritySettings) -> 
         raise QueryRejected(f"Worker address {worker.address!r} names no host")
     literal = parse_address(host)
     addresses = [literal] if literal is not None else await _resolve(host)
-    denied = parse_networks(security.denied_worker_networks)
-    allowed = parse_networks(security.worker_networks)
     for address in addresses:
-        if in_networks(address, denied):
-            raise QueryRejected(
-                f"Worker address {worker.address} ({address}) is in a refused network "
-                "([Security] denied_worker_networks: link-local and cloud metadata by default)"
-            )
-        if not in_networks(address, allowed):
-            raise QueryRejected(
-                f"Worker address {worker.address} ({address}) is outside [Security] worker_networks"
-            )
+        reason = refusal(address, security)
+        if reason is not None:
+            raise QueryRejected(f"Worker address {worker.address} ({address}) {reason}")
