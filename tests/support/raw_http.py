@@ -74,6 +74,7 @@ async def post_streaming(
                 except (ConnectionError, OSError):
                     break
                 sent += len(data)
+                await asyncio.sleep(0)  # let the reader see an early answer
             if chunked and not answer.done():
                 with contextlib.suppress(ConnectionError, OSError):
                     writer.write(b"0\r\n\r\n")
