@@ -12,6 +12,8 @@ import unicodedata
 from rentahal.errors import QueryRejected
 
 MAX_NICKNAME_CHARS = 50
+#: Nicknames of other installations' accounts here (see rentahal.federation.routing).
+RESERVED_PREFIX = "federation:"
 
 #: Characters that change the display direction of the text around them.
 BIDI_CONTROLS = frozenset(
@@ -34,6 +36,8 @@ def normalize_nickname(raw: str) -> str:
         raise QueryRejected("Nickname must not contain text-direction characters")
     if any(ch in ZERO_WIDTH for ch in nickname):
         raise QueryRejected("Nickname must not contain zero-width characters")
+    if nickname.casefold().startswith(RESERVED_PREFIX):
+        raise QueryRejected(f"Nicknames starting with {RESERVED_PREFIX!r} are reserved")
     if not nickname.isprintable():
         # Control characters, line breaks, other invisible formatting, unassigned
         # code points and spaces other than the ASCII one.

@@ -44,3 +44,9 @@ def test_refused(raw: str, reason: str) -> None:
 )
 def test_allowed(raw: str, expected: str) -> None:
     assert normalize_nickname(raw) == expected
+
+
+@pytest.mark.parametrize("name", ["federation:lighthouse", "Federation:x", "FEDERATION:"])
+def test_the_federation_account_prefix_is_reserved(name: str) -> None:
+    with pytest.raises(QueryRejected, match="reserved"):
+        normalize_nickname(name)

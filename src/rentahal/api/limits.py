@@ -46,7 +46,8 @@ _AUDIO_BYTES = 25 * MIB  # as api/queries.MAX_AUDIO_BYTES
 _TEXT_ROUTES = frozenset(
     ("/api/chat", "/api/bark", "/api/imagine", "/v1/images/generations", "/v1/audio/speech")
 )
-_IMAGE_ROUTES = frozenset(("/api/vision", "/v1/chat/completions"))
+# A peer installation's query may carry an image (signed, checked after the body).
+_IMAGE_ROUTES = frozenset(("/api/vision", "/v1/chat/completions", "/api/federation/route"))
 _AUDIO_ROUTES = frozenset(("/api/whisper", "/v1/audio/transcriptions"))
 
 
@@ -76,7 +77,8 @@ class BodyLimits:
         """``(limit, needs_key)`` for a request to ``path``."""
         path = path.rstrip("/") or "/"
         if path in _IMAGE_ROUTES:
-            return self.image_bytes, True
+            # Federation calls authenticate by signature, not by an API key.
+            return self.image_bytes, not path.startswith("/api/federation/")
         if path in _AUDIO_ROUTES:
             return self.audio_bytes, True
         if path in _TEXT_ROUTES:

@@ -37,6 +37,7 @@ from rentahal.errors import (
 from rentahal.federation.client import PeerCallFailed
 from rentahal.federation.context import ROUTING_JOB
 from rentahal.models import AIWorker, Query, Result, User
+from rentahal.nicknames import RESERVED_PREFIX
 from rentahal.storage import tables as t
 from rentahal.storage.database import Storage
 
@@ -62,7 +63,7 @@ async def ensure_account(storage: Storage, federation_id: str) -> str:
     store = storage.for_user(guid)
     if await store.get_user(guid) is not None:
         return guid
-    user = User(guid=guid, nickname=f"federation:{federation_id}"[:50])
+    user = User(guid=guid, nickname=f"{RESERVED_PREFIX}{federation_id}"[:50])
     try:
         async with store.begin() as conn:
             await conn.execute(insert(t.users).values(**user.model_dump()))

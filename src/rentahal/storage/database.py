@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from rentahal.errors import StorageError
 from rentahal.models import AIWorker, HuggingFaceModel, User
+from rentahal.nicknames import RESERVED_PREFIX
 from rentahal.storage import tables as t
 
 logger = logging.getLogger(__name__)
@@ -217,7 +218,14 @@ class Storage:
                 )
             new = User(guid=guid, nickname=nickname, is_sysop=False)
             await conn.execute(insert(t.users).values(**new.model_dump()))
-            count = (await conn.execute(select(func.count()).select_from(t.users))).scalar()
+            # Other installations' accounts (reserved nicknames) are not people.
+            count = (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(t.users)
+                    .where(t.users.c.nickname.not_like(f"{RESERVED_PREFIX}%"))
+                )
+            ).scalar()
             if count == 1:
                 await conn.execute(
                     update(t.users).where(t.users.c.guid == guid).values(is_sysop=True)
