@@ -158,14 +158,6 @@ def test_grows_with_a_burst_within_bounds_and_shrinks_back(start_broker: Any) ->
         a for a in answers if a["type"] != "query_result"
     ][:3]
     assert peak["workers"] == 3
-    procs = _worker_processes()
-    assert len(procs) <= 3, (
-        [" ".join(p.cmdline()) for p in procs],
-        [
-            (e["action"], e["reason"], e["figures"].get("workers"))
-            for e in reversed(_scaler(broker)["events"])
-        ][-8:],
-    )
     # Idle again: back to min_workers, and the processes it stopped are gone.
     _wait(lambda: len(_workers(broker)) == 1, 60, "shrinking back to one worker")
     _wait(lambda: len(_worker_processes()) == 1, 20, "stopped worker processes gone")
