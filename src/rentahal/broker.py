@@ -236,7 +236,9 @@ class Broker:
         if banned:
             await self.terminate_user(guid, broadcast=False)
         await self.bus.publish(CONTROL_CHANNEL, {"op": "ban" if banned else "unban", "guid": guid})
-        await self.broadcast({"type": "user_banned" if banned else "user_unbanned", "guid": guid})
+        await self.tell_about(
+            guid, {"type": "user_banned" if banned else "user_unbanned", "guid": guid}
+        )
         return True
 
     async def route(self, query: Query) -> str:
@@ -406,7 +408,7 @@ class Broker:
                     count += 1
         await self.bus.publish(CONTROL_CHANNEL, {"op": "terminate", "guid": guid})
         if broadcast:
-            await self.broadcast({"type": "query_terminated", "guid": guid})
+            await self.tell_about(guid, {"type": "query_terminated", "guid": guid})
         self.queue_changed()
         return count
 
@@ -499,8 +501,22 @@ class Broker:
         """Send to every connected client on every node."""
         await self.bus.publish(BROADCAST_CHANNEL, {"message": message, "sysops_only": sysops_only})
 
+    async def tell_about(self, guid: str, message: dict[str, Any]) -> None:
+        """Send a message about user ``guid`` to sysops and to that user only (every node).
+
+        Such messages carry the GUID, which is the user's credential: no other
+        user may see it.
+        """
+        await self.bus.publish(
+            BROADCAST_CHANNEL, {"message": message, "sysops_only": True, "also_user": guid}
+        )
+
     async def _on_broadcast(self, envelope: dict[str, Any]) -> None:
-        self.connections.broadcast(envelope["message"], sysops_only=envelope["sysops_only"])
+        self.connections.broadcast(
+            envelope["message"],
+            sysops_only=envelope["sysops_only"],
+            also_user=envelope.get("also_user"),
+        )
 
     async def _on_control(self, message: dict[str, Any]) -> None:
         op = message.get("op")

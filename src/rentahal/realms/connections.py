@@ -147,13 +147,15 @@ class RealmConnectionManager:
         text = encode(message)
         return sum(1 for c in conns if c.send_text(text))
 
-    def broadcast(self, message: dict[str, Any], *, sysops_only: bool = False) -> int:
-        """Send to every socket (or every sysop socket); encodes once."""
+    def broadcast(
+        self, message: dict[str, Any], *, sysops_only: bool = False, also_user: str | None = None
+    ) -> int:
+        """Send to every socket (or every sysop socket, plus ``also_user``'s); encodes once."""
         text = encode(message)
         sent = 0
         for conns in list(self._by_user.values()):
             for conn in list(conns):
-                if sysops_only and not conn.is_sysop:
+                if sysops_only and not conn.is_sysop and conn.user_guid != also_user:
                     continue
                 sent += conn.send_text(text)
         return sent
