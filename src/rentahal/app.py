@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from rentahal.api import admin, admin_workers, federation, metrics, ws
 from rentahal.api import scaler as scaler_api
 from rentahal.api import workers as workers_api
+from rentahal.api.client_address import ClientAddressMiddleware
 from rentahal.api.client_errors import add_client_error_handlers
 from rentahal.api.debug import router as debug_router
 from rentahal.api.limits import BodyLimitMiddleware, BodyLimits
@@ -27,6 +28,7 @@ from rentahal.backends._http import limited_response_class
 from rentahal.backends.resolver import GuardedResolver
 from rentahal.broker import Broker
 from rentahal.bus.base import Bus
+from rentahal.bus.counters import MemoryCounters, ShareCounters
 from rentahal.bus.memory import MemoryBus
 from rentahal.bus.state import ClusterState, MemoryState
 from rentahal.config import Settings
@@ -82,6 +84,15 @@ def make_state(settings: Settings) -> ClusterState:
     return MemoryState()
 
 
+def make_counters(settings: Settings) -> ShareCounters:
+    """Per-user and per-address share counters: in Redis when ``redis_url`` is set."""
+    if settings.broker.redis_url:
+        from rentahal.bus.counters import RedisCounters
+
+        return RedisCounters(settings.broker.redis_url)
+    return MemoryCounters()
+
+
 # Shutdown is bounded: draining jobs takes at most ~7 s of this; what is still
 # running after the limit is abandoned (its jobs are reclaimed by other nodes).
 STOP_TIMEOUT_S = 12.0
@@ -109,7 +120,9 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(_within, CLOSE_TIMEOUT_S, "http client", client.close)
             state = make_state(settings)
             stack.push_async_callback(_within, CLOSE_TIMEOUT_S, "cluster state", state.close)
-            broker = Broker(settings, storage, make_bus(settings), client, state)
+            counters = make_counters(settings)
+            stack.push_async_callback(_within, CLOSE_TIMEOUT_S, "share counters", counters.close)
+            broker = Broker(settings, storage, make_bus(settings), client, state, counters)
             await broker.start()
             stack.push_async_callback(_within, STOP_TIMEOUT_S, "broker", broker.stop)
             federation = await start_federation(settings, storage, broker)
@@ -143,6 +156,7 @@ def create_app(settings: Settings) -> FastAPI:
     add_client_error_handlers(app)
     # Outermost of ours: a body is measured before anything reads or parses it.
     app.add_middleware(BodyLimitMiddleware, limits=BodyLimits.from_settings(settings))
+    app.add_middleware(ClientAddressMiddleware, security=settings.security)
     app.include_router(ws.router)
     app.include_router(debug_router)
     app.include_router(queries_router)

@@ -12,6 +12,7 @@ from typing import Any
 from rentahal.backends import HttpClient
 from rentahal.backends.health import HealthMonitor
 from rentahal.bus.base import Bus
+from rentahal.bus.counters import MemoryCounters, ShareCounters
 from rentahal.bus.state import ClusterState, MemoryState
 from rentahal.config import Settings
 from rentahal.errors import QueryRejected, QueueFull, StorageError
@@ -34,6 +35,7 @@ from rentahal.realms.service import RealmService, load_shared
 from rentahal.realms.store import RealmStore
 from rentahal.realms.sync import REALMS_CHANGED
 from rentahal.realms.workers import WorkerRegistry
+from rentahal.shares import Shares
 from rentahal.storage.database import Storage
 from rentahal.storage.ledger import Ledger
 from rentahal.vision import ChunkAssembler, preprocess_image
@@ -60,6 +62,13 @@ def user_totals(user: User) -> dict[str, Any]:
     }
 
 
+def _longest_life_s(settings: Settings) -> float:
+    """How long a query can live at most: its queue wait plus every attempt and speech step."""
+    perf = settings.performance
+    attempts = settings.workers.max_attempts * max(perf.query_timeout, perf.imagine_timeout)
+    return settings.queue.queue_timeout + attempts + 2 * perf.query_timeout + 60
+
+
 class Broker:
     """Queues queries, runs them on workers, records them, and delivers results."""
 
@@ -70,6 +79,7 @@ class Broker:
         bus: Bus,
         client: HttpClient,
         state: ClusterState | None = None,
+        counters: ShareCounters | None = None,
     ) -> None:
         self.settings = settings
         self.storage = storage
@@ -88,7 +98,10 @@ class Broker:
             self.registry.lease_s = max(perf.query_timeout, perf.imagine_timeout) + 60
         self.executor = QueryExecutor(self.registry, client, settings)
         self.connections = RealmConnectionManager()
-        self.uploads = ChunkAssembler(settings.chunking, expiry_s=settings.queue.queue_timeout)
+        self.uploads = ChunkAssembler(settings.chunking)
+        self.shares = Shares(
+            settings.queue, counters or MemoryCounters(), _longest_life_s(settings)
+        )
         self.processors: dict[str, QueryProcessor] = {}
         self.health = HealthMonitor(
             self.registry.workers,
@@ -128,6 +141,7 @@ class Broker:
         await self._start_realms()
         self.health.start()
         self.notifier.start()
+        self.shares.start()
         self._watchdog = asyncio.create_task(self._watchdog_loop(), name="realm-watchdog")
 
     async def _start_realms(self) -> None:
@@ -182,6 +196,7 @@ class Broker:
         await self.ledger.close()
         await self.health.stop()
         await self.notifier.stop()
+        await self.shares.stop()
         for fut in self._waiters.values():
             if not fut.done():
                 fut.cancel()
@@ -303,22 +318,21 @@ class Broker:
         limits = self.settings.queue
         if await self.queue_depth() >= limits.max_queue_size:
             raise QueueFull("Queue is full, please try again later")
-        if self._queued_by(user_guid) >= limits.max_queued_per_user:
-            raise QueueFull(
-                f"You already have {limits.max_queued_per_user} queries waiting; "
-                "please wait for them to finish"
-            )
         queue = await self.route(query)
         job = Job(user_guid=user_guid, query=query, realm=queue, origin_node=self.node_id)
-        if want_result:
-            self._waiters[job.job_id] = asyncio.get_running_loop().create_future()
-        self._owner[job.job_id] = (queue, user_guid)
-        await self.bus.enqueue(queue, job)
+        await self.shares.admit(job.job_id, user_guid)
+        try:
+            if want_result:
+                self._waiters[job.job_id] = asyncio.get_running_loop().create_future()
+            self._owner[job.job_id] = (queue, user_guid)
+            await self.bus.enqueue(queue, job)
+        except BaseException:
+            self._owner.pop(job.job_id, None)
+            self._waiters.pop(job.job_id, None)
+            await asyncio.shield(self.shares.release(job.job_id))
+            raise
         self.queue_changed()
         return job
-
-    def _queued_by(self, guid: str) -> int:
-        return sum(1 for _q, g in self._owner.values() if g == guid)
 
     async def position_of(self, job_id: str) -> int | None:
         """1-based position among waiting jobs of its queue; None when not waiting."""
@@ -446,6 +460,8 @@ class Broker:
     async def _on_result(self, message: dict[str, Any]) -> None:
         result = Result.model_validate(message)
         self._owner.pop(result.job_id, None)
+        if self.shares.holds(result.job_id):
+            await self.shares.release(result.job_id)
         self.notifier.forget(result.job_id)
         fut = self._waiters.get(result.job_id)
         if fut is not None:

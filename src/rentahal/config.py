@@ -119,14 +119,16 @@ DENIED_WORKER_NETWORKS = (
 
 
 class SecuritySettings(_Section):
-    """``[Security]``: admin token, accepted page origins, proxies, worker networks.
+    """``[Security]``: admin token, accepted page origins, proxies, worker networks, key caps.
 
     ``admin_token`` authenticates the admin API without a sysop cookie.
     ``allowed_origins`` are page origins (``https://app.example.com``) whose
     pages may open ``/ws`` besides the broker's own origin. ``trusted_proxies``
-    are addresses whose ``X-Forwarded-*`` headers are believed. A worker address
-    must lie in ``worker_networks`` and outside ``denied_worker_networks``.
-    All lists are comma-separated; see docs/deployment.md, "Security".
+    are the reverse proxies whose ``X-Forwarded-*`` headers (the client's
+    address, scheme and host) are believed. A worker address must lie in
+    ``worker_networks`` and outside ``denied_worker_networks``.
+    ``max_api_keys_per_user`` bounds the live API keys of one user. All lists
+    are comma-separated; see docs/deployment.md, "Security".
     """
 
     secret_key: str = ""
@@ -134,6 +136,7 @@ class SecuritySettings(_Section):
     admin_token: str = ""
     allowed_origins: str = ""
     trusted_proxies: str = ""
+    max_api_keys_per_user: int = Field(default=20, ge=1)
     worker_networks: str = "0.0.0.0/0, ::/0"
     denied_worker_networks: str = DENIED_WORKER_NETWORKS
 
@@ -162,11 +165,17 @@ class SecuritySettings(_Section):
         """``trusted_proxies`` as networks."""
         return parse_networks(self.trusted_proxies)
 
+    @property
+    def trusted_networks(self) -> tuple[IPNetwork, ...]:
+        """``trusted_proxies`` parsed (as a tuple)."""
+        return tuple(parse_networks(self.trusted_proxies))
+
 
 class PerformanceSettings(_Section):
     """``[Performance]``: limits on connections and worker calls."""
 
     max_connections: int = Field(default=100, ge=1)
+    max_connections_per_address: int = Field(default=20, ge=1)
     query_timeout: float = Field(default=30.0, gt=0)
     imagine_timeout: float = Field(default=120.0, gt=0)
     connect_timeout: float = Field(default=5.0, gt=0)
@@ -185,6 +194,8 @@ class QueueSettings(_Section):
     max_queue_size: int = Field(default=100, ge=1)
     queue_timeout: float = Field(default=300.0, gt=0)
     max_queued_per_user: int = Field(default=10, ge=1)
+    # 0: three users' worth, but at most half of max_queue_size (see shares.address_cap).
+    max_queued_per_address: int = Field(default=0, ge=0)
     max_prompt_chars: int = Field(default=20000, ge=1)
 
 
@@ -195,6 +206,9 @@ class ChunkingSettings(_Section):
     max_chunks: int = Field(default=64, ge=1)
     max_uploads_per_user: int = Field(default=4, ge=1)
     max_image_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_uploads_per_address: int = Field(default=8, ge=1)
+    max_upload_bytes_total: int = Field(default=256 * 1024 * 1024, ge=1024)
+    upload_idle_timeout_s: float = Field(default=60.0, gt=0)
 
 
 class BrokerSettings(_Section):

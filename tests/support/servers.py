@@ -127,6 +127,10 @@ def broker_settings(tmp: Path, **sections: dict[str, Any]) -> Settings:
             "retry_backoff_s": 0.01,
         },
         "broker": {"realms_file": str(tmp / "realms.yml")},
+        # Every test client comes from 127.0.0.1: per-address shares are tested on their own.
+        "performance": {"max_connections_per_address": 10_000},
+        "queue": {"max_queued_per_address": 1_000_000},
+        "chunking": {"max_uploads_per_address": 10_000},
     }
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)

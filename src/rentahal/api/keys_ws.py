@@ -33,7 +33,8 @@ def _keys(session: Session) -> KeyStore:
 async def create_api_key(session: Session, message: dict[str, Any]) -> None:
     """Make an API key for the user; the plaintext is sent once."""
     name = _KeyName.model_validate(message).name
-    created = await _keys(session).create(session.user.guid, name)
+    limit = session.broker.settings.security.max_api_keys_per_user
+    created = await _keys(session).create(session.user.guid, name, max_keys=limit)
     session.send(
         {
             "type": "api_key_created",

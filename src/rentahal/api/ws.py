@@ -16,6 +16,7 @@ from rentahal.api.messages import HANDLERS, SYSOP_ONLY, Session, handle_error
 from rentahal.broker import Broker
 from rentahal.models import User, is_valid_guid
 from rentahal.realms.connections import Connection
+from rentahal.shares import client_address
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -150,12 +151,28 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     if fresh:
         guid = str(uuid.uuid4())
     assert guid is not None
+    address = client_address.get() or "unknown"
     await websocket.accept(headers=cookie_headers(websocket, guid, security))
+    perf = broker.settings.performance
+    if not broker.connections.reserve_address(address, perf.max_connections_per_address):
+        await _refuse(websocket, "Too many connections from your address")
+        return
+    try:
+        await _serve(broker, websocket, address, guid, fresh)
+    finally:
+        broker.connections.release_address(address)
+
+
+async def _refuse(websocket: WebSocket, message: str) -> None:
+    await websocket.send_text(orjson.dumps({"type": "error", "message": message}).decode())
+    await websocket.close(1013)
+
+
+async def _serve(
+    broker: Broker, websocket: WebSocket, address: str, guid: str, fresh: bool
+) -> None:
     if broker.connections.count >= broker.settings.performance.max_connections:
-        await websocket.send_text(
-            orjson.dumps({"type": "error", "message": "Too many connections"}).decode()
-        )
-        await websocket.close(1013)
+        await _refuse(websocket, "Too many connections")
         return
     try:
         user = await broker.connect_user(guid)
@@ -169,6 +186,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.close(1011)
         return
     conn = Connection(websocket, user.guid, user.is_sysop)
+    conn.address = address
     conn.realm = broker.realm_for_user(user.guid)
     session = Session(broker=broker, conn=conn, user=user)
     writer = asyncio.create_task(conn.run_writer(), name=f"ws-writer:{guid[:8]}")

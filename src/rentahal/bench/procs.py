@@ -217,6 +217,9 @@ class Cluster:
             "RENTAHAL_QUEUE__MAX_QUEUE_SIZE": str(config.max_queue_size),
             "RENTAHAL_QUEUE__MAX_QUEUED_PER_USER": str(config.max_queued_per_user),
             "RENTAHAL_WORKERS__HEALTH_CHECK_INTERVAL": "3600",
+            # Every bench client comes from 127.0.0.1: no per-address shares.
+            "RENTAHAL_PERFORMANCE__MAX_CONNECTIONS_PER_ADDRESS": str(config.max_connections),
+            "RENTAHAL_QUEUE__MAX_QUEUED_PER_ADDRESS": "1000000",
             **config.extra_env,
         }
         cmd = [

@@ -57,3 +57,11 @@ def mailbox_key(user_guid: str) -> str:
 def running_key() -> str:
     """Hash ``job_id -> node_id|user_guid`` of jobs running on any node."""
     return f"{PREFIX}:running"
+
+
+def share_key(kind: str, subject: str) -> str:
+    """Sorted set ``holder -> lease expiry`` counting what ``subject`` holds of a share.
+
+    ``kind`` names the share (``user`` or ``address`` for queued queries).
+    """
+    return f"{PREFIX}:share:{kind}:{subject}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import defaultdict, deque
 from typing import Any
@@ -14,6 +15,7 @@ from starlette.websockets import WebSocket
 logger = logging.getLogger(__name__)
 
 _CLOSE = object()
+_ids = itertools.count(1)
 # Results remembered per socket so a result is never sent to it twice.
 DELIVERED_MEMORY = 256
 
@@ -37,6 +39,8 @@ class Connection:
         self.user_guid = user_guid
         self.is_sysop = is_sysop
         self.realm: str | None = None
+        self.address = ""
+        self.id = next(_ids)
         self.closed = False
         self._outbox: asyncio.Queue[object] = asyncio.Queue(maxsize=outbox_size)
         self.close_code = 1000
@@ -103,7 +107,24 @@ class RealmConnectionManager:
     def __init__(self) -> None:
         self._by_user: defaultdict[str, set[Connection]] = defaultdict(set)
         self._by_realm: defaultdict[str, set[Connection]] = defaultdict(set)
+        self._per_address: dict[str, int] = {}
         self.peak = 0
+
+    def reserve_address(self, address: str, cap: int) -> bool:
+        """Count one more socket from ``address``; False (nothing counted) at ``cap``."""
+        held = self._per_address.get(address, 0)
+        if held >= cap:
+            return False
+        self._per_address[address] = held + 1
+        return True
+
+    def release_address(self, address: str) -> None:
+        """A socket counted by :meth:`reserve_address` closed."""
+        held = self._per_address.get(address, 0) - 1
+        if held > 0:
+            self._per_address[address] = held
+        else:
+            self._per_address.pop(address, None)
 
     @property
     def count(self) -> int:

@@ -13,9 +13,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from rentahal.errors import QueryRejected
 from rentahal.storage import tables as t
 from rentahal.storage.database import Storage
 
@@ -24,6 +26,10 @@ PREFIX_CHARS = len(KEY_PREFIX) + 8
 MAX_KEY_CHARS = 200
 MAX_NAME_CHARS = 100
 _CREATE_ATTEMPTS = 5
+
+
+class KeyLimitReached(QueryRejected):
+    """The user has as many live API keys as allowed."""
 
 
 def hash_key(key: str) -> str:
@@ -72,8 +78,13 @@ class KeyStore:
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
 
-    async def create(self, user_guid: str, name: str = "") -> CreatedKey:
-        """Make a key for ``user_guid``; the plaintext is returned once and never stored."""
+    async def create(
+        self, user_guid: str, name: str = "", *, max_keys: int | None = None
+    ) -> CreatedKey:
+        """Make a key for ``user_guid``; the plaintext is returned once and never stored.
+
+        ``KeyLimitReached`` when the user already has ``max_keys`` live keys.
+        """
         name = name.strip()[:MAX_NAME_CHARS]
         for _ in range(_CREATE_ATTEMPTS):
             key = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -81,6 +92,8 @@ class KeyStore:
             now = _utcnow()
             try:
                 async with self._storage.begin() as conn:
+                    if max_keys is not None:
+                        await self._check_limit(conn, user_guid, max_keys)
                     taken = (
                         await conn.execute(
                             select(t.api_keys.c.id).where(t.api_keys.c.prefix == prefix)
@@ -102,6 +115,24 @@ class KeyStore:
                 continue
             return CreatedKey(key, ApiKeyInfo(prefix, name, now.isoformat(), False))
         raise RuntimeError("could not make a unique API key prefix")  # 48 random bits: never
+
+    @staticmethod
+    async def _check_limit(conn: AsyncConnection, user_guid: str, max_keys: int) -> None:
+        if conn.dialect.name == "postgresql":  # one creator per user at a time
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:guid))"), {"guid": user_guid}
+            )
+        live = (
+            await conn.execute(
+                select(func.count())
+                .select_from(t.api_keys)
+                .where((t.api_keys.c.user_guid == user_guid) & t.api_keys.c.revoked.is_(False))
+            )
+        ).scalar_one()
+        if live >= max_keys:
+            raise KeyLimitReached(
+                f"You have {live} API keys, the most allowed; revoke one to make a new one"
+            )
 
     async def list_keys(self, user_guid: str) -> list[ApiKeyInfo]:
         """The user's keys (revoked ones too), oldest first."""
