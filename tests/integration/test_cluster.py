@@ -602,3 +602,51 @@ async def test_sigterm_node_with_queries_in_flight(cluster: Cluster) -> None:
         await check_ledger(cluster, users, {j for js in ids for j in js})
     finally:
         await close_all(users)
+
+
+# shares ----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_queue_share_holds_across_nodes(cluster: Cluster) -> None:
+    from rentahal.bus.counters import RedisCounters
+    from rentahal.shares import address_key, user_key
+
+    cluster.start_worker("share", latency_ms=4000)
+    cluster.prepare(
+        [cluster.record("share", max_concurrency=30)],
+        env={"RENTAHAL_QUEUE__MAX_QUEUED_PER_USER": "10"},
+    )
+    guid = new_guid()
+    tabs = [ClusterUser(guid) for _ in range(3)]
+    counters = RedisCounters(cluster.redis.url)
+    try:
+        for i, tab in enumerate(tabs):
+            await tab.connect(cluster.node(i).ws_url)
+        query = {"prompt": "share", "query_type": "chat", "model_type": "worker_node"}
+
+        async def flood(tab: ClusterUser) -> None:
+            for _ in range(10):
+                await tab.send({"type": "submit_query", "query": query})
+
+        await asyncio.gather(*(flood(t) for t in tabs))
+        # The other tabs see every result too, so count this tab's own answers only.
+        await asyncio.gather(
+            *(t.pump(lambda t=t: len(t.queued) + len(t.errors) >= 10, 20) for t in tabs)
+        )
+        accepted = [j for t in tabs for j in t.queued]
+        refused = [e["message"] for t in tabs for e in t.errors]
+        assert len(accepted) == 10, f"accepted {len(accepted)} of 30 (share 10); refused {refused}"
+        assert all("You already have 10 queries waiting" in m for m in refused), refused
+        assert await counters.count(user_key(guid)) == 10
+        await asyncio.gather(*(t.wait_settled(accepted, 30) for t in tabs))
+        assert all(t.answered(accepted) for t in tabs)
+        deadline = time.monotonic() + 5
+        while await counters.count(user_key(guid)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert await counters.count(user_key(guid)) == 0
+        assert await counters.count(address_key("127.0.0.1")) == 0
+    finally:
+        await counters.close()
+        await close_all(tabs)
+        cluster.stop_worker("share")
