@@ -172,6 +172,10 @@ class Broker:
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             self.watchdog(self.stuck_after_s)
+            try:
+                await self.recheck_sysops()
+            except StorageError as exc:
+                logger.warning("could not re-read sysop rights: %s", exc)
 
     def watchdog(self, stuck_after_s: float) -> list[str]:
         """Restart processors that died or have not beaten for ``stuck_after_s``."""
@@ -227,6 +231,21 @@ class Broker:
         if hit is not None and time.monotonic() - hit[0] < USER_CACHE_S:
             return hit[1]
         return await self.get_user(guid)
+
+    async def sysop_rights(self, guid: str) -> bool:
+        """Whether ``guid`` is a sysop now (read afresh: rights may change in another process).
+
+        Open sockets of the user follow the answer.
+        """
+        user = await self.get_user(guid)
+        rights = user is not None and user.is_sysop and not user.is_banned
+        self.connections.set_sysop(guid, rights)
+        return rights
+
+    async def recheck_sysops(self) -> None:
+        """Re-read the rights of users with a sysop socket here (a revoke without Redis)."""
+        for guid in self.connections.sysop_users():
+            await self.sysop_rights(guid)
 
     def _forget_user(self, guid: str) -> None:
         self._users.pop(guid, None)
@@ -536,8 +555,10 @@ class Broker:
 
     async def _on_control(self, message: dict[str, Any]) -> None:
         op = message.get("op")
-        if op in ("ban", "unban"):
+        if op in ("ban", "unban", "sysop"):
             self._forget_user(message["guid"])
+        if op == "sysop":
+            self.connections.set_sysop(message["guid"], bool(message.get("is_sysop")))
         if op == "ban":
             self.connections.close_user(
                 message["guid"],

@@ -158,9 +158,17 @@ def users_sysop(
         storage = Storage(settings.database.url)
         try:
             await storage.migrate()
-            return await storage.set_sysop(guid, not revoke)
+            if not await storage.set_sysop(guid, not revoke):
+                return False
         finally:
             await storage.close()
+        if settings.broker.redis_url:  # open sockets on every node learn it at once
+            from rentahal.bus.redis import publish_once
+            from rentahal.fleet import CONTROL_CHANNEL
+
+            message = {"op": "sysop", "guid": guid, "is_sysop": not revoke}
+            await publish_once(settings.broker.redis_url, CONTROL_CHANNEL, message)
+        return True
 
     if not asyncio.run(run()):
         console.print(f"[red]no user {guid}[/red]")

@@ -14,6 +14,7 @@ from starlette.websockets import WebSocketState
 from rentahal.api.handshake import cookie_headers, origin_allowed
 from rentahal.api.messages import HANDLERS, SYSOP_ONLY, Session, handle_error
 from rentahal.broker import Broker
+from rentahal.errors import StorageError
 from rentahal.models import User, is_valid_guid
 from rentahal.realms.connections import Connection
 from rentahal.shares import client_address
@@ -129,13 +130,26 @@ async def dispatch(session: Session, message: dict[str, Any]) -> None:
     if handler is None:
         session.conn.send({"type": "error", "message": "Unknown message type"})
         return
-    if kind in SYSOP_ONLY and not session.user.is_sysop:
+    if kind in SYSOP_ONLY and not await _sysop_now(session):
         session.conn.send({"type": "error", "message": "Sysop rights are needed for this"})
         return
     try:
         await handler(session, message)
     except Exception as exc:  # the connection survives any handler failure
         handle_error(session, kind, exc)
+
+
+async def _sysop_now(session: Session) -> bool:
+    """Sysop rights of the socket, re-read for sockets that have them (they may be revoked).
+
+    A plain user's socket is refused without a database read.
+    """
+    if not session.conn.is_sysop:
+        return False
+    try:
+        return await session.broker.sysop_rights(session.user.guid)
+    except StorageError:
+        return False
 
 
 @router.websocket("/ws")

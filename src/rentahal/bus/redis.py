@@ -720,3 +720,14 @@ class RedisBus:
                 await handler(message)
             except Exception:
                 logger.exception("handler of channel %s failed", channel)
+
+
+async def publish_once(url: str, channel: str, message: dict[str, Any]) -> None:
+    """Publish one message to a bus channel from outside a node (the CLI), as RedisBus does."""
+    client: Redis = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        await client.publish(keys.channel_key(channel), json.dumps(message))
+    except (rexc.RedisError, OSError) as exc:
+        raise BusError(f"redis publish failed: {exc}") from exc
+    finally:
+        await client.aclose()

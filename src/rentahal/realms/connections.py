@@ -181,6 +181,15 @@ class RealmConnectionManager:
                 sent += conn.send_text(text)
         return sent
 
+    def set_sysop(self, guid: str, is_sysop: bool) -> None:
+        """Grant or take sysop rights on every open socket of ``guid``."""
+        for conn in self._by_user.get(guid, ()):
+            conn.is_sysop = is_sysop
+
+    def sysop_users(self) -> list[str]:
+        """GUIDs with an open sysop socket."""
+        return [g for g, conns in self._by_user.items() if any(c.is_sysop for c in conns)]
+
     def close_user(self, guid: str, message: dict[str, Any] | None = None) -> int:
         """Send ``message`` then close every socket of ``guid``."""
         conns = list(self._by_user.get(guid, ()))
