@@ -38,7 +38,7 @@ from rentahal.realms.workers import WorkerRegistry
 from rentahal.shares import Shares
 from rentahal.storage.database import Storage
 from rentahal.storage.ledger import Ledger
-from rentahal.vision import ChunkAssembler, preprocess_image
+from rentahal.vision import ChunkAssembler, UploadGauges, preprocess_image
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class Broker:
         self.metrics = RealmMetricsCollector(
             lambda: self.realms.router.stats if self.realms else RouterStats()
         )
+        self.metrics.registry.register(UploadGauges(self.uploads))
         self._watchdog: asyncio.Task[None] | None = None
         self.stuck_after_s = STUCK_AFTER_S
 
@@ -172,6 +173,7 @@ class Broker:
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             self.watchdog(self.stuck_after_s)
+            self.uploads.expire()
             try:
                 await self.recheck_sysops()
             except StorageError as exc:

@@ -7,9 +7,12 @@ import base64
 import binascii
 import io
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from rentahal.config import ChunkingSettings
 from rentahal.errors import QueryRejected
@@ -63,28 +66,73 @@ async def preprocess_image(image_b64: str, max_bytes: int) -> str:
 @dataclass(slots=True)
 class _Upload:
     total: int
+    owner: int
+    address: str
     chunks: dict[int, str] = field(default_factory=dict)
     size: int = 0
-    started: float = field(default_factory=time.monotonic)
+    touched: float = field(default_factory=time.monotonic)
 
 
 class ChunkAssembler:
-    """Collects ``vision_chunk`` slices per (user, image_id), in any order, with limits."""
+    """Collects ``vision_chunk`` slices per (user, image_id), in any order, within budgets.
 
-    def __init__(self, settings: ChunkingSettings, expiry_s: float = 300.0) -> None:
+    Bounded per user (``max_uploads_per_user``), per client address
+    (``max_uploads_per_address``) and in all (``max_upload_bytes_total``
+    characters held). An upload belongs to the socket that started it: it is
+    freed when that socket closes (:meth:`drop_owner`) or after
+    ``upload_idle_timeout_s`` without a chunk (:meth:`expire`, run on a timer).
+    """
+
+    def __init__(self, settings: ChunkingSettings) -> None:
         self.settings = settings
-        self.expiry_s = expiry_s
         self._uploads: dict[tuple[str, str], _Upload] = {}
+        self.bytes = 0
 
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for key in [k for k, u in self._uploads.items() if now - u.started > self.expiry_s]:
-            del self._uploads[key]
+    def _drop(self, key: tuple[str, str]) -> None:
+        upload = self._uploads.pop(key, None)
+        if upload is not None:
+            self.bytes -= upload.size
+
+    def expire(self) -> int:
+        """Free uploads that received no chunk for ``upload_idle_timeout_s``; how many."""
+        limit = time.monotonic() - self.settings.upload_idle_timeout_s
+        stale = [k for k, u in self._uploads.items() if u.touched < limit]
+        for key in stale:
+            self._drop(key)
+        return len(stale)
+
+    def drop_owner(self, owner: int) -> int:
+        """Free the uploads started by socket ``owner`` (it closed); how many."""
+        mine = [k for k, u in self._uploads.items() if u.owner == owner]
+        for key in mine:
+            self._drop(key)
+        return len(mine)
+
+    def _start(self, key: tuple[str, str], total: int, owner: int, address: str) -> _Upload:
+        s = self.settings
+        if self.pending(key[0]) >= s.max_uploads_per_user:
+            raise QueryRejected(f"Too many uploads in progress (limit {s.max_uploads_per_user})")
+        cap = s.max_uploads_per_address
+        if address and sum(1 for u in self._uploads.values() if u.address == address) >= cap:
+            raise QueryRejected(f"Too many uploads in progress from your address (limit {cap})")
+        upload = self._uploads[key] = _Upload(total=total, owner=owner, address=address)
+        return upload
 
     def add(
-        self, user_guid: str, image_id: str, chunk_id: int, total: int, data: str
+        self,
+        user_guid: str,
+        image_id: str,
+        chunk_id: int,
+        total: int,
+        data: str,
+        *,
+        owner: int = 0,
+        address: str = "",
     ) -> str | None:
-        """Store one chunk; the whole base64 string once the last one arrived, else None."""
+        """Store one chunk; the whole base64 string once the last one arrived, else None.
+
+        ``owner`` is the socket sending it, ``address`` its client address.
+        """
         s = self.settings
         if not (1 <= total <= s.max_chunks):
             raise QueryRejected(f"total_chunks must be between 1 and {s.max_chunks}")
@@ -94,29 +142,51 @@ class ChunkAssembler:
             raise QueryRejected(f"chunk_data larger than chunk_size ({s.chunk_size} characters)")
         if not image_id or len(image_id) > 128:
             raise QueryRejected("image_id must be a non-empty string of at most 128 characters")
-        self._expire()
+        self.expire()
         key = (user_guid, image_id)
         upload = self._uploads.get(key)
         if upload is None:
-            in_progress = sum(1 for (guid, _i) in self._uploads if guid == user_guid)
-            if in_progress >= s.max_uploads_per_user:
-                raise QueryRejected(
-                    f"Too many uploads in progress (limit {s.max_uploads_per_user})"
-                )
-            upload = self._uploads[key] = _Upload(total=total)
+            upload = self._start(key, total, owner, address)
         elif upload.total != total:
             raise QueryRejected("total_chunks changed during the upload")
-        if chunk_id not in upload.chunks:
-            upload.size += len(data)
-            if upload.size > s.max_image_bytes * 4 // 3 + 4:
-                del self._uploads[key]
-                raise QueryRejected("Image too large")
+        grow = len(data) - len(upload.chunks.get(chunk_id, ""))
+        if upload.size + grow > s.max_image_bytes * 4 // 3 + 4:
+            self._drop(key)
+            raise QueryRejected("Image too large")
+        if self.bytes + grow > s.max_upload_bytes_total:
+            if not upload.chunks:
+                self._drop(key)
+            raise QueryRejected("The server is busy receiving uploads; please try again shortly")
         upload.chunks[chunk_id] = data
+        upload.size += grow
+        self.bytes += grow
+        upload.touched = time.monotonic()
         if len(upload.chunks) < upload.total:
             return None
-        del self._uploads[key]
+        self._drop(key)
         return "".join(upload.chunks[i] for i in range(upload.total))
 
     def pending(self, user_guid: str) -> int:
         """Uploads of ``user_guid`` still in progress."""
         return sum(1 for (guid, _i) in self._uploads if guid == user_guid)
+
+    @property
+    def in_progress(self) -> int:
+        """Uploads in progress (all users)."""
+        return len(self._uploads)
+
+
+class UploadGauges(Collector):
+    """``rentahal_uploads_in_progress`` and ``rentahal_upload_bytes`` for ``/metrics``."""
+
+    def __init__(self, assembler: ChunkAssembler) -> None:
+        self.assembler = assembler
+
+    def collect(self) -> Iterator[Metric]:
+        """The two gauges, read at scrape time."""
+        count = GaugeMetricFamily("rentahal_uploads_in_progress", "Chunked uploads in progress")
+        count.add_metric([], self.assembler.in_progress)
+        held = GaugeMetricFamily("rentahal_upload_bytes", "Characters held by chunked uploads")
+        held.add_metric([], self.assembler.bytes)
+        yield count
+        yield held

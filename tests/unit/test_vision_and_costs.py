@@ -101,3 +101,24 @@ def test_job_lifecycle_refuses_bad_transitions() -> None:
 
 def test_unknown_model_type_means_worker_node() -> None:
     assert Query(prompt="p", query_type="chat", model_type="mystery").model_type == "worker_node"
+
+
+def test_upload_budgets_and_freeing() -> None:
+    settings = ChunkingSettings(
+        chunk_size=1024, max_upload_bytes_total=3000, max_uploads_per_address=2
+    )
+    assembler = ChunkAssembler(settings)
+    assembler.add("u1", "a", 0, 4, "x" * 1000, owner=1, address="198.51.100.7")
+    assembler.add("u1", "a", 0, 4, "x" * 10, owner=1, address="198.51.100.7")  # resent smaller
+    assert assembler.bytes == 10
+    assembler.add("u2", "b", 0, 4, "x" * 1000, owner=2, address="198.51.100.7")
+    with pytest.raises(QueryRejected, match="from your address"):
+        assembler.add("u3", "c", 0, 4, "x", owner=3, address="198.51.100.7")
+    assembler.add("u4", "d", 0, 4, "x" * 1000, owner=4, address="203.0.113.5")
+    with pytest.raises(QueryRejected, match="busy receiving uploads"):
+        assembler.add("u4", "d", 1, 4, "x" * 1000, owner=4, address="203.0.113.5")
+    assert assembler.bytes == 2010
+    assert assembler.drop_owner(2) == 1 and assembler.bytes == 1010
+    assembler.settings = ChunkingSettings(upload_idle_timeout_s=1e-9)
+    assert assembler.expire() == 2
+    assert assembler.bytes == 0 and assembler.in_progress == 0

@@ -157,7 +157,13 @@ async def vision_chunk(session: Session, message: dict[str, Any]) -> None:
     """Collect a slice of a chunked image; queue the vision query on the last one."""
     chunk = _VisionChunk.model_validate(message)
     whole = session.broker.uploads.add(
-        session.user.guid, chunk.image_id, chunk.chunk_id, chunk.total_chunks, chunk.chunk_data
+        session.user.guid,
+        chunk.image_id,
+        chunk.chunk_id,
+        chunk.total_chunks,
+        chunk.chunk_data,
+        owner=session.conn.id,
+        address=session.conn.address,
     )
     session.send({"type": "vision_chunk_received", "message": "Chunk received"})
     if whole is None:

@@ -217,6 +217,7 @@ async def _serve(
         logger.exception("websocket session of %s failed", guid)
     finally:
         broker.connections.remove(conn)
+        broker.uploads.drop_owner(conn.id)
         conn.close()
         try:
             async with asyncio.timeout(5):
