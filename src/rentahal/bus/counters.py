@@ -30,7 +30,9 @@ for i, key in ipairs(KEYS) do
 end
 for _, key in ipairs(KEYS) do
   redis.call('ZADD', key, ms + tonumber(ARGV[2]), ARGV[1])
-  redis.call('PEXPIRE', key, tonumber(ARGV[2]))
+  if redis.call('PTTL', key) < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', key, tonumber(ARGV[2]))
+  end
 end
 return 0
 """
@@ -40,7 +42,9 @@ local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 for i, key in ipairs(KEYS) do
   redis.call('ZADD', key, 'XX', ms + tonumber(ARGV[1]), ARGV[i + 1])
-  redis.call('PEXPIRE', key, tonumber(ARGV[1]))
+  if redis.call('PTTL', key) < tonumber(ARGV[1]) then
+    redis.call('PEXPIRE', key, tonumber(ARGV[1]))
+  end
 end
 return 0
 """
