@@ -88,10 +88,17 @@ class Shares:
         return job_id in self._held
 
     async def release(self, job_id: str) -> None:
-        """Give ``job_id``'s leases back (its result is out, or it was never queued)."""
+        """Give ``job_id``'s leases back (its result is out, or it was never queued).
+
+        Never raises: a lease that cannot be dropped now expires after ``LEASE_S``.
+        """
         held = self._held.pop(job_id, None)
-        if held is not None:
+        if held is None:
+            return
+        try:
             await self.counters.release(job_id, held[1])
+        except BrokerError as exc:
+            logger.warning("could not free the share of %s (it expires): %s", job_id, exc)
 
     async def renew(self) -> None:
         """Extend the leases of this node's live queries; forget those past ``max_hold_s``."""
