@@ -24,9 +24,12 @@ UNKNOWN = "unknown"
 
 def _ip(text: str) -> IPv4Address | IPv6Address | None:
     try:
-        return ip_address(text.strip())
+        ip = ip_address(text.strip())
     except ValueError:
         return None
+    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped  # a dual-stack socket's view of an IPv4 client
+    return ip
 
 
 def _trusted(ip: IPv4Address | IPv6Address, networks: tuple[IPNetwork, ...]) -> bool:
