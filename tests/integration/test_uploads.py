@@ -11,14 +11,15 @@ import httpx
 from tests.support.client import WSClient
 from tests.support.servers import BrokerServer
 
-CHUNK = "A" * (1024 * 1024)
+MIB = 1024 * 1024
+CHUNK = "A" * MIB
 
 
 def _rss_mib() -> float:
     """This process's resident memory (the broker runs in a thread of it)."""
     with open("/proc/self/status", encoding="ascii") as fh:
         kib = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
-    return kib / 1024
+    return kib * 1024 / MIB
 
 
 async def _gauge(server: BrokerServer, name: str) -> float:
@@ -52,15 +53,18 @@ async def _abandon_fifty(server: BrokerServer, round_no: int) -> None:
     assert await _gauge(server, "rentahal_uploads_in_progress") == 0
 
 
-async def test_fifty_abandoned_uploads_are_freed(broker: BrokerServer) -> None:
+async def test_fifty_abandoned_uploads_are_freed(broker_factory) -> None:
+    broker = broker_factory()  # no workers needed: no upload completes
+    rounds = 4
     rss = [_rss_mib()]
-    for round_no in range(3):
+    for round_no in range(rounds):
         await _abandon_fifty(broker, round_no)
         gc.collect()
         rss.append(_rss_mib())
-    print(f"\nUPLOADS 3 rounds of 50 x 1 MiB abandoned: rss {[round(r) for r in rss]} MiB")
-    # Freed memory is reused: later rounds of 50 MiB each do not add to the first.
-    assert rss[-1] - rss[1] < 25, f"RSS grew by {rss[-1] - rss[1]:.0f} MiB after the first round"
+    print(f"\nUPLOADS {rounds} rounds of 50 x 1 MiB abandoned: rss {[round(r) for r in rss]} MiB")
+    # Held uploads would keep all 200 MiB (plus frame buffers); freed ones are reused.
+    passed = rounds * 50 * len(CHUNK) / MIB
+    assert rss[-1] - rss[0] < 0.8 * passed, f"RSS grew by {rss[-1] - rss[0]:.0f} MiB"
 
 
 async def test_idle_uploads_freed_on_a_timer(broker_factory) -> None:
