@@ -16,6 +16,7 @@ from rentahal.bench import bench_app
 from rentahal.config import Settings, load_settings
 from rentahal.errors import ConfigError
 from rentahal.keys_cli import keys_app
+from rentahal.lifecycle import exit_on_signals
 from rentahal.worker.cli import worker_command
 
 app = typer.Typer(help="RENT-A-HAL realm broker", no_args_is_help=True, add_completion=False)
@@ -88,7 +89,8 @@ def serve(
         broker={"redis_url": redis, "node_id": node_id},
     )
     _logging(settings.general.debug)
-    _run_server(settings)
+    with exit_on_signals():  # SIGTERM/SIGINT: graceful shutdown, exit code 0
+        _run_server(settings)
 
 
 @app.command()
@@ -98,7 +100,7 @@ def demo(
     port: int | None = typer.Option(None, help="Listen port (default from config: 5000)."),
     latency_ms: float = typer.Option(0.0, help="Simulated model time of the demo workers."),
 ) -> None:
-    """Run the broker with one demo worker per query type (Ctrl-C stops all)."""
+    """Run the broker with one demo worker per query type (Ctrl-C or SIGTERM stops all)."""
     from rentahal.demo import demo_workers
     from rentahal.storage.database import Storage
 
@@ -114,7 +116,8 @@ def demo(
         finally:
             await storage.close()
 
-    with demo_workers(latency_ms=latency_ms) as workers:
+    # The handlers come first: a signal during start-up also stops the workers.
+    with exit_on_signals(), demo_workers(latency_ms=latency_ms) as workers:
         asyncio.run(register(workers))
         for w in workers:
             console.print(f"demo worker [bold]{w.name}[/bold] ({w.protocol}) on {w.address}")

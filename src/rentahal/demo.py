@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from rentahal.lifecycle import die_with_parent
 from rentahal.models import AIWorker
 
 # name, worker type, protocol the broker speaks to it, models it serves
@@ -58,12 +59,24 @@ def worker_cmd(port: int, *, latency_ms: float = 0.0, max_concurrency: int = 0) 
 
 
 def start_worker_process(
-    port: int, *, latency_ms: float = 0.0, max_concurrency: int = 0, quiet: bool = True
+    port: int,
+    *,
+    latency_ms: float = 0.0,
+    max_concurrency: int = 0,
+    quiet: bool = True,
+    tied: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start ``python -m rentahal.worker`` on ``127.0.0.1:port``."""
+    """Start ``python -m rentahal.worker`` on ``127.0.0.1:port``.
+
+    ``tied``: the worker gets SIGTERM when this process dies, even by SIGKILL
+    (see :func:`rentahal.lifecycle.die_with_parent`; spawn from a long-lived thread).
+    """
     out = subprocess.DEVNULL if quiet else None
     cmd = worker_cmd(port, latency_ms=latency_ms, max_concurrency=max_concurrency)
-    return subprocess.Popen(cmd, stdout=out, stderr=out)
+    preexec = die_with_parent() if tied else None
+    return subprocess.Popen(
+        cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, preexec_fn=preexec
+    )
 
 
 def wait_healthy(address: str, process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
@@ -81,12 +94,15 @@ def wait_healthy(address: str, process: subprocess.Popen[bytes], timeout_s: floa
 
 @contextlib.contextmanager
 def demo_workers(latency_ms: float = 0.0, max_concurrency: int = 4) -> Iterator[list[AIWorker]]:
-    """Run one demo worker per query type; yield their records; stop them after."""
+    """Run one demo worker per query type; yield their records; stop them after.
+
+    The workers are tied to this process: they stop when it dies, however it dies.
+    """
     procs: list[WorkerProcess] = []
     try:
         for name, wtype, protocol, models in DEMO_WORKERS:
             port = free_port()
-            proc = start_worker_process(port, latency_ms=latency_ms, max_concurrency=0)
+            proc = start_worker_process(port, latency_ms=latency_ms, max_concurrency=0, tied=True)
             worker = AIWorker(
                 name=name,
                 address=f"127.0.0.1:{port}",
@@ -101,7 +117,8 @@ def demo_workers(latency_ms: float = 0.0, max_concurrency: int = 4) -> Iterator[
         yield [wp.worker for wp in procs]
     finally:
         for wp in procs:
-            wp.process.terminate()
+            if wp.process.poll() is None:
+                wp.process.terminate()
         for wp in procs:
             try:
                 wp.process.wait(timeout=10)

@@ -8,6 +8,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from rentahal.lifecycle import exit_on_signals
 from rentahal.worker.app import create_app
 from rentahal.worker.settings import WorkerSettings
 
@@ -65,6 +66,10 @@ def worker_command(
         raise typer.BadParameter("--broker and --token go together")
     level = log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower()
-    )
+    with exit_on_signals():  # SIGTERM/SIGINT: graceful shutdown, exit code 0
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level.lower(),
+        )
