@@ -4,7 +4,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo serve test test-fast lint bench clean
 
+# System programs: installed by scripts/ensure-system-deps.sh when missing (apt-get as
+# root, one sudo otherwise); a quick check of files when everything is there.
+DEPS := bash scripts/ensure-system-deps.sh
+
 $(STAMP): pyproject.toml
+	$(DEPS) venv
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -13,12 +18,14 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	@$(DEPS) demo
 	$(VENV)/bin/rentahal demo
 
 serve: $(STAMP)
 	$(VENV)/bin/rentahal serve
 
 test: $(STAMP)
+	@PYTHON=$(PY) $(DEPS) test
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

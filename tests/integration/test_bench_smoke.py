@@ -8,7 +8,6 @@ CI machine mean nothing).
 from __future__ import annotations
 
 import json
-import shutil
 from typing import Any
 
 import pytest
@@ -81,7 +80,6 @@ def test_isolation() -> None:
 
 
 @pytest.mark.redis
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
 def test_nodes() -> None:
     result = runner.invoke(bench_app, ["nodes", "--clients", "4", "--duration", "0.5", "--json"])
     if result.exit_code == 2:  # multi-node mode missing: a clear message, never numbers

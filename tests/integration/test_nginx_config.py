@@ -37,7 +37,6 @@ pytestmark = [
     pytest.mark.redis,
     pytest.mark.postgres,
     pytest.mark.timeout(120),
-    pytest.mark.skipif(_nginx() is None, reason="needs nginx (apt-get install nginx)"),
 ]
 
 
@@ -86,7 +85,7 @@ def cluster() -> Iterator[Cluster]:
 def proxy(cluster: Cluster) -> Iterator[str]:
     """nginx with the documented config in front of the cluster; yields ``host:port``."""
     binary = _nginx()
-    assert binary is not None
+    assert binary is not None, "nginx not found: `make test` installs it (apt-get install nginx)"
     directory = cluster.dir / "nginx"
     directory.mkdir()
     port = free_port()

