@@ -1,8 +1,9 @@
-"""The nginx site file of ``docs/deployment.md``, run in front of two broker nodes.
+"""The nginx site file ``deploy/nginx/rentahal.conf``, run in front of two broker nodes.
 
-The config is taken from the docs as written; only the upstream addresses and
-the listen port are replaced with this test's. A thin main config (pid, logs,
-temp paths in a temp dir) wraps it, as ``/etc/nginx/nginx.conf`` would.
+It is the file ``docs/deployment.md`` describes and ``deploy/compose.yml`` mounts;
+only the upstream's servers and the listen port are replaced with this test's. A
+thin main config (pid, logs, temp paths in a temp dir) wraps it, as
+``/etc/nginx/nginx.conf`` would.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tests.integration.test_cluster import ClusterUser
 from tests.support.cluster import Cluster
 from tests.support.servers import free_port
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
+SITE_FILE = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "rentahal.conf"
 
 
 def _nginx() -> str | None:
@@ -40,17 +41,23 @@ pytestmark = [
 ]
 
 
+def upstream_servers(config: str) -> list[str]:
+    """The ``server`` lines of the site file's upstream block, as written."""
+    upstream = config.split("upstream rentahal_nodes {", 1)[1].split("}", 1)[0]
+    return re.findall(r"^\s*server [^;]+;\n", upstream, flags=re.M)
+
+
 def site_config(upstreams: list[str], listen_port: int) -> str:
-    """The documented site file with ``upstreams`` and ``127.0.0.1:listen_port`` filled in."""
-    text = DOC.read_text(encoding="utf-8")
-    block = text.split("<!-- nginx-config: start", 1)[1].split("<!-- nginx-config: end", 1)[0]
-    config = block.split("```nginx\n", 1)[1].split("```", 1)[0]
-    servers = re.findall(r"^\s*server 127\.0\.0\.1:\d+[^;]*;\n", config, flags=re.M)
-    assert len(servers) == 2, "the documented upstream should list two example nodes"
+    """The site file with ``upstreams`` and ``127.0.0.1:listen_port`` filled in."""
+    config = SITE_FILE.read_text(encoding="utf-8")
+    servers = upstream_servers(config)
+    assert len(servers) >= 2, "the upstream should list several nodes"
     first = servers[0]
     options = first.strip().split(" ", 2)[2] if first.strip().count(" ") >= 2 else ";"
     lines = "".join(f"    server {u} {options}\n" for u in upstreams)
-    config = config.replace(first, lines).replace(servers[1], "")
+    config = config.replace(first, lines)
+    for other in servers[1:]:
+        config = config.replace(other, "")
     assert "    listen 80;" in config
     return config.replace("    listen 80;", f"    listen 127.0.0.1:{listen_port};")
 
