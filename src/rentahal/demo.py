@@ -22,6 +22,8 @@ DEMO_WORKERS: tuple[tuple[str, str, str, list[str]], ...] = (
     ("demo-imagine", "imagine", "a1111", ["demo-imagine"]),
     ("demo-speech", "speech", "openai", ["demo-speech"]),
 )
+# Four Python processes start at once; on a small, busy machine that takes a while.
+STARTUP_TIMEOUT_S = 90.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -113,7 +115,7 @@ def demo_workers(latency_ms: float = 0.0, max_concurrency: int = 4) -> Iterator[
             )
             procs.append(WorkerProcess(worker, proc))
         for wp in procs:
-            wait_healthy(wp.worker.address, wp.process)
+            wait_healthy(wp.worker.address, wp.process, timeout_s=STARTUP_TIMEOUT_S)
         yield [wp.worker for wp in procs]
     finally:
         for wp in procs:

@@ -36,9 +36,9 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 @contextlib.contextmanager
 def exit_on_signals() -> Iterator[None]:
     """Within the block, SIGTERM and SIGINT raise ``SystemExit(0)``; old handlers after."""
-    previous: dict[int, Any] = {}
-    for sig in STOP_SIGNALS:
-        previous[sig] = signal.signal(sig, _exit_cleanly)
+    previous: dict[signal.Signals, Any] = {
+        sig: signal.signal(sig, _exit_cleanly) for sig in STOP_SIGNALS
+    }
     try:
         yield
     finally:

@@ -22,9 +22,9 @@ import pytest
 
 from tests.support.servers import free_port
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)
 
-START_TIMEOUT_S = 60.0  # five Python processes on a busy machine
+START_TIMEOUT_S = 100.0  # five Python processes on a busy machine
 STOP_TIMEOUT_S = 20.0
 DEMO_WORKERS = 4
 
