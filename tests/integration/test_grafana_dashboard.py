@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.client import WSClient
 from tests.support.servers import BrokerServer
+
+# Set-up starts four worker processes and a broker: slow on a busy two-core machine.
+pytestmark = pytest.mark.timeout(120)
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "rentahal.json"
 METRIC = re.compile(r"\brentahal_[a-zA-Z0-9_]+")
