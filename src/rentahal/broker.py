@@ -15,7 +15,7 @@ from rentahal.bus.base import Bus
 from rentahal.bus.counters import MemoryCounters, ShareCounters
 from rentahal.bus.state import ClusterState, MemoryState
 from rentahal.config import Settings
-from rentahal.errors import QueryRejected, QueueFull, StorageError
+from rentahal.errors import LedgerDeferred, QueryRejected, QueueFull, StorageError
 from rentahal.fleet import CONTROL_CHANNEL, Fleet
 from rentahal.models import (
     Job,
@@ -38,6 +38,7 @@ from rentahal.realms.workers import WorkerRegistry
 from rentahal.shares import Shares
 from rentahal.storage.database import Storage
 from rentahal.storage.ledger import Ledger
+from rentahal.storage.spool import LedgerSpool, spool_path
 from rentahal.vision import ChunkAssembler, UploadGauges, preprocess_image
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ STUCK_AFTER_S = 5 * WATCHDOG_INTERVAL_S
 USER_CACHE_S = 10.0
 _ACTIVE = (QueryState.QUEUED, QueryState.DISPATCHED, QueryState.RUNNING)
 USER_CACHE_SIZE = 100_000
+NOT_RECORDED = "The query ran but could not be recorded: database unavailable"
+NOT_RECORDED_LATER = (
+    "The query ran but could not be recorded yet: database unavailable; "
+    "it will be recorded when the database is back"
+)
 
 
 def user_totals(user: User) -> dict[str, Any]:
@@ -88,7 +94,12 @@ class Broker:
         self.node_id = settings.broker.resolved_node_id()
         self.state: ClusterState = state or MemoryState()
         self.distributed = state is not None and not isinstance(state, MemoryState)
-        self.ledger = Ledger(storage, settings.costs)
+        self.ledger = Ledger(
+            storage,
+            settings.costs,
+            LedgerSpool(spool_path(settings.database, self.node_id if self.distributed else None)),
+            settings.database.spool_replay_s,
+        )
         self.registry = WorkerRegistry(settings.workers)
         self.fleet = Fleet(self)
         if self.distributed:
@@ -132,6 +143,7 @@ class Broker:
     async def start(self) -> None:
         """Migrate the database, load workers, start consumers and periodic jobs."""
         await self.storage.migrate()
+        self.ledger.start()  # first replays what a previous run left in the spool
         await self.fleet.load()
         # Subscribe first: a channel subscribed before start is live when start returns.
         self.bus.subscribe(BROADCAST_CHANNEL, self._on_broadcast)
@@ -461,6 +473,8 @@ class Broker:
         first, user = True, None
         try:
             first, user = await self.ledger.record_with_totals(job, result)
+        except LedgerDeferred:
+            result = result.model_copy(update={"recorded": False, "recorded_later": True})
         except StorageError as exc:
             logger.error("could not record job %s: %s", job.job_id, exc)
             result = result.model_copy(update={"recorded": False})
@@ -508,7 +522,7 @@ class Broker:
                 {
                     "type": "error",
                     "job_id": result.job_id,
-                    "message": "The query ran but could not be recorded: database unavailable",
+                    "message": NOT_RECORDED_LATER if result.recorded_later else NOT_RECORDED,
                 }
             )
         sent = False

@@ -44,6 +44,10 @@ class DatabaseSettings(_Section):
 
     database_name: str = "llm_broker.db"
     database_url: str = ""
+    # Where ledger rows wait while the database refuses writes ("" = beside the
+    # SQLite file, or the working directory for a server database).
+    spool_dir: str = ""
+    spool_replay_s: float = Field(default=5.0, gt=0)
 
     @property
     def url(self) -> str:

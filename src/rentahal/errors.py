@@ -20,6 +20,7 @@ meets them; code above that layer only sees these types::
     ├── StaleVersion             a realm-config edit based on an older version
     ├── BusError                 the queue transport failed
     └── StorageError             the database refused a write
+        └── LedgerDeferred       ... and the ledger row waits in the local spool
 """
 
 from __future__ import annotations
@@ -131,3 +132,7 @@ class PeerLost(WorkerError):
     """A federated peer accepted a query and then failed: it may have run, so no retry."""
 
     retryable = False
+
+
+class LedgerDeferred(StorageError):
+    """The database refused a ledger row; it is in the local spool and written later."""

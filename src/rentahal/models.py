@@ -240,6 +240,7 @@ class Result(BaseModel):
     realm: str = "$LEGACY"
     query_type: str = "chat"
     recorded: bool = True
+    recorded_later: bool = False  # not recorded yet: the row waits in the ledger spool
     user: User | None = None  # the user's totals after this query was charged
 
     @classmethod

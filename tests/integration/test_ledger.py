@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
+from pathlib import Path
 
 from rentahal.models import AIWorker
 from rentahal.storage.ledger import compute_cost
@@ -74,7 +75,22 @@ async def test_failed_query_is_recorded_and_not_charged(broker_factory) -> None:
     await client.close()
 
 
-async def test_read_only_database_keeps_serving(broker_factory, ref_workers, tmp_path) -> None:
+async def _rows_when(path: str, count: int, timeout_s: float) -> list[tuple]:
+    """The queries rows once there are ``count`` of them (or at the deadline)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        with sqlite3.connect(path) as db:
+            rows = db.execute(
+                "SELECT job_id, user_guid, status, processing_time, cost FROM queries"
+            ).fetchall()
+        if len(rows) >= count or asyncio.get_running_loop().time() > deadline:
+            return rows
+        await asyncio.sleep(0.2)
+
+
+async def test_read_only_database_rows_recorded_after_it_recovers(
+    broker_factory, ref_workers, tmp_path
+) -> None:
     first = broker_factory(demo_worker_records(ref_workers))
     client = await WSClient.connect(first.ws_url)
     await client.connect_sequence()
@@ -96,7 +112,11 @@ async def test_read_only_database_keeps_serving(broker_factory, ref_workers, tmp
     result = await client.query("during")
     assert result["type"] == "query_result"
     error = await client.expect("error")
-    assert error["message"] == "The query ran but could not be recorded: database unavailable"
+    assert error["message"] == (
+        "The query ran but could not be recorded yet: database unavailable; "
+        "it will be recorded when the database is back"
+    )
+    assert error["job_id"] == result["job_id"]
     # a new user gets a clear error instead of a broken session
     stranger = await WSClient.connect(read_only.ws_url, str(uuid.uuid4()))
     message = await stranger.recv()
@@ -104,10 +124,35 @@ async def test_read_only_database_keeps_serving(broker_factory, ref_workers, tmp
         "type": "error",
         "message": "The service cannot register users right now",
     }
-    assert (await client.query("after"))["type"] == "query_result"
+    after = await client.query("after")
+    assert after["type"] == "query_result"
     await client.close()
+    read_only.stop()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*), SUM(cost) FROM queries").fetchone() == before
+    spool = Path(path).parent / "ledger-spool.jsonl"
+    assert len(spool.read_bytes().splitlines()) == 2, "both answered queries were spooled"
+
+    # the database is writable again: the next broker replays the spool at start
+    broker_factory(database={"database_name": path})
+    rows = await _rows_when(path, before[0] + 2, 15)
+    by_job = {r[0]: r for r in rows}
+    assert len(rows) == len(by_job) == before[0] + 2, "each spooled row once"
+    for answered in (result, after):
+        row = by_job[answered["job_id"]]
+        assert (row[1], row[2]) == (guid, "done")
+        assert row[4] == answered["cost"] > 0
+    with sqlite3.connect(path) as db:
+        total_q, total_cost = db.execute(
+            "SELECT total_queries, total_cost FROM system_stats WHERE id=1"
+        ).fetchone()
+        count, user_cost = db.execute(
+            "SELECT query_count, total_cost FROM users WHERE guid=?", (guid,)
+        ).fetchone()
+    assert total_q == count == 3
+    assert abs(total_cost - sum(r[4] for r in rows)) < 1e-9
+    assert abs(user_cost - total_cost) < 1e-9
+    assert not spool.exists() and not spool.with_name(spool.name + ".replay").exists()
 
 
 async def test_worker_that_hangs_times_out(broker_factory) -> None:

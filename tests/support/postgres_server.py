@@ -165,6 +165,16 @@ class PostgresServer:
         )
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+        self._launch()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            created = self._createdb(self.dbname)
+            if created.returncode == 0:
+                return
+            self._check_alive(deadline, created.stderr)
+            time.sleep(0.1)
+
+    def _launch(self) -> None:
         settings = [f"-c{k}={v}" for k, v in _FAST.items()]
         log = (self.dir / "postgres.log").open("ab")
         self.process = subprocess.Popen(
@@ -185,17 +195,36 @@ class PostgresServer:
             **self._user_kwargs(),
         )
         log.close()
+
+    def _check_alive(self, deadline: float, why: str) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None or time.monotonic() > deadline:
+            output = (self.dir / "postgres.log").read_text(errors="replace")[-3000:]
+            self.stop()
+            raise RuntimeError(f"PostgreSQL did not start on {self.port}: {why}\n{output}")
+
+    def pause(self) -> None:
+        """Stop the server (fast shutdown) but keep its data, for :meth:`resume`."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(2)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def resume(self, timeout_s: float = 60.0) -> None:
+        """Start a paused server again on the same port, with its data."""
+        self._launch()
         deadline = time.monotonic() + timeout_s
         while True:
-            created = self._createdb(self.dbname)
-            if created.returncode == 0:
+            ready = self._run(
+                str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), timeout_s=10
+            )
+            if ready.returncode == 0:
                 return
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                output = (self.dir / "postgres.log").read_text(errors="replace")[-3000:]
-                self.stop()
-                raise RuntimeError(
-                    f"PostgreSQL did not start on {self.port}: {created.stderr}\n{output}"
-                )
+            self._check_alive(deadline, ready.stdout)
             time.sleep(0.1)
 
     def _createdb(self, name: str) -> subprocess.CompletedProcess[str]:
@@ -220,14 +249,7 @@ class PostgresServer:
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT), then remove the cluster."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(2)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.process = None
+        self.pause()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:

@@ -38,6 +38,7 @@ from rentahal.api.auth import AuthFailed, KeyOrCookieCaller, broker_of
 from rentahal.broker import Broker
 from rentahal.errors import (
     BrokerError,
+    LedgerDeferred,
     NoWorkerAvailable,
     QueryRejected,
     QueueFull,
@@ -165,7 +166,10 @@ async def _run_direct(
             processing_time=round(time.monotonic() - started, 6),
             query_type=query.query_type,
         )
-        await asyncio.shield(broker.ledger.record(job, broker.ledger.price(failed)))
+        try:
+            await asyncio.shield(broker.ledger.record(job, broker.ledger.price(failed)))
+        except StorageError as record_exc:  # spooled or lost: the worker's error still counts
+            logger.error("could not record failed job %s: %s", job.job_id, record_exc)
         raise
     if prompt_is_result:
         job = job.model_copy(update={"query": query.model_copy(update={"prompt": text})})
@@ -183,6 +187,8 @@ async def _run_direct(
     )
     try:
         await asyncio.shield(broker.ledger.record(job, result))
+    except LedgerDeferred:
+        result = result.model_copy(update={"recorded": False, "recorded_later": True})
     except StorageError as exc:
         logger.error("could not record job %s: %s", job.job_id, exc)
         result = result.model_copy(update={"recorded": False})
