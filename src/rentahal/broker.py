@@ -13,10 +13,12 @@ from rentahal.backends import HttpClient
 from rentahal.backends.health import HealthMonitor
 from rentahal.bus.base import Bus
 from rentahal.bus.counters import MemoryCounters, ShareCounters
+from rentahal.bus.redis import RedisBus
 from rentahal.bus.state import ClusterState, MemoryState
 from rentahal.config import Settings
-from rentahal.errors import LedgerDeferred, QueryRejected, QueueFull, StorageError
+from rentahal.errors import BusError, LedgerDeferred, QueryRejected, QueueFull, StorageError
 from rentahal.fleet import CONTROL_CHANNEL, Fleet
+from rentahal.lost_jobs import LostJobSweeper
 from rentahal.models import (
     Job,
     Query,
@@ -139,6 +141,10 @@ class Broker:
         self.metrics.registry.register(UploadGauges(self.uploads))
         self._watchdog: asyncio.Task[None] | None = None
         self.stuck_after_s = STUCK_AFTER_S
+        # Only Redis forgets jobs behind a live node's back (a restart without persistence).
+        self.sweeper: LostJobSweeper | None = None
+        if self.distributed and isinstance(bus, RedisBus):
+            self.sweeper = LostJobSweeper(self, bus.holding, settings.broker.lost_job_check_s)
 
     async def start(self) -> None:
         """Migrate the database, load workers, start consumers and periodic jobs."""
@@ -155,6 +161,8 @@ class Broker:
         self.health.start()
         self.notifier.start()
         self.shares.start()
+        if self.sweeper is not None:
+            self.sweeper.start()
         self._watchdog = asyncio.create_task(self._watchdog_loop(), name="realm-watchdog")
 
     async def _start_realms(self) -> None:
@@ -215,6 +223,8 @@ class Broker:
         await self.health.stop()
         await self.notifier.stop()
         await self.shares.stop()
+        if self.sweeper is not None:
+            await self.sweeper.stop()
         for fut in self._waiters.values():
             if not fut.done():
                 fut.cancel()
@@ -364,8 +374,23 @@ class Broker:
             self._waiters.pop(job.job_id, None)
             await asyncio.shield(self.shares.release(job.job_id))
             raise
+        if self.sweeper is not None:
+            self.sweeper.watch(job)
         self.queue_changed()
         return job
+
+    def owned_queue(self, job_id: str) -> str | None:
+        """The queue of a job this node queued and has not settled yet."""
+        entry = self._owner.get(job_id)
+        return entry[0] if entry is not None else None
+
+    async def release_owned(self, job_id: str) -> None:
+        """Forget a job this node queued (settled elsewhere or lost): its user's share is free."""
+        if self.shares.holds(job_id):
+            await self.shares.release(job_id)
+        if self._owner.pop(job_id, None) is not None:
+            self.notifier.forget(job_id)
+            self.queue_changed()
 
     async def position_of(self, job_id: str) -> int | None:
         """1-based position among waiting jobs of its queue; None when not waiting."""
@@ -467,7 +492,10 @@ class Broker:
         """Price, record and deliver a finished job, once (runs shielded).
 
         A job run twice (its node was presumed dead) is recorded and delivered
-        only by the first run to finish.
+        only by the first run to finish. The result goes to the user's mailbox
+        before the job leaves the queue and the running set, so a job is always
+        findable somewhere (see :mod:`rentahal.lost_jobs`); a result Redis cannot
+        take is delivered on this node and kept for a later try.
         """
         result = self.ledger.price(result)
         first, user = True, None
@@ -478,19 +506,39 @@ class Broker:
         except StorageError as exc:
             logger.error("could not record job %s: %s", job.job_id, exc)
             result = result.model_copy(update={"recorded": False})
-        await self.state.clear_running(job.job_id)
-        await self.bus.ack(job.realm, job.job_id)
-        if not first:
+        payload: dict[str, Any] | None = None
+        posted = False
+        if first:
+            self.metrics.observe(result)
+            self.notifier.observe(result)
+            if user is not None:
+                result = result.model_copy(update={"user": user})
+                self._users[user.guid] = (time.monotonic(), user)
+            payload = result.model_dump()
+            try:
+                await self.state.post_result(job.user_guid, payload)
+                posted = True
+            except BusError as exc:
+                logger.warning("could not keep the result of %s in a mailbox: %s", job.job_id, exc)
+        try:
+            await self.state.clear_running(job.job_id)
+            await self.bus.ack(job.realm, job.job_id)
+        except BusError as exc:  # a Redis that restarted has forgotten both anyway
+            logger.warning("could not clear job %s from the queue: %s", job.job_id, exc)
+        if payload is None:
             return
-        self.metrics.observe(result)
-        self.notifier.observe(result)
-        if user is not None:
-            result = result.model_copy(update={"user": user})
-            self._users[user.guid] = (time.monotonic(), user)
-        payload = result.model_dump()
-        await self.state.post_result(job.user_guid, payload)
-        await self.bus.publish(RESULTS_CHANNEL, payload)
+        await self.publish_result(payload)
+        if not posted and self.sweeper is not None:
+            self.sweeper.hold(job.user_guid, payload)
         self.queue_changed()
+
+    async def publish_result(self, payload: dict[str, Any]) -> None:
+        """Send a result to every node; delivered on this one when the bus cannot carry it."""
+        try:
+            await self.bus.publish(RESULTS_CHANNEL, payload)
+        except BusError as exc:
+            logger.warning("could not publish the result of %s: %s", payload["job_id"], exc)
+            await self._on_result(payload)
 
     async def _on_result(self, message: dict[str, Any]) -> None:
         result = Result.model_validate(message)
@@ -498,14 +546,22 @@ class Broker:
         if self.shares.holds(result.job_id):
             await self.shares.release(result.job_id)
         self.notifier.forget(result.job_id)
+        if self.sweeper is not None:
+            self.sweeper.forget(result.job_id)
         fut = self._waiters.get(result.job_id)
         if fut is not None:
             if not fut.done():
                 fut.set_result(result)
-            await self.state.mark_delivered(result.job_id)
+            await self._mark_delivered(result.job_id)
             return
         if self.deliver(result, self.connections.of_user(result.user_guid)):
-            await self.state.mark_delivered(result.job_id)
+            await self._mark_delivered(result.job_id)
+
+    async def _mark_delivered(self, job_id: str) -> None:
+        try:
+            await self.state.mark_delivered(job_id)
+        except BusError as exc:
+            logger.warning("could not note the delivery of %s: %s", job_id, exc)
 
     def deliver(self, result: Result, conns: list[Connection]) -> bool:
         """Send a result, with the user's updated totals in it, to sockets that lack it.
@@ -538,7 +594,7 @@ class Broker:
         for message in await self.state.undelivered(conn.user_guid):
             result = Result.model_validate(message)
             if self.deliver(result, [conn]):
-                await self.state.mark_delivered(result.job_id)
+                await self._mark_delivered(result.job_id)
 
     async def transcribe(self, audio: bytes) -> str:
         """Speech to text on a speech worker."""

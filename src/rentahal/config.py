@@ -223,6 +223,8 @@ class BrokerSettings(_Section):
     realms_enabled: bool = True
     realms_file: str = "realms.yml"
     claim_idle_s: float = Field(default=30.0, gt=0)
+    # How often a node checks that the jobs it queued still exist in Redis.
+    lost_job_check_s: float = Field(default=5.0, gt=0)
 
     def resolved_node_id(self) -> str:
         """This process's node id (generated when not configured)."""

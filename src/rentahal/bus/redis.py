@@ -626,6 +626,14 @@ class RedisBus:
         args = [self.group, keys.HELD_CONSUMER]
         return int(await self._call(lambda: self._scripts["depth"](keys=keys_, args=args), "depth"))
 
+    async def holding(self, queue: str, job_ids: list[str]) -> set[str]:
+        """The ids among ``job_ids`` that ``queue`` holds (waiting or taken, not yet acked)."""
+        if not job_ids:
+            return set()
+        key = keys.job_index_key(queue)
+        found: list[Any] = await self._call(lambda: self._redis.hmget(key, job_ids), "holding")
+        return {job_id for job_id, entry in zip(job_ids, found, strict=True) if entry is not None}
+
     async def _heartbeat(self) -> None:
         """Keep this node's taken entries fresh so no other node reclaims them."""
         interval_s = max(self.claim_idle_ms / 3000, 0.02)

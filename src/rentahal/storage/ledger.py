@@ -282,7 +282,7 @@ class Ledger:
                     groups.setdefault(id(storage), (storage, []))[1].append(row)
                 for storage, group in groups.values():
                     new += sum(first for first, _user in await self._write_rows(storage, group))
-        except StorageError as exc:
+        except Exception as exc:  # the database is still down (StorageError, or a raw OSError)
             logger.warning(
                 "database still refuses writes (%s); %d row(s) stay spooled", exc, len(rows)
             )

@@ -1,0 +1,209 @@
+"""Jobs lost with Redis, and results that could not be handed out: found and settled.
+
+A Redis restarted without persistence forgets every waiting job, the running
+jobs hash and the mailboxes. The node that queued a job (its owner) keeps a
+slim copy of it and checks it every ``check_s``: a job that is neither in its
+queue (waiting or taken) nor running on some node nor in its user's mailbox
+for :data:`MISSES_TO_LOST` checks in a row is lost. It is failed through
+``Broker.finish`` (a failed, uncharged ledger row, an error to its user, the
+user's share freed). Every node re-asserts its running jobs on each check, so
+a job still running after the restart is not taken for lost. A job found in
+the mailbox but not delivered (its pub/sub message fell into the outage) is
+published again.
+
+Results that could not be put in the mailbox (Redis down for longer than the
+retries) wait in an outbox and are posted and published once Redis is back,
+for at most ``OUTBOX_TTL_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter
+
+from rentahal.errors import BrokerError, BusError
+from rentahal.models import Job, QueryState, Result
+
+if TYPE_CHECKING:
+    from rentahal.broker import Broker
+
+logger = logging.getLogger(__name__)
+
+MISSES_TO_LOST = 3
+OUTBOX_TTL_S = 600.0
+OUTBOX_SIZE = 10_000
+LOST_MESSAGE = "Your query was lost when the queue server restarted; please resubmit it"
+
+#: ``holds(queue, job_ids)``: the ids among ``job_ids`` that ``queue`` still holds.
+HoldsProbe = Callable[[str, list[str]], Awaitable[set[str]]]
+
+
+@dataclass(slots=True)
+class _Watched:
+    job: Job
+    misses: int = 0
+
+
+@dataclass(slots=True)
+class _Held:
+    user_guid: str
+    payload: dict[str, Any]
+    since: float
+
+
+class LostJobSweeper:
+    """The owner-side check of queued jobs, the running-job re-assertion and the outbox."""
+
+    def __init__(self, broker: Broker, holds: HoldsProbe, check_s: float) -> None:
+        self.broker = broker
+        self._holds = holds
+        self.check_s = check_s
+        self._watched: dict[str, _Watched] = {}
+        self._outbox: dict[str, _Held] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.lost = Counter(
+            "rentahal_jobs_lost",
+            "Queued jobs that vanished with the queue server and were failed",
+            registry=broker.metrics.registry,
+        )
+        self.undeliverable = Counter(
+            "rentahal_results_undeliverable",
+            "Results that could be neither published nor kept in a mailbox in time",
+            registry=broker.metrics.registry,
+        )
+
+    def watch(self, job: Job) -> None:
+        """Keep a slim copy of a job this node queued (without its image or audio)."""
+        query = job.query.model_copy(update={"image": None, "audio": None})
+        self._watched[job.job_id] = _Watched(job.model_copy(update={"query": query}))
+
+    def forget(self, job_id: str) -> None:
+        """The job's result or error reached this node: stop watching it."""
+        self._watched.pop(job_id, None)
+
+    def hold(self, user_guid: str, payload: dict[str, Any]) -> None:
+        """A result neither in the mailbox nor delivered: post and publish it when Redis is back."""
+        if len(self._outbox) >= OUTBOX_SIZE:
+            oldest = next(iter(self._outbox))
+            self._give_up(oldest, self._outbox.pop(oldest))
+        self._outbox[payload["job_id"]] = _Held(user_guid, payload, time.monotonic())
+
+    def start(self) -> None:
+        """Start the periodic check."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="lost-job-sweeper")
+
+    async def stop(self) -> None:
+        """Stop the periodic check."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_s)
+            try:
+                await self.sweep()
+            except BusError as exc:  # Redis down: nothing can be told apart now
+                logger.debug("lost-job check skipped: %s", exc)
+            except Exception:
+                logger.exception("lost-job check failed")
+
+    async def sweep(self) -> None:
+        """One round: re-assert running jobs, flush the outbox, check watched jobs."""
+        await self._assert_running()
+        await self._flush_outbox()
+        await self._check_watched()
+
+    async def _assert_running(self) -> None:
+        broker = self.broker
+        for processor in list(broker.processors.values()):
+            for job_id, job in list(processor.running_jobs.items()):
+                if job.state in (QueryState.DISPATCHED, QueryState.RUNNING):
+                    await broker.state.set_running(job_id, broker.node_id, job.user_guid)
+
+    async def _flush_outbox(self) -> None:
+        broker = self.broker
+        now = time.monotonic()
+        for job_id, held in list(self._outbox.items()):
+            if now - held.since > OUTBOX_TTL_S:
+                self._give_up(job_id, self._outbox.pop(job_id))
+                continue
+            await broker.state.post_result(held.user_guid, held.payload)
+            self._outbox.pop(job_id, None)
+            await broker.publish_result(held.payload)
+
+    def _give_up(self, job_id: str, held: _Held) -> None:
+        self.undeliverable.inc()
+        logger.error(
+            "result of job %s (user %.8s…) could not be handed out within %.0fs",
+            job_id,
+            held.user_guid,
+            OUTBOX_TTL_S,
+        )
+
+    async def _check_watched(self) -> None:
+        broker = self.broker
+        by_queue: dict[str, list[str]] = {}
+        for job_id in list(self._watched):
+            owner = broker.owned_queue(job_id)
+            if owner is None:  # settled meanwhile
+                self._watched.pop(job_id, None)
+            else:
+                by_queue.setdefault(owner, []).append(job_id)
+        absent: list[str] = []
+        for queue, job_ids in by_queue.items():
+            held = await self._holds(queue, job_ids)
+            absent += [j for j in job_ids if j not in held]
+        for job_id in set(self._watched) - set(absent):
+            self._watched[job_id].misses = 0
+        mail: dict[str, dict[str, dict[str, Any]]] = {}
+        for job_id in absent:
+            watched = self._watched.get(job_id)
+            if watched is None or job_id in self._outbox:
+                continue
+            if await broker.state.running(job_id) is not None:
+                watched.misses = 0
+                continue
+            guid = watched.job.user_guid
+            if guid not in mail:
+                mail[guid] = {m["job_id"]: m for m in await broker.state.undelivered(guid)}
+            message = mail[guid].get(job_id)
+            if message is not None:
+                # Finished, but its pub/sub message fell into the outage: say it again.
+                self._watched.pop(job_id, None)
+                await broker.publish_result(message)
+                continue
+            watched.misses += 1
+            if watched.misses >= MISSES_TO_LOST:
+                watched.job.realm = broker.owned_queue(job_id) or watched.job.realm
+                await self._fail_lost(watched.job)
+
+    async def _fail_lost(self, job: Job) -> None:
+        self._watched.pop(job.job_id, None)
+        self.lost.inc()
+        logger.warning(
+            "job %s of queue %s vanished from the queue server; failing it", job.job_id, job.realm
+        )
+        job.move_to(QueryState.FAILED)
+        result = Result.of(
+            job,
+            "failed",
+            error=LOST_MESSAGE,
+            queue_wait=max(0.0, time.time() - job.submitted_at),
+        )
+        try:
+            await self.broker.finish(job, result)
+        except BrokerError as exc:
+            logger.error("could not fail lost job %s: %s", job.job_id, exc)
+        # Recorded by another run (its result is in flight) or failed now: the share is free.
+        await self.broker.release_owned(job.job_id)
