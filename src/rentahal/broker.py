@@ -527,20 +527,28 @@ class Broker:
             logger.warning("could not clear job %s from the queue: %s", job.job_id, exc)
         if payload is None:
             return
-        await self.publish_result(payload)
+        delivered = await self.publish_result(payload)
         if not posted and self.sweeper is not None:
-            self.sweeper.hold(job.user_guid, payload)
+            await self.sweeper.hold(job.user_guid, payload, delivered=delivered)
         self.queue_changed()
 
-    async def publish_result(self, payload: dict[str, Any]) -> None:
-        """Send a result to every node; delivered on this one when the bus cannot carry it."""
+    async def publish_result(self, payload: dict[str, Any]) -> bool:
+        """Send a result to every node; delivered on this one when the bus cannot carry it.
+
+        ``False`` when it was neither published nor received by a socket here.
+        """
         try:
             await self.bus.publish(RESULTS_CHANNEL, payload)
+            return True
         except BusError as exc:
             logger.warning("could not publish the result of %s: %s", payload["job_id"], exc)
-            await self._on_result(payload)
+            return await self._deliver_here(payload)
 
     async def _on_result(self, message: dict[str, Any]) -> None:
+        await self._deliver_here(message)
+
+    async def _deliver_here(self, message: dict[str, Any]) -> bool:
+        """Hand a result to its waiter or the user's sockets on this node; whether any got it."""
         result = Result.model_validate(message)
         self._owner.pop(result.job_id, None)
         if self.shares.holds(result.job_id):
@@ -553,9 +561,11 @@ class Broker:
             if not fut.done():
                 fut.set_result(result)
             await self._mark_delivered(result.job_id)
-            return
+            return True
         if self.deliver(result, self.connections.of_user(result.user_guid)):
             await self._mark_delivered(result.job_id)
+            return True
+        return False
 
     async def _mark_delivered(self, job_id: str) -> None:
         try:

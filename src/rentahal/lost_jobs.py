@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
+from rentahal.bus.state import MAILBOX_TTL_S
 from rentahal.errors import BrokerError, BusError
 from rentahal.models import Job, QueryState, Result
 
@@ -37,9 +38,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MISSES_TO_LOST = 3
-OUTBOX_TTL_S = 600.0
+OUTBOX_TTL_S = float(MAILBOX_TTL_S)
 OUTBOX_SIZE = 10_000
 LOST_MESSAGE = "Your query was lost when the queue server restarted; please resubmit it"
+UNDELIVERED_MESSAGE = "The answer could not be delivered (queue server unavailable); not charged"
 
 #: ``holds(queue, job_ids)``: the ids among ``job_ids`` that ``queue`` still holds.
 HoldsProbe = Callable[[str, list[str]], Awaitable[set[str]]]
@@ -56,6 +58,7 @@ class _Held:
     user_guid: str
     payload: dict[str, Any]
     since: float
+    delivered: bool  # published or delivered on this node: a user online has it
 
 
 class LostJobSweeper:
@@ -88,12 +91,16 @@ class LostJobSweeper:
         """The job's result or error reached this node: stop watching it."""
         self._watched.pop(job_id, None)
 
-    def hold(self, user_guid: str, payload: dict[str, Any]) -> None:
-        """A result neither in the mailbox nor delivered: post and publish it when Redis is back."""
+    async def hold(self, user_guid: str, payload: dict[str, Any], *, delivered: bool) -> None:
+        """A result not in the mailbox: post and publish it when Redis is back.
+
+        Given up after ``OUTBOX_TTL_S``; a result no socket received is then
+        refunded (its row marked failed, its charge taken back).
+        """
         if len(self._outbox) >= OUTBOX_SIZE:
             oldest = next(iter(self._outbox))
-            self._give_up(oldest, self._outbox.pop(oldest))
-        self._outbox[payload["job_id"]] = _Held(user_guid, payload, time.monotonic())
+            await self._give_up(oldest, self._outbox.pop(oldest))
+        self._outbox[payload["job_id"]] = _Held(user_guid, payload, time.monotonic(), delivered)
 
     def start(self) -> None:
         """Start the periodic check."""
@@ -136,20 +143,21 @@ class LostJobSweeper:
         now = time.monotonic()
         for job_id, held in list(self._outbox.items()):
             if now - held.since > OUTBOX_TTL_S:
-                self._give_up(job_id, self._outbox.pop(job_id))
+                await self._give_up(job_id, self._outbox.pop(job_id))
                 continue
             await broker.state.post_result(held.user_guid, held.payload)
             self._outbox.pop(job_id, None)
             await broker.publish_result(held.payload)
 
-    def _give_up(self, job_id: str, held: _Held) -> None:
+    async def _give_up(self, job_id: str, held: _Held) -> None:
+        logger.error("the result of job %s could not be kept in a mailbox in time", job_id)
+        if held.delivered or held.payload.get("status") != "done":
+            return
         self.undeliverable.inc()
-        logger.error(
-            "result of job %s (user %.8s…) could not be handed out within %.0fs",
-            job_id,
-            held.user_guid,
-            OUTBOX_TTL_S,
-        )
+        try:
+            await self.broker.ledger.refund(job_id, held.user_guid, UNDELIVERED_MESSAGE)
+        except BrokerError as exc:
+            logger.error("could not refund undelivered job %s: %s", job_id, exc)
 
     async def _check_watched(self) -> None:
         broker = self.broker

@@ -254,6 +254,49 @@ class Ledger:
         )
         return users
 
+    async def refund(self, job_id: str, user_guid: str, reason: str) -> bool:
+        """Mark a charged job as failed with ``reason`` and take its charge back, once.
+
+        For a result that was charged but could never be handed out. ``False``
+        when the job has no charged row (never recorded, or refunded already).
+        """
+        storage = self._storage.for_user(user_guid)
+        q, stats = t.queries.c, t.system_stats.c
+        now = datetime.now(UTC).replace(tzinfo=None)
+        async with storage.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(q.processing_time, q.cost).where(q.job_id == job_id, q.status == "done")
+                )
+            ).one_or_none()
+            if row is None:
+                return False
+            await conn.execute(
+                update(t.queries)
+                .where(q.job_id == job_id, q.status == "done")
+                .values(status="failed", error=reason, cost=0.0)
+            )
+            await conn.execute(
+                _CHARGE_USER,
+                {
+                    "b_guid": user_guid,
+                    "b_time": -row.processing_time,
+                    "b_cost": -row.cost,
+                    "b_count": -1,
+                },
+            )
+            await conn.execute(
+                update(t.system_stats)
+                .where(stats.id == 1)
+                .values(
+                    total_queries=stats.total_queries - 1,
+                    total_processing_time=stats.total_processing_time - row.processing_time,
+                    total_cost=stats.total_cost - row.cost,
+                    last_updated=now,
+                )
+            )
+        return True
+
     # the spool
 
     async def _replay_loop(self) -> None:

@@ -1,4 +1,4 @@
-"""LedgerSpool and Ledger replay on a real SQLite file: refused rows come back once."""
+"""LedgerSpool and Ledger replay on a real SQLite file: refused rows come back once; refunds."""
 
 from __future__ import annotations
 
@@ -138,3 +138,20 @@ def test_spool_lives_beside_the_sqlite_file_or_in_spool_dir(tmp_path: Path) -> N
     assert spool_path(read_only).parent == db_file.parent
     server = DatabaseSettings(database_url="postgresql://u@h/db", spool_dir=str(tmp_path))
     assert spool_path(server, "node-a") == tmp_path / "ledger-spool-node-a.jsonl"
+
+
+async def test_refund_takes_the_charge_back_once(db: tuple[Storage, Storage, str]) -> None:
+    writable, _read_only, guid = db
+    ledger = Ledger(writable, COSTS)
+    kept, refunded = _finished(guid, 1.0), _finished(guid, 2.0)
+    for job, result in (kept, refunded):
+        assert await ledger.record(job, ledger.price(result))
+    assert await ledger.refund(refunded[0].job_id, guid, "not delivered")
+    assert not await ledger.refund(refunded[0].job_id, guid, "not delivered")
+    rows, user_cost, count, system_cost, system_count = await _totals(writable, guid)
+    expected = ledger.price(kept[1]).cost
+    assert (rows, count, system_count) == (2, 1, 1)
+    assert user_cost == pytest.approx(expected) and system_cost == pytest.approx(expected)
+    never, _result = _finished(guid, 0.5)
+    assert not await ledger.refund(never.job_id, guid, "never recorded")
+    await ledger.close()
