@@ -45,7 +45,7 @@ def _known(env: dict[str, str]) -> dict[str, str]:
 def cluster() -> Iterator[Cluster]:
     """Two nodes, Redis, PostgreSQL, one slow and one fast reference worker."""
     with Cluster(nodes=2) as started:
-        started.start_worker("slow", latency_ms=600)
+        started.start_worker("slow", latency_ms=400)
         started.start_worker("fast", latency_ms=20)
         yield started
 
@@ -84,7 +84,7 @@ async def _check_totals(cluster: Cluster, users: list[ClusterUser]) -> None:
 @pytest.mark.timeout(120)
 async def test_redis_restart_every_query_answered_or_failed(cluster: Cluster) -> None:
     cluster.prepare(
-        [cluster.record("slow", max_concurrency=3)],
+        [cluster.record("slow", max_concurrency=4)],
         env=_known(
             {
                 "RENTAHAL_BROKER__LOST_JOB_CHECK_S": "0.5",
@@ -99,7 +99,7 @@ async def test_redis_restart_every_query_answered_or_failed(cluster: Cluster) ->
         jobs = await asyncio.gather(*(u.submit(10, "before") for u in users))
         every = {j for ids in jobs for j in ids}
         assert len(every) == 30
-        await asyncio.sleep(1.5)  # a few answered, a few running, most waiting
+        await asyncio.sleep(1.0)  # a few answered, a few running, most waiting
         cluster.redis.restart()
 
         settled = await asyncio.gather(
@@ -174,7 +174,7 @@ async def test_database_outage_rows_replayed_once(cluster: Cluster) -> None:
         [cluster.record("fast", max_concurrency=4)],
         env=_known({"RENTAHAL_DATABASE__SPOOL_REPLAY_S": "0.5"}),
     )
-    cluster.stop(1)  # every query runs on node A, so its spool holds them all
+    cluster.kill(1)  # every query runs on node A, so its spool holds them all
     user = ClusterUser()
     spool = cluster.node(0).realms_file.parent / "ledger-spool-nodeA.jsonl"
     try:
