@@ -218,13 +218,13 @@ class Broker:
             self._watchdog = None
         if self.realms is not None:
             await self.realms.close()
+        if self.sweeper is not None:  # before the ledger closes: it may still fail lost jobs
+            await self.sweeper.stop()
         await asyncio.gather(*(p.stop(drain_timeout_s) for p in self.processors.values()))
         await self.ledger.close()
         await self.health.stop()
         await self.notifier.stop()
         await self.shares.stop()
-        if self.sweeper is not None:
-            await self.sweeper.stop()
         for fut in self._waiters.values():
             if not fut.done():
                 fut.cancel()

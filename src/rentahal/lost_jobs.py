@@ -210,7 +210,7 @@ class LostJobSweeper:
             queue_wait=max(0.0, time.time() - job.submitted_at),
         )
         try:
-            await self.broker.finish(job, result)
+            await asyncio.shield(self.broker.finish(job, result))
         except BrokerError as exc:
             logger.error("could not fail lost job %s: %s", job.job_id, exc)
         # Recorded by another run (its result is in flight) or failed now: the share is free.
