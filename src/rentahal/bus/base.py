@@ -14,6 +14,10 @@ MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
 class Bus(Protocol):
     """Queues of jobs (one per realm) and publish/subscribe channels.
 
+    A queue is fair between users (start-time fair queuing, see
+    :mod:`rentahal.bus.fair`): one user's backlog delays another user's job by
+    about one job, not by the backlog; one user's jobs keep their order.
+
     A job taken with :meth:`take` is pending until :meth:`ack`; a node that dies
     before acking loses nothing (the distributed bus hands the job to another
     node). ``accept`` lets a consumer skip jobs it cannot run now (the legacy
@@ -35,7 +39,7 @@ class Bus(Protocol):
     async def take(
         self, queue: str, *, accept: JobFilter | None = None, timeout_s: float = 1.0
     ) -> Job | None:
-        """The oldest acceptable job, or ``None`` after ``timeout_s``."""
+        """The first acceptable job in fair order, or ``None`` after ``timeout_s``."""
         ...
 
     def wake(self, queue: str) -> None:
@@ -47,7 +51,7 @@ class Bus(Protocol):
         ...
 
     async def requeue(self, queue: str, job: Job) -> None:
-        """Hand a taken job back, at the head of the queue."""
+        """Hand a taken job back, at its place in the fair order (near the head)."""
         ...
 
     async def remove(self, queue: str, job_id: str) -> Job | None:
@@ -55,7 +59,7 @@ class Bus(Protocol):
         ...
 
     async def waiting(self, queue: str) -> list[Job]:
-        """The waiting jobs in queue order."""
+        """The waiting jobs in the fair order :meth:`take` offers them."""
         ...
 
     async def depth(self, queue: str) -> int:

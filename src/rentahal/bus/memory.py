@@ -3,28 +3,54 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections import defaultdict
 from typing import Any
 
 from rentahal.bus.base import JobFilter, MessageHandler
+from rentahal.bus.fair import FairClock, Tag, Weight, job_cost, unit_weight
 from rentahal.models import Job
 
 logger = logging.getLogger(__name__)
 
 
 class _Queue:
-    __slots__ = ("changed", "jobs")
+    """One queue: waiting jobs in fair order, and the tags of waiting and taken jobs."""
+
+    __slots__ = ("changed", "clock", "jobs", "order", "tags")
 
     def __init__(self) -> None:
-        self.jobs: dict[str, Job] = {}  # insertion-ordered: the queue order
+        self.jobs: dict[str, Job] = {}  # waiting jobs
+        self.order: list[tuple[float, int, str]] = []  # (start, seq, job_id), ascending
+        self.tags: dict[str, Tag] = {}  # waiting and taken (until acked)
+        self.clock = FairClock()
         self.changed = asyncio.Event()
+
+    def file(self, job: Job, tag: Tag) -> None:
+        self.jobs[job.job_id] = job
+        self.tags[job.job_id] = tag
+        bisect.insort(self.order, (*tag.key, job.job_id))
+
+    def unfile(self, job_id: str) -> tuple[Job, Tag] | None:
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return None
+        tag = self.tags[job_id]
+        index = bisect.bisect_left(self.order, (*tag.key, job_id))
+        del self.order[index]
+        return job, tag
 
 
 class MemoryBus:
-    """Queues as ordered dicts with change events; channels as direct callbacks."""
+    """Fair-ordered queues with change events; channels as direct callbacks.
 
-    def __init__(self) -> None:
+    ``weight`` gives each job's user its share of a queue (see
+    :mod:`rentahal.bus.fair`); by default every user has the same.
+    """
+
+    def __init__(self, *, weight: Weight = unit_weight) -> None:
+        self._weight = weight
         self._queues: defaultdict[str, _Queue] = defaultdict(_Queue)
         self._handlers: defaultdict[str, list[MessageHandler]] = defaultdict(list)
 
@@ -37,13 +63,18 @@ class MemoryBus:
 
     async def enqueue(self, queue: str, job: Job) -> None:
         q = self._queues[queue]
-        q.jobs[job.job_id] = job
+        old = q.unfile(job.job_id)
+        if old is not None:
+            q.clock.withdrawn(old[1])
+        q.file(job, q.clock.stamp(job.user_guid, job_cost(self._weight, job)))
         q.changed.set()
 
     def _first_acceptable(self, q: _Queue, accept: JobFilter | None) -> Job | None:
-        for job in q.jobs.values():
+        for _start, _seq, job_id in q.order:
+            job = q.jobs[job_id]
             if accept is None or accept(job):
-                del q.jobs[job.job_id]
+                q.unfile(job_id)
+                q.clock.served(q.tags[job_id])
                 return job
         return None
 
@@ -71,18 +102,34 @@ class MemoryBus:
         self._queues[queue].changed.set()
 
     async def ack(self, queue: str, job_id: str) -> None:
-        return None
+        q = self._queues[queue]
+        if job_id not in q.jobs:
+            q.tags.pop(job_id, None)
 
     async def requeue(self, queue: str, job: Job) -> None:
+        """Hand a taken job back at its place in the fair order (it keeps its tag)."""
         q = self._queues[queue]
-        q.jobs = {job.job_id: job, **q.jobs}
+        tag = q.tags.get(job.job_id)
+        if tag is None or job.job_id in q.jobs:
+            await self.enqueue(queue, job)
+            return
+        q.clock.refile(tag)
+        q.file(job, tag)
         q.changed.set()
 
     async def remove(self, queue: str, job_id: str) -> Job | None:
-        return self._queues[queue].jobs.pop(job_id, None)
+        q = self._queues[queue]
+        found = q.unfile(job_id)
+        if found is None:
+            return None
+        job, tag = found
+        del q.tags[job_id]
+        q.clock.withdrawn(tag)
+        return job
 
     async def waiting(self, queue: str) -> list[Job]:
-        return list(self._queues[queue].jobs.values())
+        q = self._queues[queue]
+        return [q.jobs[job_id] for _start, _seq, job_id in q.order]
 
     async def depth(self, queue: str) -> int:
         return len(self._queues[queue].jobs)

@@ -38,9 +38,11 @@ class Nodes:
         if self.kind == "memory":
             node_id = "memory"
         if node_id not in self.buses:
-            bus: Bus = (
-                MemoryBus() if self.kind == "memory" else RedisBus(self.url, node_id, **options)
-            )
+            bus: Bus
+            if self.kind == "memory":
+                bus = MemoryBus(**{k: v for k, v in options.items() if k == "weight"})
+            else:
+                bus = RedisBus(self.url, node_id, **options)
             await bus.start()
             self.buses[node_id] = bus
         return self.buses[node_id]
