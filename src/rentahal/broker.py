@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rentahal.admission import Admission
 from rentahal.backends import HttpClient
 from rentahal.backends.health import HealthMonitor
 from rentahal.bus.base import Bus
@@ -131,6 +132,7 @@ class Broker:
         self._waiters: dict[str, asyncio.Future[Result]] = {}
         # job_id -> (queue, user_guid) of jobs queued from this node and not yet delivered
         self._owner: dict[str, tuple[str, str]] = {}
+        self.admission = Admission(settings.queue)  # HTTP callers wait for their share
         self.notifier = QueueNotifier(self)
         self.most_connected = 0
         self._users: dict[str, tuple[float, User]] = {}

@@ -7,6 +7,7 @@ meets them; code above that layer only sees these types::
     ├── ConfigError              a bad setting, named by its key
     ├── QueryRejected            refused before queueing (message is user-facing)
     │   ├── QueueFull
+    │   │   └── ShareFull        the user's own share is full (HTTP callers wait for it)
     │   └── NoWorkerAvailable    no live worker can serve the query type/model
     │       └── WorkerCircuitOpen  every such worker has an open circuit
     ├── WorkerError              a worker call failed
@@ -40,6 +41,10 @@ class QueryRejected(BrokerError):
 
 class QueueFull(QueryRejected):
     """The queue (global, realm or per-user share) has no room."""
+
+
+class ShareFull(QueueFull):
+    """The user already has their share of queries queued or running."""
 
 
 class NoWorkerAvailable(QueryRejected):

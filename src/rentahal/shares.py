@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from rentahal.bus import keys
 from rentahal.bus.counters import ShareCounters
 from rentahal.config import QueueSettings
-from rentahal.errors import BrokerError, QueueFull
+from rentahal.errors import BrokerError, QueueFull, ShareFull
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ class Shares:
             self._held[job_id] = (time.monotonic(), list(caps))
             return
         if full == user_key(user_guid):
-            raise QueueFull(
+            # HTTP callers wait for their own share to free up (rentahal.admission).
+            raise ShareFull(
                 f"You already have {self.queue.max_queued_per_user} queries waiting; "
                 "please wait for them to finish"
             )

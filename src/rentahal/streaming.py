@@ -10,8 +10,10 @@ other protocol answers the whole text as one delta.
 The finished query goes through :meth:`Broker.finish` like a queued one: it is
 priced, written to the ledger and published, so the user's WebSocket tabs (if
 any) also receive its ``query_result``. Differences from the queue path: no
-retry on another worker (deltas may already be out), no queue limits (the wait
-for a slot is bounded by the query timeout instead), and a streamed query is
+retry on another worker (deltas may already be out), no place in a realm queue
+(a stream takes one of its user's shares, waiting for it like any HTTP query,
+:class:`~rentahal.admission.Admission`; the wait for a worker slot is bounded
+by the query timeout), and a streamed query is
 not in any processor, so ``cancel_query`` / ``terminate_query`` do not reach it;
 closing the HTTP connection cancels it.
 """
@@ -27,7 +29,7 @@ from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from rentahal.backends import HttpClient, get_backend
 from rentahal.broker import Broker
-from rentahal.errors import QueryRejected, WorkerError
+from rentahal.errors import QueryRejected, ShareFull, WorkerError
 from rentahal.models import AIWorker, Job, Query, QueryState, Result
 from rentahal.realms.workers import WorkerSelector
 
@@ -153,6 +155,35 @@ class QueryStream:
 
     async def _run(self) -> AsyncGenerator[str, None]:
         await self._validate()
+        async with self.broker.admission.share(self.job.user_guid, streamed=True):
+            # A stream holds a place of the user's share on every node, like a queued query.
+            await self._take_share()
+            try:
+                deltas = self._run_admitted()
+                try:
+                    async for delta in deltas:
+                        yield delta
+                finally:
+                    await deltas.aclose()  # records a cancelled stream before the share is free
+            finally:
+                await asyncio.shield(self.broker.shares.release(self.job.job_id))
+
+    async def _take_share(self) -> None:
+        """Take the share place, waiting (bounded) while the user's other queries hold it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.broker.settings.queue.queue_timeout
+        delay = 0.05
+        while True:
+            try:
+                await self.broker.shares.admit(self.job.job_id, self.job.user_guid)
+                return
+            except ShareFull:
+                if loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _run_admitted(self) -> AsyncGenerator[str, None]:
         broker, job = self.broker, self.job
         job.realm = await broker.route(job.query)
         registry = broker.registry

@@ -42,6 +42,7 @@ from rentahal.errors import (
     NoWorkerAvailable,
     QueryRejected,
     QueueFull,
+    ShareFull,
     StorageError,
     WorkerError,
     WorkerTimeout,
@@ -115,14 +116,35 @@ def result_timeout_s(broker: Broker, query_type: str) -> float:
     return settings.queue.queue_timeout + attempts + speech + _RESULT_MARGIN_S
 
 
+async def _submit_within_share(broker: Broker, user_guid: str, query: Query) -> Job:
+    """Submit, waiting while the user's share is taken by their WebSocket or other queries."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + broker.settings.queue.queue_timeout
+    delay = 0.05
+    while True:
+        try:
+            return await broker.submit(user_guid, query, want_result=True)
+        except ShareFull:
+            if loop.time() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
 async def run_query(broker: Broker, user_guid: str, query: Query) -> Result:
     """Queue ``query`` for ``user_guid`` and wait for its completed :class:`Result`.
 
-    Raises ``QueryRejected`` (and subclasses) when it is refused, ``ApiError``
-    when it fails, is cancelled or takes too long; a caller that goes away
-    cancels the job.
+    Beyond the user's share the query waits for a slot
+    (:class:`~rentahal.admission.Admission`) instead of being refused. Raises
+    ``QueryRejected`` (and subclasses) when it is refused, ``ApiError`` when it
+    fails, is cancelled or takes too long; a caller that goes away cancels the job.
     """
-    job = await broker.submit(user_guid, query, want_result=True)
+    async with broker.admission.share(user_guid):
+        return await _run_admitted(broker, user_guid, query)
+
+
+async def _run_admitted(broker: Broker, user_guid: str, query: Query) -> Result:
+    job = await _submit_within_share(broker, user_guid, query)
     timeout_s = result_timeout_s(broker, query.query_type)
     try:
         result = await broker.wait_result(job.job_id, timeout_s)

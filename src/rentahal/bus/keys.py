@@ -65,3 +65,27 @@ def share_key(kind: str, subject: str) -> str:
     ``kind`` names the share (``user`` or ``address`` for queued queries).
     """
     return f"{PREFIX}:share:{kind}:{subject}"
+
+
+#: The bus channel on which a queue's changes wake the ``take`` calls of every node.
+WAKE_CHANNEL = "__queue-wake__"
+
+
+def fair_order_key(queue: str) -> str:
+    """Sorted set of ``queue``'s waiting jobs in fair order (``seq:job_id`` by start tag)."""
+    return f"{PREFIX}:queue:{queue}:fair"
+
+
+def fair_tags_key(queue: str) -> str:
+    """Hash ``job_id -> "start|cost|seq|user"``: the fair tag of each waiting or taken job."""
+    return f"{PREFIX}:queue:{queue}:tags"
+
+
+def fair_finish_key(queue: str) -> str:
+    """Sorted set ``user -> virtual finish`` of each user's last queued job."""
+    return f"{PREFIX}:queue:{queue}:finish"
+
+
+def fair_flows_key(queue: str) -> str:
+    """Hash of ``queue``'s virtual ``clock``, enqueue ``seq`` and ``n:<user>`` waiting counts."""
+    return f"{PREFIX}:queue:{queue}:flows"

@@ -46,6 +46,7 @@ from redis.backoff import NoBackoff
 
 from rentahal.bus import keys
 from rentahal.bus.base import JobFilter, MessageHandler
+from rentahal.bus.fair import Weight, job_cost, unit_weight
 from rentahal.errors import BusError
 from rentahal.models import Job
 
@@ -56,27 +57,149 @@ T = TypeVar("T")
 WAITING_CAP = 1000  # most jobs :meth:`RedisBus.waiting` returns and ``take`` scans when held
 _CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
 
-# KEYS: stream, index, jobs. ARGV: group, job_id, job JSON.
-_ENQUEUE = """
+# Start-time fair queuing (the rules of :mod:`rentahal.bus.fair`), shared by the
+# scripts below: ``local F = fair_keys(i)`` names KEYS[i..i+3] as order, tags,
+# finish, flows (see :func:`_fair_keys`). Waiting jobs are exactly the held
+# entries; ``order`` lists them by (start tag, seq).
+_FAIR_LIB = """
+local function fair_keys(i)
+  return {order = KEYS[i], tags = KEYS[i + 1], finish = KEYS[i + 2], flows = KEYS[i + 3]}
+end
+local function fair_num(x) return string.format('%.17g', x) end
+local function fair_tag(F, job_id)
+  local t = redis.call('HGET', F.tags, job_id)
+  if not t then return nil end
+  local s, c, q, f = string.match(t, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  return {start = tonumber(s), cost = tonumber(c), seq = q, flow = f}
+end
+local function entry_job(stream, id)
+  local r = redis.call('XRANGE', stream, id, id)
+  if #r == 0 then return nil end
+  local f = r[1][2]
+  for i = 1, #f, 2 do
+    if f[i] == 'job_id' then return f[i + 1] end
+  end
+  return nil
+end
+local function flow_of(jobs, job_id)
+  local body = redis.call('HGET', jobs, job_id)
+  if not body then return nil end
+  local ok, job = pcall(cjson.decode, body)
+  if ok and type(job) == 'table' and type(job['user_guid']) == 'string' then
+    return job['user_guid']
+  end
+  return ''
+end
+local function fair_stamp(F, job_id, flow, cost)
+  local clock = tonumber(redis.call('HGET', F.flows, 'clock') or '0')
+  local last = tonumber(redis.call('ZSCORE', F.finish, flow) or '0')
+  local start = math.max(clock, last)
+  local seq = string.format('%015d', redis.call('HINCRBY', F.flows, 'seq', 1))
+  redis.call('ZADD', F.finish, fair_num(start + cost), flow)
+  redis.call('HSET', F.tags, job_id,
+    fair_num(start) .. '|' .. fair_num(cost) .. '|' .. seq .. '|' .. flow)
+  redis.call('ZADD', F.order, fair_num(start), seq .. ':' .. job_id)
+  redis.call('HINCRBY', F.flows, 'n:' .. flow, 1)
+end
+-- The job waits (again) with its tag, or a new tag when it has none. True if filed now.
+local function fair_file(F, jobs, job_id)
+  local tag = fair_tag(F, job_id)
+  if not tag then
+    local flow = flow_of(jobs, job_id)
+    if not flow then return false end
+    fair_stamp(F, job_id, flow, 1)
+    return true
+  end
+  if redis.call('ZADD', F.order, 'NX', fair_num(tag.start), tag.seq .. ':' .. job_id) == 0 then
+    return false
+  end
+  redis.call('HINCRBY', F.flows, 'n:' .. tag.flow, 1)
+  return true
+end
+-- The job stops waiting: taken (served: the clock moves to its start tag) or
+-- cancelled (its user gets the virtual time back). False when it was not waiting.
+local function fair_unfile(F, job_id, served)
+  local tag = fair_tag(F, job_id)
+  if not tag then return false end
+  if redis.call('ZREM', F.order, tag.seq .. ':' .. job_id) == 0 then return false end
+  local left = redis.call('HINCRBY', F.flows, 'n:' .. tag.flow, -1)
+  if left <= 0 then redis.call('HDEL', F.flows, 'n:' .. tag.flow) end
+  if served then
+    local clock = tonumber(redis.call('HGET', F.flows, 'clock') or '0')
+    if tag.start > clock then
+      redis.call('HSET', F.flows, 'clock', fair_num(tag.start))
+      redis.call('ZREMRANGEBYSCORE', F.finish, '-inf', fair_num(tag.start))
+    end
+  elseif left <= 0 then
+    redis.call('ZREM', F.finish, tag.flow)
+  elseif tonumber(redis.call('ZSCORE', F.finish, tag.flow) or '-1') == tag.start + tag.cost then
+    redis.call('ZADD', F.finish, fair_num(tag.start), tag.flow)
+  end
+  return true
+end
+local function fair_forget(F, job_id)
+  fair_unfile(F, job_id, false)
+  redis.call('HDEL', F.tags, job_id)
+end
+"""
+
+# Add the entry and hand it to held at once (every waiting job is held), with
+# its fair tag; legacy undelivered entries found on the way are filed too.
+# KEYS: stream, index, jobs, fair x4, wake channel.
+# ARGV: group, job_id, job JSON, held, user, cost, wake message.
+_ENQUEUE = (
+    _FAIR_LIB
+    + """
+local F = fair_keys(4)
 redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+fair_forget(F, ARGV[2])
 local id = redis.call('XADD', KEYS[1], '*', 'job_id', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[2], id)
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[4], 'STREAMS', KEYS[1], '>')
+if got then
+  for _, e in ipairs(got[1][2]) do
+    if e[1] == id then
+      fair_stamp(F, ARGV[2], ARGV[5], tonumber(ARGV[6]))
+    else
+      local job_id = entry_job(KEYS[1], e[1])
+      if job_id then fair_file(F, KEYS[3], job_id) end
+    end
+  end
+end
+redis.call('PUBLISH', KEYS[8], ARGV[7])
 return id
 """
+)
 
-# Hand a pending entry from one consumer to another, only if ``from`` owns it.
-# KEYS: stream, jobs. ARGV: group, entry id, from, to, job_id, new job JSON or ''.
-_MOVE = """
+# Hand a pending entry from one consumer to another, only if ``from`` owns it;
+# a job handed to held waits again at its place in the fair order.
+# KEYS: stream, jobs, fair x4, wake channel.
+# ARGV: group, entry id, from, to, job_id, new job JSON or '', held, wake message.
+_MOVE = (
+    _FAIR_LIB
+    + """
+local F = fair_keys(3)
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[4], 0, ARGV[2], 'JUSTID')
+local job_id = ARGV[5]
+if job_id == '' then job_id = entry_job(KEYS[1], ARGV[2]) end
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[2], ARGV[5], ARGV[6])
   redis.call('HINCRBY', KEYS[2], 'rev:' .. ARGV[5], 1)
 end
+if job_id then
+  if ARGV[4] == ARGV[7] then
+    fair_file(F, KEYS[2], job_id)
+    redis.call('PUBLISH', KEYS[7], ARGV[8])
+  elseif ARGV[3] == ARGV[7] then
+    fair_unfile(F, job_id, true)
+  end
+end
 return 1
 """
+)
 
 # Reset the idle time of this node's entries; answer the ids it no longer owns.
 # KEYS: stream. ARGV: group, consumer, entry ids...
@@ -94,9 +217,14 @@ return lost
 """
 
 # Move entries idle longer than min_idle from any real consumer to held; drop
-# consumers that own nothing and were idle for forget_ms.
-# KEYS: stream. ARGV: group, held, min_idle_ms, count, forget_ms.
-_RECLAIM = """
+# consumers that own nothing and were idle for forget_ms. Moved jobs wait again
+# at their place in the fair order.
+# KEYS: stream, jobs, fair x4, wake channel.
+# ARGV: group, held, min_idle_ms, count, forget_ms, wake message.
+_RECLAIM = (
+    _FAIR_LIB
+    + """
+local F = fair_keys(3)
 local moved = {}
 local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
 if consumers.err then return moved end
@@ -111,18 +239,25 @@ for _, c in ipairs(consumers) do
       for _, e in ipairs(p) do
         redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, e[1], 'JUSTID')
         table.insert(moved, e[1])
+        local job_id = entry_job(KEYS[1], e[1])
+        if job_id then fair_file(F, KEYS[2], job_id) end
       end
     elseif tonumber(info['idle']) > tonumber(ARGV[5]) then
       redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
     end
   end
 end
+if #moved > 0 then redis.call('PUBLISH', KEYS[7], ARGV[6]) end
 return moved
 """
+)
 
 # Cancel a waiting (new or held) job; nil when it is taken or unknown.
-# KEYS: stream, index, jobs. ARGV: group, job_id, held.
-_REMOVE = """
+# KEYS: stream, index, jobs, fair x4. ARGV: group, job_id, held.
+_REMOVE = (
+    _FAIR_LIB
+    + """
+local F = fair_keys(4)
 local id = redis.call('HGET', KEYS[2], ARGV[2])
 if not id then return false end
 local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], id, id, 1)
@@ -133,18 +268,24 @@ if #p > 0 then
 elseif #redis.call('XRANGE', KEYS[1], id, id) == 0 then
   redis.call('HDEL', KEYS[2], ARGV[2])
   redis.call('HDEL', KEYS[3], ARGV[2], 'rev:' .. ARGV[2])
+  fair_forget(F, ARGV[2])
   return false
 end
+fair_forget(F, ARGV[2])
 redis.call('XDEL', KEYS[1], id)
 local body = redis.call('HGET', KEYS[3], ARGV[2])
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[2], 'rev:' .. ARGV[2])
 return body
 """
+)
 
 # Finish a job: forget its entry and, if the index still points there, the job.
-# KEYS: stream, index, jobs. ARGV: group, job_id, entry id or ''.
-_ACK = """
+# KEYS: stream, index, jobs, fair x4. ARGV: group, job_id, entry id or ''.
+_ACK = (
+    _FAIR_LIB
+    + """
+local F = fair_keys(4)
 local id = ARGV[3]
 if id == '' then
   id = redis.call('HGET', KEYS[2], ARGV[2])
@@ -155,106 +296,103 @@ local n = redis.call('XDEL', KEYS[1], id)
 if redis.call('HGET', KEYS[2], ARGV[2]) == id then
   redis.call('HDEL', KEYS[2], ARGV[2])
   redis.call('HDEL', KEYS[3], ARGV[2], 'rev:' .. ARGV[2])
+  fair_forget(F, ARGV[2])
 end
 return n
 """
+)
 
-# Waiting jobs = undelivered entries + held entries (every acked entry is deleted).
-# KEYS: stream. ARGV: group, held.
-_DEPTH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local len = redis.call('XLEN', KEYS[1])
-local s = redis.pcall('XPENDING', KEYS[1], ARGV[1])
-if s.err then return len end
-local held = 0
-if s[4] then
-  for _, c in ipairs(s[4]) do
-    if c[1] == ARGV[2] then held = tonumber(c[2]) end
-  end
-end
-return len - tonumber(s[1]) + held
-"""
-
-# Held entries as [id, job_id, revision, ...]: ``take`` fetches only bodies it
-# has not parsed yet (held jobs may carry large images and are scanned often).
-# KEYS: stream, jobs. ARGV: group, held, cap.
-_HELD = """
+# The first ``cap`` waiting jobs in fair order as [job_id, entry id, revision, ...]:
+# ``take`` fetches only bodies it has not parsed yet (jobs may carry large images).
+# KEYS: fair order, index, jobs. ARGV: cap.
+_FAIR_HEAD = """
 local out = {}
-local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[3]), ARGV[2])
-if p.err then return out end
-for _, e in ipairs(p) do
-  local r = redis.call('XRANGE', KEYS[1], e[1], e[1])
-  if #r > 0 then
-    local f = r[1][2]
-    for i = 1, #f, 2 do
-      if f[i] == 'job_id' then
-        table.insert(out, e[1])
-        table.insert(out, f[i + 1])
-        table.insert(out, redis.call('HGET', KEYS[2], 'rev:' .. f[i + 1]) or '0')
-      end
-    end
-  end
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)) do
+  local job_id = string.match(m, '^[^:]*:(.*)$')
+  table.insert(out, job_id)
+  table.insert(out, redis.call('HGET', KEYS[2], job_id) or '')
+  table.insert(out, redis.call('HGET', KEYS[3], 'rev:' .. job_id) or '0')
 end
 return out
 """
 
-# {held [id, json, ...], new [id, json, ...]} in queue order, at most cap in all.
-# KEYS: stream, jobs. ARGV: group, held, cap.
-_WAITING = """
-local out_held, out_new = {}, {}
-if redis.call('EXISTS', KEYS[1]) == 0 then return {out_held, out_new} end
-local cap = tonumber(ARGV[3])
-local function body(fields)
-  for i = 1, #fields, 2 do
-    if fields[i] == 'job_id' then return redis.call('HGET', KEYS[2], fields[i + 1]) end
-  end
-  return false
+# Take a waiting job (a held entry) for a node, atomically against every other
+# take and remove. Stale members of the fair order are dropped on the way.
+# KEYS: stream, index, fair x4. ARGV: group, held, node, job_id, entry id.
+_FAIR_TAKE = (
+    _FAIR_LIB
+    + """
+local F = fair_keys(3)
+local id = redis.call('HGET', KEYS[2], ARGV[4])
+if not id then
+  fair_forget(F, ARGV[4])
+  return 0
 end
-local last = '0-0'
-local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', cap, ARGV[2])
-if p.err then
-  p = {}
-else
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-    local info = {}
-    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
-    if info['name'] == ARGV[1] then last = info['last-delivered-id'] end
-  end
+if id ~= ARGV[5] then return 0 end
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+if p.err then return 0 end
+if #p == 0 then
+  if #redis.call('XRANGE', KEYS[1], id, id) == 0 then fair_forget(F, ARGV[4]) end
+  return 0
 end
-local n = 0
+fair_unfile(F, ARGV[4], true)
+if p[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, id, 'JUSTID')
+return 1
+"""
+)
+
+# File every held entry (and any undelivered one) that is missing from the fair
+# order; answers how many were filed. Keeps the order whole whatever moved an
+# entry to held.
+# KEYS: stream, jobs, fair x4, wake channel. ARGV: group, held, cap, wake message.
+_FAIR_REPAIR = (
+    _FAIR_LIB
+    + """
+local F = fair_keys(3)
+local filed = 0
+local got = redis.pcall('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', tonumber(ARGV[3]),
+  'STREAMS', KEYS[1], '>')
+if type(got) == 'table' and got.err then return 0 end
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[3]), ARGV[2])
 for _, e in ipairs(p) do
-  local r = redis.call('XRANGE', KEYS[1], e[1], e[1])
-  local b = #r > 0 and body(r[1][2])
-  if b then
-    table.insert(out_held, e[1])
-    table.insert(out_held, b)
-    n = n + 1
-  end
+  local job_id = entry_job(KEYS[1], e[1])
+  if job_id and fair_file(F, KEYS[2], job_id) then filed = filed + 1 end
 end
-if n < cap then
-  for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', cap - n)) do
-    local b = body(e[2])
-    if b then
-      table.insert(out_new, e[1])
-      table.insert(out_new, b)
-    end
-  end
+if filed > 0 then redis.call('PUBLISH', KEYS[7], ARGV[4]) end
+return filed
+"""
+)
+
+# The first ``cap`` waiting jobs' JSON in fair order.
+# KEYS: fair order, jobs. ARGV: cap.
+_FAIR_WAITING = """
+local out = {}
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)) do
+  local body = redis.call('HGET', KEYS[2], string.match(m, '^[^:]*:(.*)$'))
+  if body then table.insert(out, body) end
 end
-return {out_held, out_new}
+return out
 """
 
 
-def _pairs(flat: list[str]) -> list[tuple[str, str]]:
-    return list(zip(flat[::2], flat[1::2], strict=True))
+def _fair_keys(queue: str) -> list[str]:
+    """The keys a script's ``fair_keys(i)`` names, in its order."""
+    return [
+        keys.fair_order_key(queue),
+        keys.fair_tags_key(queue),
+        keys.fair_finish_key(queue),
+        keys.fair_flows_key(queue),
+    ]
 
 
 class _QueueState:
-    __slots__ = ("ensured", "held", "inflight", "last_reclaim", "woken")
+    __slots__ = ("ensured", "inflight", "last_reclaim", "parsed", "woken")
 
     def __init__(self) -> None:
         self.ensured = False
         self.inflight: dict[str, str] = {}  # job_id -> entry id of jobs this node took
-        self.held: dict[tuple[str, str], Job] = {}  # (entry id, revision) -> parsed held job
+        self.parsed: dict[tuple[str, str], Job] = {}  # (job_id, revision) -> waiting job
         self.last_reclaim = 0.0
         self.woken = asyncio.Event()
 
@@ -265,8 +403,10 @@ class RedisBus:
     ``node_id`` names this node's consumer; ``claim_idle_ms`` is how long a taken
     job may go without its node's heartbeat before another node takes it over;
     ``block_ms`` bounds one ``XREADGROUP BLOCK`` and hence how late :meth:`wake`
-    and jobs requeued by other nodes are noticed; ``retry_s`` is how long one
-    operation retries a lost connection before raising :class:`BusError`.
+    and jobs requeued by other nodes are noticed when a pub/sub wake-up is
+    missed; ``retry_s`` is how long one operation retries a lost connection
+    before raising :class:`BusError`. ``weight`` gives each job's user its share
+    of a queue (:mod:`rentahal.bus.fair`); every node should use the same.
     """
 
     def __init__(
@@ -279,6 +419,7 @@ class RedisBus:
         block_ms: int = 200,
         retry_s: float = 10.0,
         connect_timeout_s: float = 5.0,
+        weight: Weight = unit_weight,
     ) -> None:
         if not node_id or node_id == keys.HELD_CONSUMER:
             raise ValueError(f"invalid node id {node_id!r}")
@@ -288,6 +429,7 @@ class RedisBus:
         self.claim_idle_ms = claim_idle_ms
         self.block_ms = max(1, block_ms)
         self.retry_s = retry_s
+        self._weight = weight
         self._redis: Redis = Redis.from_url(
             url,
             decode_responses=True,
@@ -306,13 +448,14 @@ class RedisBus:
                 ("reclaim", _RECLAIM),
                 ("remove", _REMOVE),
                 ("ack", _ACK),
-                ("depth", _DEPTH),
-                ("waiting", _WAITING),
-                ("held", _HELD),
+                ("fair_head", _FAIR_HEAD),
+                ("fair_take", _FAIR_TAKE),
+                ("fair_repair", _FAIR_REPAIR),
+                ("fair_waiting", _FAIR_WAITING),
             )
         }
         self._queues: dict[str, _QueueState] = {}
-        self._handlers: dict[str, list[MessageHandler]] = {}
+        self._handlers: dict[str, list[MessageHandler]] = {keys.WAKE_CHANNEL: [self._on_wake]}
         self._listening = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -405,14 +548,46 @@ class RedisBus:
             entry_id = str(entry["message_id"])
             if entry_id not in q.inflight.values():
                 await self._move(queue, entry_id, self.node_id, keys.HELD_CONSUMER)
+        await self._repair(queue)
         q.ensured = True
+
+    def _wake_message(self, queue: str) -> str:
+        return json.dumps({"queue": queue})
+
+    async def _on_wake(self, message: dict[str, Any]) -> None:
+        """A queue changed on some node: let this node's ``take`` calls look again."""
+        q = self._queues.get(str(message.get("queue")))
+        if q is not None:
+            q.woken.set()
 
     async def _move(
         self, queue: str, entry: str, src: str, dst: str, job_id: str = "", body: str = ""
     ) -> bool:
-        keys_ = [keys.stream_key(queue), keys.jobs_key(queue)]
-        args = [self.group, entry, src, dst, job_id, body]
+        keys_ = [
+            keys.stream_key(queue),
+            keys.jobs_key(queue),
+            *_fair_keys(queue),
+            keys.channel_key(keys.WAKE_CHANNEL),
+        ]
+        args = [self.group, entry, src, dst, job_id, body, keys.HELD_CONSUMER]
+        args.append(self._wake_message(queue))
         return bool(await self._scripts["move"](keys=keys_, args=args))
+
+    async def _repair(self, queue: str) -> None:
+        """File held (or undelivered) entries missing from the fair order."""
+        filed = await self._scripts["fair_repair"](
+            keys=[
+                keys.stream_key(queue),
+                keys.jobs_key(queue),
+                *_fair_keys(queue),
+                keys.channel_key(keys.WAKE_CHANNEL),
+            ],
+            args=[self.group, keys.HELD_CONSUMER, WAITING_CAP, self._wake_message(queue)],
+        )
+        if filed:
+            logger.warning(
+                "filed %d waiting job(s) of %s missing from the fair order", filed, queue
+            )
 
     def _parse(self, body: str) -> Job | None:
         try:
@@ -424,20 +599,36 @@ class RedisBus:
     # queues
 
     async def enqueue(self, queue: str, job: Job) -> None:
-        """Append ``job`` to ``queue``."""
-        keys_ = [keys.stream_key(queue), keys.job_index_key(queue), keys.jobs_key(queue)]
-        args = [self.group, job.job_id, job.model_dump_json()]
+        """Queue ``job`` at its user's place in the fair order, and wake every node."""
+        keys_ = [
+            keys.stream_key(queue),
+            keys.job_index_key(queue),
+            keys.jobs_key(queue),
+            *_fair_keys(queue),
+            keys.channel_key(keys.WAKE_CHANNEL),
+        ]
+        args = [
+            self.group,
+            job.job_id,
+            job.model_dump_json(),
+            keys.HELD_CONSUMER,
+            job.user_guid,
+            repr(job_cost(self._weight, job)),
+            self._wake_message(queue),
+        ]
         await self._call(lambda: self._scripts["enqueue"](keys=keys_, args=args), "enqueue")
+        self._state(queue).woken.set()
 
     async def take(
         self, queue: str, *, accept: JobFilter | None = None, timeout_s: float = 1.0
     ) -> Job | None:
-        """The oldest acceptable job (held ones first), or ``None`` after ``timeout_s``.
+        """The first acceptable job in fair order, or ``None`` after ``timeout_s``.
 
-        A refused job is moved to held, where it keeps its place for the next
-        ``take`` on any node. While Redis is unreachable this waits (retrying)
-        and answers ``None`` at the deadline, so a consume loop survives a
-        Redis restart; other Redis errors raise :class:`BusError`.
+        A refused job keeps its place for the next ``take`` on any node. Between
+        looks this waits for a wake-up (an enqueue, requeue or reclaim on any
+        node, or :meth:`wake`), at most ``block_ms``. While Redis is unreachable
+        this waits (retrying) and answers ``None`` at the deadline, so a consume
+        loop survives a Redis restart; other Redis errors raise :class:`BusError`.
         """
         q = self._state(queue)
         loop = asyncio.get_running_loop()
@@ -446,7 +637,7 @@ class RedisBus:
         while not self._closed:
             q.woken.clear()
             try:
-                job = await self._take_once(queue, q, accept, deadline)
+                job = await self._take_once(queue, q, accept)
                 delay = 0.05
             except _CONNECTION_ERRORS as exc:
                 q.ensured = False
@@ -466,21 +657,20 @@ class RedisBus:
                 raise BusError(f"redis take from {queue} failed: {exc}") from exc
             if job is not None:
                 return job
-            if loop.time() >= deadline and not q.woken.is_set():
+            remaining = deadline - loop.time()
+            if q.woken.is_set():
+                continue
+            if remaining <= 0:
                 return None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(self.block_ms / 1000, remaining)):
+                    await q.woken.wait()
         return None
 
-    async def _take_once(
-        self, queue: str, q: _QueueState, accept: JobFilter | None, deadline: float
-    ) -> Job | None:
+    async def _take_once(self, queue: str, q: _QueueState, accept: JobFilter | None) -> Job | None:
         await self._ensure(queue)
         await self._maybe_reclaim(queue, q)
-        job = await self._take_held(queue, q, accept)
-        if job is not None:
-            return job
-        remaining_ms = int((deadline - asyncio.get_running_loop().time()) * 1000)
-        block_ms = min(self.block_ms, remaining_ms) if remaining_ms >= 1 else None
-        return await self._take_new(queue, q, accept, block_ms)
+        return await self._take_fair(queue, q, accept)
 
     async def _maybe_reclaim(self, queue: str, q: _QueueState) -> None:
         now = asyncio.get_running_loop().time()
@@ -488,86 +678,70 @@ class RedisBus:
             return
         q.last_reclaim = now
         moved = await self._scripts["reclaim"](
-            keys=[keys.stream_key(queue)],
+            keys=[
+                keys.stream_key(queue),
+                keys.jobs_key(queue),
+                *_fair_keys(queue),
+                keys.channel_key(keys.WAKE_CHANNEL),
+            ],
             args=[
                 self.group,
                 keys.HELD_CONSUMER,
                 self.claim_idle_ms,
                 WAITING_CAP,
                 max(10 * self.claim_idle_ms, 60000),
+                self._wake_message(queue),
             ],
         )
         if moved:
             logger.warning("reclaimed %d stale job(s) of %s", len(moved), queue)
+        await self._repair(queue)
 
-    async def _take_held(self, queue: str, q: _QueueState, accept: JobFilter | None) -> Job | None:
-        flat = await self._scripts["held"](
-            keys=[keys.stream_key(queue), keys.jobs_key(queue)],
-            args=[self.group, keys.HELD_CONSUMER, WAITING_CAP],
+    async def _take_fair(self, queue: str, q: _QueueState, accept: JobFilter | None) -> Job | None:
+        """Take the first acceptable waiting job, in fair order."""
+        flat = await self._scripts["fair_head"](
+            keys=[keys.fair_order_key(queue), keys.job_index_key(queue), keys.jobs_key(queue)],
+            args=[WAITING_CAP],
         )
-        held = [(str(e), str(j), str(r)) for e, j, r in zip(*[iter(flat)] * 3, strict=True)]
-        missing = [(e, j, r) for e, j, r in held if (e, r) not in q.held]
+        head = [(str(j), str(e), str(r)) for j, e, r in zip(*[iter(flat)] * 3, strict=True)]
+        missing = [(j, r) for j, e, r in head if e and (j, r) not in q.parsed]
         if missing:
             bodies: list[Any] = await self._redis.hmget(
-                keys.jobs_key(queue), [j for _e, j, _r in missing]
+                keys.jobs_key(queue), [j for j, _r in missing]
             )
-            for (entry, _job_id, rev), body in zip(missing, bodies, strict=True):
+            for (job_id, rev), body in zip(missing, bodies, strict=True):
                 job = self._parse(body) if body else None
                 if job is not None:
-                    q.held[entry, rev] = job
-        q.held = {(e, r): q.held[e, r] for e, _j, r in held if (e, r) in q.held}
-        for entry, _job_id, rev in held:
-            job = q.held.get((entry, rev))
-            if job is None or (accept is not None and not accept(job)):
+                    q.parsed[job_id, rev] = job
+        q.parsed = {(j, r): q.parsed[j, r] for j, _e, r in head if (j, r) in q.parsed}
+        for job_id, entry, rev in head:
+            job = q.parsed.get((job_id, rev))
+            if accept is not None and job is not None and not accept(job):
                 continue
-            # Another node may win the race for this entry: then try the next one.
-            if await self._claim(queue, q, entry, job.job_id, keys.HELD_CONSUMER):
-                q.held.pop((entry, rev), None)
+            # Another node may win the race for this job: then try the next one.
+            # Unreadable or stale members are passed to the script, which drops them.
+            if not await self._claim(queue, q, job_id, entry):
+                continue
+            q.parsed.pop((job_id, rev), None)
+            if job is not None:
                 return job
+            logger.error("dropping unreadable job %s of %s", job_id, queue)
+            await self.ack(queue, job_id)
         return None
 
-    async def _claim(self, queue: str, q: _QueueState, entry: str, job_id: str, src: str) -> bool:
-        q.inflight[job_id] = entry
-        try:
-            if await self._move(queue, entry, src, self.node_id):
-                return True
-        except BaseException:
-            q.inflight.pop(job_id, None)
-            raise
-        q.inflight.pop(job_id, None)
-        return False
-
-    async def _take_new(
-        self, queue: str, q: _QueueState, accept: JobFilter | None, block_ms: int | None
-    ) -> Job | None:
-        stream = keys.stream_key(queue)
-        reply: Any = await self._redis.xreadgroup(
-            self.group, self.node_id, {stream: ">"}, count=1, block=block_ms
-        )
-        if not reply:
-            return None
-        entry_, fields = reply[0][1][0]
-        entry, job_id = str(entry_), str(fields.get("job_id", ""))
+    async def _claim(self, queue: str, q: _QueueState, job_id: str, entry: str) -> bool:
         q.inflight[job_id] = entry  # from here a cancellation must hand the entry back
         try:
-            body: Any = await self._redis.hget(keys.jobs_key(queue), job_id)
-            job = self._parse(body) if body else None
-            if job is None:
-                q.inflight.pop(job_id, None)
-                await self._scripts["ack"](
-                    keys=[stream, keys.job_index_key(queue), keys.jobs_key(queue)],
-                    args=[self.group, job_id, entry],
-                )
-                return None
-            if accept is None or accept(job):
-                return job
+            taken = await self._scripts["fair_take"](
+                keys=[keys.stream_key(queue), keys.job_index_key(queue), *_fair_keys(queue)],
+                args=[self.group, keys.HELD_CONSUMER, self.node_id, job_id, entry],
+            )
         except BaseException:
             q.inflight.pop(job_id, None)
-            await asyncio.shield(self._move(queue, entry, self.node_id, keys.HELD_CONSUMER))
             raise
-        q.inflight.pop(job_id, None)
-        await self._move(queue, entry, self.node_id, keys.HELD_CONSUMER)
-        return None
+        if not taken:
+            q.inflight.pop(job_id, None)
+        return bool(taken)
 
     def wake(self, queue: str) -> None:
         """Make waiting :meth:`take` calls look again (within ``block_ms``)."""
@@ -576,12 +750,17 @@ class RedisBus:
     async def ack(self, queue: str, job_id: str) -> None:
         """The job is finished: delete its entry and its JSON (``XACK`` + ``XDEL``)."""
         entry = self._state(queue).inflight.pop(job_id, "")
-        keys_ = [keys.stream_key(queue), keys.job_index_key(queue), keys.jobs_key(queue)]
+        keys_ = [
+            keys.stream_key(queue),
+            keys.job_index_key(queue),
+            keys.jobs_key(queue),
+            *_fair_keys(queue),
+        ]
         args = [self.group, job_id, entry]
         await self._call(lambda: self._scripts["ack"](keys=keys_, args=args), "ack")
 
     async def requeue(self, queue: str, job: Job) -> None:
-        """Hand a taken job back to held, at its original place, with ``job``'s new state.
+        """Hand a taken job back, at its place in the fair order, with ``job``'s new state.
 
         A job this node did not take (or lost to a reclaim) is appended instead,
         unless another node owns it now.
@@ -604,27 +783,30 @@ class RedisBus:
         await self.enqueue(queue, job)
 
     async def remove(self, queue: str, job_id: str) -> Job | None:
-        """Take a waiting (new or held) job out, atomically against any node's ``take``."""
-        keys_ = [keys.stream_key(queue), keys.job_index_key(queue), keys.jobs_key(queue)]
+        """Take a waiting job out, atomically against any node's ``take``."""
+        keys_ = [
+            keys.stream_key(queue),
+            keys.job_index_key(queue),
+            keys.jobs_key(queue),
+            *_fair_keys(queue),
+        ]
         args = [self.group, job_id, keys.HELD_CONSUMER]
         body = await self._call(lambda: self._scripts["remove"](keys=keys_, args=args), "remove")
         return self._parse(body) if body else None
 
     async def waiting(self, queue: str) -> list[Job]:
-        """The waiting jobs in the order ``take`` offers them (at most :data:`WAITING_CAP`)."""
-        keys_ = [keys.stream_key(queue), keys.jobs_key(queue)]
-        args: list[str | int] = [self.group, keys.HELD_CONSUMER, WAITING_CAP]
-        held, new = await self._call(
-            lambda: self._scripts["waiting"](keys=keys_, args=args), "waiting"
+        """The waiting jobs in the fair order ``take`` offers them (at most :data:`WAITING_CAP`)."""
+        keys_ = [keys.fair_order_key(queue), keys.jobs_key(queue)]
+        bodies = await self._call(
+            lambda: self._scripts["fair_waiting"](keys=keys_, args=[WAITING_CAP]), "waiting"
         )
-        jobs = (self._parse(body) for _entry, body in _pairs(held) + _pairs(new))
+        jobs = (self._parse(body) for body in bodies)
         return [job for job in jobs if job is not None]
 
     async def depth(self, queue: str) -> int:
-        """How many jobs wait in ``queue`` (new plus held)."""
-        keys_ = [keys.stream_key(queue)]
-        args = [self.group, keys.HELD_CONSUMER]
-        return int(await self._call(lambda: self._scripts["depth"](keys=keys_, args=args), "depth"))
+        """How many jobs wait in ``queue``."""
+        key = keys.fair_order_key(queue)
+        return int(await self._call(lambda: self._redis.zcard(key), "depth"))
 
     async def holding(self, queue: str, job_ids: list[str]) -> set[str]:
         """The ids among ``job_ids`` that ``queue`` holds (waiting or taken, not yet acked)."""
