@@ -482,11 +482,18 @@ class RedisBus:
         if self._closed:
             return
         self._closed = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        pending = set(self._tasks)
+        for _ in range(20):  # a cancel that races a read timeout can be lost: cancel again
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            done, pending = await asyncio.wait(pending, timeout=0.25)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    logger.error("bus task %s failed", task.get_name(), exc_info=task.exception())
+        if pending:
+            logger.warning("%d bus task(s) did not stop", len(pending))
         self._tasks = []
         for q in self._queues.values():
             q.woken.set()
@@ -819,7 +826,7 @@ class RedisBus:
     async def _heartbeat(self) -> None:
         """Keep this node's taken entries fresh so no other node reclaims them."""
         interval_s = max(self.claim_idle_ms / 3000, 0.02)
-        while True:
+        while not self._closed:
             await asyncio.sleep(interval_s)
             for queue, q in list(self._queues.items()):
                 if not q.inflight:
@@ -870,11 +877,11 @@ class RedisBus:
     async def _listen(self) -> None:
         """Own the pub/sub connection: (re)subscribe, dispatch, reconnect with back-off."""
         delay = 0.05
-        while True:
+        while not self._closed:
             pubsub: PubSub = self._redis.pubsub(ignore_subscribe_messages=True)
             subscribed: set[str] = set()
             try:
-                while True:
+                while not self._closed:
                     wanted = set(self._handlers) - subscribed
                     if wanted:
                         await pubsub.subscribe(*(keys.channel_key(c) for c in wanted))
