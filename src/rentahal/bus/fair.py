@@ -80,9 +80,16 @@ class FairClock:
         self._waiting[tag.flow] += 1
 
     def served(self, tag: Tag) -> None:
-        """A waiting job was taken: the clock moves to its start tag."""
+        """A waiting job was taken: the clock moves to its start tag.
+
+        When nothing waits any more the clock moves on to the last finish tag,
+        as an idle server's does, and every finish tag can be forgotten.
+        """
         self._leave(tag.flow)
-        if tag.start > self.clock:
+        if not self._waiting and self._finish:
+            self.clock = max(self.clock, tag.start, *self._finish.values())
+            self._finish.clear()
+        elif tag.start > self.clock:
             self.clock = tag.start
             self._finish = {f: t for f, t in self._finish.items() if t > self.clock}
 

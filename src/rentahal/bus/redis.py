@@ -126,7 +126,12 @@ local function fair_unfile(F, job_id, served)
   if left <= 0 then redis.call('HDEL', F.flows, 'n:' .. tag.flow) end
   if served then
     local clock = tonumber(redis.call('HGET', F.flows, 'clock') or '0')
-    if tag.start > clock then
+    local last = redis.call('ZRANGE', F.finish, -1, -1, 'WITHSCORES')
+    if redis.call('ZCARD', F.order) == 0 and #last > 0 then
+      -- Nothing waits: the clock moves on to the last finish tag, as an idle server's.
+      redis.call('HSET', F.flows, 'clock', fair_num(math.max(clock, tag.start, tonumber(last[2]))))
+      redis.call('DEL', F.finish)
+    elseif tag.start > clock then
       redis.call('HSET', F.flows, 'clock', fair_num(tag.start))
       redis.call('ZREMRANGEBYSCORE', F.finish, '-inf', fair_num(tag.start))
     end
