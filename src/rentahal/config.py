@@ -201,7 +201,7 @@ class QueueSettings(_Section):
     # 0: three users' worth, but at most half of max_queue_size (see shares.address_cap).
     max_queued_per_address: int = Field(default=0, ge=0)
     # HTTP requests beyond a user's share wait for it (FIFO) instead of a refusal.
-    max_waiting_requests_per_user: int = Field(default=256, ge=0)
+    max_waiting_requests_per_user: int = Field(default=64, ge=0)
     max_prompt_chars: int = Field(default=20000, ge=1)
 
 
