@@ -9,13 +9,17 @@ consumer name is the node id.
 A job is in exactly one of these states, and every change between them is one
 Redis command or one Lua script, so two nodes never both get it:
 
-* **new**: an entry after the group's last-delivered id (``XREADGROUP >`` hands
-  it to one node);
-* **held**: pending, owned by the pseudo-consumer :data:`~rentahal.bus.keys.HELD_CONSUMER`.
-  Jobs land here when a node requeues them, when ``accept`` refuses them, and
-  when they are reclaimed from a dead node. Held jobs are offered first, in
-  stream order (so a requeued job is back at its original place, the head);
-  they are visible to :meth:`RedisBus.waiting` and removable from any node;
+* **held** (waiting): pending, owned by the pseudo-consumer
+  :data:`~rentahal.bus.keys.HELD_CONSUMER`. :meth:`RedisBus.enqueue` hands a
+  new entry to held at once (``XREADGROUP >`` in the same script); jobs also
+  land here when a node requeues them and when they are reclaimed from a dead
+  node. Held jobs are offered in fair order (:mod:`rentahal.bus.fair`): the
+  sorted set ``fair_order_key`` lists them by start tag, and every script that
+  moves an entry into or out of held updates it in the same step. A requeued or
+  reclaimed job keeps its tag, so it is back at its place (near the head).
+  Held jobs are visible to :meth:`RedisBus.waiting` and removable from any
+  node. (An entry left undelivered by an older version is filed by the repair
+  pass that also re-files any held entry missing from the order.)
 * **taken**: pending, owned by a node. A background task re-claims the node's
   taken entries every ``claim_idle_ms / 3`` to keep them fresh; entries idle
   longer than ``claim_idle_ms`` belong to a dead (or stuck) node and are moved
