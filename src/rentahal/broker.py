@@ -29,7 +29,7 @@ from rentahal.models import (
 )
 from rentahal.nicknames import normalize_nickname
 from rentahal.realms.connections import Connection, RealmConnectionManager
-from rentahal.realms.execution import QueryExecutor
+from rentahal.realms.execution import QueryExecutor, SpeechCall
 from rentahal.realms.metrics import RealmMetricsCollector
 from rentahal.realms.notifier import QueueNotifier
 from rentahal.realms.processor import QueryProcessor
@@ -608,13 +608,13 @@ class Broker:
             if self.deliver(result, [conn]):
                 await self._mark_delivered(result.job_id)
 
-    async def transcribe(self, audio: bytes) -> str:
-        """Speech to text on a speech worker."""
-        return await self.executor.transcribe(audio)
+    async def transcribe(self, audio: bytes, call: SpeechCall | None = None) -> str:
+        """Speech to text on a speech worker (``call`` learns which worker answered)."""
+        return await self.executor.transcribe(audio, call)
 
-    async def speak(self, text: str) -> bytes:
-        """Text to speech on a speech worker."""
-        return await self.executor.speak(text)
+    async def speak(self, text: str, call: SpeechCall | None = None) -> bytes:
+        """Text to speech on a speech worker (``call`` learns which worker answered)."""
+        return await self.executor.speak(text, call)
 
     async def broadcast(self, message: dict[str, Any], *, sysops_only: bool = False) -> None:
         """Send to every connected client on every node."""

@@ -150,7 +150,7 @@ def _from_headers(response: httpx.Response) -> dict[str, Any]:
         "cost": float(h["x-rentahal-cost"]),
         "processing_time": float(h["x-rentahal-processing-time"]),
         "job_id": h["x-rentahal-job-id"],
-        "worker": h.get("x-rentahal-worker"),  # whisper and bark name none
+        "worker": h.get("x-rentahal-worker"),
         "result_type": h["x-rentahal-result-type"],
     }
 
@@ -199,6 +199,8 @@ async def test_bare_answers_of_vision_imagine_whisper_bark(api_server: BrokerSer
     audio = base64.b64decode(bark.json())
     assert audio[:4] == b"RIFF" and audio[8:12] == b"WAVE"
     assert _from_headers(bark)["result_type"] == "audio"
+    # The speech calls name the speech worker that answered, like queued queries.
+    assert _from_headers(whisper)["worker"] == _from_headers(bark)["worker"] == "ref-speech"
     await ws.close()
 
 

@@ -48,6 +48,7 @@ from rentahal.errors import (
     WorkerTimeout,
 )
 from rentahal.models import Job, Query, QueryType, Result
+from rentahal.realms.execution import SpeechCall
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ async def _run_direct(
     broker: Broker,
     user_guid: str,
     query: Query,
-    call: Callable[[], Awaitable[str]],
+    call: Callable[[SpeechCall], Awaitable[str]],
     *,
     prompt_is_result: bool = False,
 ) -> Result:
@@ -175,8 +176,9 @@ async def _run_direct(
     """
     job = Job(user_guid=user_guid, query=query, origin_node=broker.node_id)
     started = time.monotonic()
+    speech = SpeechCall()
     try:
-        text = await call()
+        text = await call(speech)
     except WorkerError as exc:
         failed = Result(
             job_id=job.job_id,
@@ -204,6 +206,7 @@ async def _run_direct(
             result_type="audio" if query.model_type == "speech" else "text",
             processing_time=round(time.monotonic() - started, 6),
             attempts=1,
+            worker=speech.worker,
             query_type=query.query_type,
         )
     )
@@ -224,8 +227,8 @@ async def run_transcription(broker: Broker, user_guid: str, audio: bytes) -> Res
     if len(audio) > MAX_AUDIO_BYTES:
         raise QueryRejected(f"The audio is larger than {MAX_AUDIO_BYTES} bytes")
 
-    async def call() -> str:
-        return await broker.transcribe(audio)
+    async def call(speech: SpeechCall) -> str:
+        return await broker.transcribe(audio, speech)
 
     query = Query(query_type="speech", model_type="worker_node")
     return await _run_direct(broker, user_guid, query, call, prompt_is_result=True)
@@ -238,8 +241,8 @@ async def run_speech(broker: Broker, user_guid: str, text: str) -> Result:
     if len(text) > MAX_SPEECH_CHARS:
         raise QueryRejected(f"The text to speak is longer than {MAX_SPEECH_CHARS} characters")
 
-    async def call() -> str:
-        return base64.b64encode(await broker.speak(text)).decode("ascii")
+    async def call(speech: SpeechCall) -> str:
+        return base64.b64encode(await broker.speak(text, speech)).decode("ascii")
 
     query = Query(prompt=text, query_type="speech", model_type="speech")
     return await _run_direct(broker, user_guid, query, call)

@@ -38,6 +38,13 @@ class _Run:
     tried: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class SpeechCall:
+    """Which speech worker answered a ``transcribe``/``speak`` call (filled in by the call)."""
+
+    worker: str | None = None
+
+
 class QueryExecutor:
     """Runs a job to a :class:`Result` (never raises for worker failures)."""
 
@@ -208,6 +215,7 @@ class QueryExecutor:
             holder = f"{run.job_id or 'speech'}:{uuid.uuid4().hex[:8]}"
             if not await self.registry.confirm(worker, holder):
                 raise NoWorkerAvailable("Every speech worker is busy on other nodes")
+        run.worker = worker.name
         try:
             backend = get_backend(worker.protocol)
             fn = getattr(backend, method, None)
@@ -235,10 +243,20 @@ class QueryExecutor:
     async def _speak(self, text: str, run: _Run) -> bytes:
         return bytes(await self._speech_call("speak", run, text))
 
-    async def transcribe(self, audio: bytes) -> str:
-        """Transcribe audio on a speech worker (the ``speech_to_text`` message)."""
-        return str(await self._speech_call("transcribe", _Run(), audio, "audio.webm"))
+    async def transcribe(self, audio: bytes, call: SpeechCall | None = None) -> str:
+        """Transcribe audio on a speech worker; ``call`` learns which one."""
+        run = _Run()
+        try:
+            return str(await self._speech_call("transcribe", run, audio, "audio.webm"))
+        finally:
+            if call is not None:
+                call.worker = run.worker
 
-    async def speak(self, text: str) -> bytes:
-        """Speak text on a speech worker (the ``text_to_speech`` message)."""
-        return bytes(await self._speech_call("speak", _Run(), text))
+    async def speak(self, text: str, call: SpeechCall | None = None) -> bytes:
+        """Speak text on a speech worker; ``call`` learns which one."""
+        run = _Run()
+        try:
+            return bytes(await self._speech_call("speak", run, text))
+        finally:
+            if call is not None:
+                call.worker = run.worker
