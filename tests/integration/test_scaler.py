@@ -101,12 +101,17 @@ def _wait(check: Any, timeout_s: float, what: str) -> Any:
 
 
 def _worker_processes() -> list[psutil.Process]:
+    """Workers started by the scaler (its template), not other tests' reference workers."""
     me = psutil.Process(os.getpid())
-    return [
-        p
-        for p in me.children(recursive=True)
-        if "worker" in " ".join(p.cmdline()) and "--latency-ms" in p.cmdline()
-    ]
+    found = []
+    for p in me.children(recursive=True):
+        try:
+            line = " ".join(p.cmdline())
+        except psutil.Error:  # gone meanwhile
+            continue
+        if "worker" in line and "--latency-ms 400 --max-concurrency 1" in line:
+            found.append(p)
+    return found
 
 
 async def _burst(ws_url: str, users: int, each: int) -> list[dict[str, Any]]:
