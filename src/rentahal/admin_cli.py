@@ -355,24 +355,10 @@ workers_app.add_typer(token_app, name="token")
 
 def _with_tokens(config: Path, work: Any) -> Any:
     """Run ``work(WorkerTokens)`` on the database of ``config`` (migrated)."""
+    from rentahal.keys_cli import with_storage
     from rentahal.realms.registration import WorkerTokens
-    from rentahal.storage.database import Storage
 
-    try:
-        settings = load_settings(config)
-    except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-
-    async def run() -> Any:
-        storage = Storage(settings.database.url)
-        try:
-            await storage.migrate()
-            return await work(WorkerTokens(storage))
-        finally:
-            await storage.close()
-
-    return asyncio.run(run())
+    return with_storage(config, lambda storage: work(WorkerTokens(storage)))
 
 
 @token_app.command("create")

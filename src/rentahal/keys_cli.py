@@ -25,7 +25,7 @@ ConfigOpt = typer.Option(Path("config.ini"), "--config", "-c", help="config.ini 
 T = TypeVar("T")
 
 
-def _with_storage(config: Path, work: Callable[[Storage], Awaitable[T]]) -> T:
+def with_storage(config: Path, work: Callable[[Storage], Awaitable[T]]) -> T:
     """Run ``work`` on a migrated storage of ``config``'s database."""
     try:
         settings = load_settings(config)
@@ -60,7 +60,7 @@ def keys_create(
             return None
         return (await KeyStore(storage).create(guid, name)).key
 
-    key = _with_storage(config, work)
+    key = with_storage(config, work)
     if key is None:
         console.print(f"[red]no user {guid}[/red]")
         raise typer.Exit(1)
@@ -72,7 +72,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(guid: str, config: Path = ConfigOpt) -> None:
     """List user GUID's keys (prefix, name, creation time, state)."""
-    keys = _with_storage(config, lambda storage: KeyStore(storage).list_keys(guid))
+    keys = with_storage(config, lambda storage: KeyStore(storage).list_keys(guid))
     if not keys:
         console.print(f"no API keys for {guid}")
         return
@@ -85,7 +85,7 @@ def keys_list(guid: str, config: Path = ConfigOpt) -> None:
 @keys_app.command("revoke")
 def keys_revoke(prefix: str, config: Path = ConfigOpt) -> None:
     """Revoke the key with PREFIX (whoever owns it)."""
-    if not _with_storage(config, lambda storage: KeyStore(storage).revoke(prefix)):
+    if not with_storage(config, lambda storage: KeyStore(storage).revoke(prefix)):
         console.print(f"[red]no live key with prefix {prefix}[/red]")
         raise typer.Exit(1)
     console.print(f"key {prefix} revoked")
