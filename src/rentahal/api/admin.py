@@ -195,12 +195,17 @@ async def add_realm_worker(request: Request, name: str, body: dict[str, Any]) ->
     service = _realms(request)
     try:
         service.registry.get(name)
-        worker = AIWorker.model_validate({**body, "realm": name})
     except RealmNotFound as exc:
         raise HTTPException(404, str(exc)) from None
+    return await save_worker(request, {**body, "realm": name})
+
+
+async def save_worker(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a worker record and add (or replace) it; 422 says what is wrong with it."""
+    try:
+        worker = AIWorker.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise HTTPException(422, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise HTTPException(422, _first_error(exc)) from None
     try:
         await _broker(request).fleet.add_worker(worker)
     except QueryRejected as exc:

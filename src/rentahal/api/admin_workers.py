@@ -5,12 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from pydantic import ValidationError
 
-from rentahal.api.admin import Admin
+from rentahal.api.admin import Admin, save_worker
 from rentahal.broker import Broker
-from rentahal.errors import QueryRejected
-from rentahal.models import AIWorker
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 
@@ -28,16 +25,7 @@ async def list_workers(request: Request) -> dict[str, Any]:
 @router.post("/workers", dependencies=[Admin], status_code=201)
 async def add_worker(request: Request, body: dict[str, Any]) -> dict[str, Any]:
     """Add a worker, or replace the one of the same name (the ``add_worker`` message's record)."""
-    try:
-        worker = AIWorker.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise HTTPException(422, f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    try:
-        await _broker(request).fleet.add_worker(worker)
-    except QueryRejected as exc:
-        raise HTTPException(422, str(exc)) from None
-    return worker.public()
+    return await save_worker(request, body)
 
 
 @router.delete("/workers/{name}", dependencies=[Admin], status_code=204)
