@@ -78,7 +78,7 @@ def make_bus(settings: Settings) -> Bus:
 def make_state(settings: Settings) -> ClusterState:
     """Shared cluster state: in Redis when ``redis_url`` is set, else in memory."""
     if settings.broker.redis_url:
-        from rentahal.bus.state import RedisState
+        from rentahal.bus.state.redis import RedisState
 
         return RedisState(settings.broker.redis_url)
     return MemoryState()
@@ -142,7 +142,7 @@ def create_app(settings: Settings) -> FastAPI:
             scaler = RealmScaler(
                 broker, registrations, f"http://{host}:{settings.server.port}", ScalerBook(storage)
             )
-            broker.metrics.registry.register(ScalerCollector(scaler))
+            broker.parts().metrics.registry.register(ScalerCollector(scaler))
             scaler.start()
             stack.push_async_callback(_within, STOP_TIMEOUT_S, "scaler", scaler.stop)
             app.state.scaler = scaler

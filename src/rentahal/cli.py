@@ -166,10 +166,10 @@ def users_sysop(
         finally:
             await storage.close()
         if settings.broker.redis_url:  # open sockets on every node learn it at once
+            from rentahal.broker.control import CONTROL_CHANNEL, Sysop
             from rentahal.bus.redis import publish_once
-            from rentahal.fleet import CONTROL_CHANNEL
 
-            message = {"op": "sysop", "guid": guid, "is_sysop": not revoke}
+            message = Sysop(guid=guid, is_sysop=not revoke).model_dump()
             await publish_once(settings.broker.redis_url, CONTROL_CHANNEL, message)
         return True
 

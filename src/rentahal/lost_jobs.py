@@ -6,7 +6,8 @@ slim copy of it and checks it every ``check_s``: a job that is neither in its
 queue (waiting or taken) nor running on some node nor in its user's mailbox
 for :data:`MISSES_TO_LOST` checks in a row is lost. It is failed through
 ``Broker.finish`` (a failed, uncharged ledger row, an error to its user, the
-user's share freed). Every node re-asserts its running jobs on each check, so
+user's share freed). The sweeper is handed the parts it works with
+(:class:`SweeperParts`), not the Broker. Every node re-asserts its running jobs on each check, so
 a job still running after the restart is not taken for lost. A job found in
 the mailbox but not delivered (its pub/sub message fell into the outage) is
 published again.
@@ -24,16 +25,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter
 
-from rentahal.bus.state import MAILBOX_TTL_S
+from rentahal.bus.state import ClusterState
+from rentahal.bus.state.base import MAILBOX_TTL_S
 from rentahal.errors import BrokerError, BusError
 from rentahal.models import Job, QueryState, Result
-
-if TYPE_CHECKING:
-    from rentahal.broker import Broker
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +44,22 @@ UNDELIVERED_MESSAGE = "The answer could not be delivered (queue server unavailab
 
 #: ``holds(queue, job_ids)``: the ids among ``job_ids`` that ``queue`` still holds.
 HoldsProbe = Callable[[str, list[str]], Awaitable[set[str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class SweeperParts:
+    """What the sweeper works with (handed over by the Broker)."""
+
+    node_id: str
+    state: ClusterState
+    holds: HoldsProbe
+    running_here: Callable[[], list[Job]]  # jobs running on this node
+    queue_of: Callable[[str], str | None]  # the queue of a job this node queued, if unsettled
+    finish: Callable[[Job, Result], Awaitable[object]]
+    settle: Callable[[str], Awaitable[None]]  # the job is settled: its user's share is free
+    publish: Callable[[dict[str, Any]], Awaitable[bool]]  # a result to every node
+    refund: Callable[[str, str, str], Awaitable[object]]  # job_id, user_guid, reason
+    registry: CollectorRegistry  # where the sweeper's counters are exposed
 
 
 @dataclass(slots=True)
@@ -64,9 +79,8 @@ class _Held:
 class LostJobSweeper:
     """The owner-side check of queued jobs, the running-job re-assertion and the outbox."""
 
-    def __init__(self, broker: Broker, holds: HoldsProbe, check_s: float) -> None:
-        self.broker = broker
-        self._holds = holds
+    def __init__(self, parts: SweeperParts, check_s: float) -> None:
+        self._parts = parts
         self.check_s = check_s
         self._watched: dict[str, _Watched] = {}
         self._outbox: dict[str, _Held] = {}
@@ -74,12 +88,12 @@ class LostJobSweeper:
         self.lost = Counter(
             "rentahal_jobs_lost",
             "Queued jobs that vanished with the queue server and were failed",
-            registry=broker.metrics.registry,
+            registry=parts.registry,
         )
         self.undeliverable = Counter(
             "rentahal_results_undeliverable",
             "Results that could be neither published nor kept in a mailbox in time",
-            registry=broker.metrics.registry,
+            registry=parts.registry,
         )
 
     def watch(self, job: Job) -> None:
@@ -132,22 +146,21 @@ class LostJobSweeper:
         await self._check_watched()
 
     async def _assert_running(self) -> None:
-        broker = self.broker
-        for processor in list(broker.processors.values()):
-            for job_id, job in list(processor.running_jobs.items()):
-                if job.state in (QueryState.DISPATCHED, QueryState.RUNNING):
-                    await broker.state.set_running(job_id, broker.node_id, job.user_guid)
+        parts = self._parts
+        for job in parts.running_here():
+            if job.state in (QueryState.DISPATCHED, QueryState.RUNNING):
+                await parts.state.set_running(job.job_id, parts.node_id, job.user_guid)
 
     async def _flush_outbox(self) -> None:
-        broker = self.broker
+        parts = self._parts
         now = time.monotonic()
         for job_id, held in list(self._outbox.items()):
             if now - held.since > OUTBOX_TTL_S:
                 await self._give_up(job_id, self._outbox.pop(job_id))
                 continue
-            await broker.state.post_result(held.user_guid, held.payload)
+            await parts.state.post_result(held.user_guid, held.payload)
             self._outbox.pop(job_id, None)
-            await broker.publish_result(held.payload)
+            await parts.publish(held.payload)
 
     async def _give_up(self, job_id: str, held: _Held) -> None:
         logger.error("the result of job %s could not be kept in a mailbox in time", job_id)
@@ -155,22 +168,22 @@ class LostJobSweeper:
             return
         self.undeliverable.inc()
         try:
-            await self.broker.ledger.refund(job_id, held.user_guid, UNDELIVERED_MESSAGE)
+            await self._parts.refund(job_id, held.user_guid, UNDELIVERED_MESSAGE)
         except BrokerError as exc:
             logger.error("could not refund undelivered job %s: %s", job_id, exc)
 
     async def _check_watched(self) -> None:
-        broker = self.broker
+        parts = self._parts
         by_queue: dict[str, list[str]] = {}
         for job_id in list(self._watched):
-            owner = broker.owned_queue(job_id)
+            owner = parts.queue_of(job_id)
             if owner is None:  # settled meanwhile
                 self._watched.pop(job_id, None)
             else:
                 by_queue.setdefault(owner, []).append(job_id)
         absent: list[str] = []
         for queue, job_ids in by_queue.items():
-            held = await self._holds(queue, job_ids)
+            held = await parts.holds(queue, job_ids)
             absent += [j for j in job_ids if j not in held]
         for job_id in set(self._watched) - set(absent):
             self._watched[job_id].misses = 0
@@ -179,21 +192,21 @@ class LostJobSweeper:
             watched = self._watched.get(job_id)
             if watched is None or job_id in self._outbox:
                 continue
-            if await broker.state.running(job_id) is not None:
+            if await parts.state.running(job_id) is not None:
                 watched.misses = 0
                 continue
             guid = watched.job.user_guid
             if guid not in mail:
-                mail[guid] = {m["job_id"]: m for m in await broker.state.undelivered(guid)}
+                mail[guid] = {m["job_id"]: m for m in await parts.state.undelivered(guid)}
             message = mail[guid].get(job_id)
             if message is not None:
                 # Finished, but its pub/sub message fell into the outage: say it again.
                 self._watched.pop(job_id, None)
-                await broker.publish_result(message)
+                await parts.publish(message)
                 continue
             watched.misses += 1
             if watched.misses >= MISSES_TO_LOST:
-                watched.job.realm = broker.owned_queue(job_id) or watched.job.realm
+                watched.job.realm = parts.queue_of(job_id) or watched.job.realm
                 await self._fail_lost(watched.job)
 
     async def _fail_lost(self, job: Job) -> None:
@@ -210,8 +223,8 @@ class LostJobSweeper:
             queue_wait=max(0.0, time.time() - job.submitted_at),
         )
         try:
-            await asyncio.shield(self.broker.finish(job, result))
+            await asyncio.shield(self._parts.finish(job, result))
         except BrokerError as exc:
             logger.error("could not fail lost job %s: %s", job.job_id, exc)
         # Recorded by another run (its result is in flight) or failed now: the share is free.
-        await self.broker.release_owned(job.job_id)
+        await self._parts.settle(job.job_id)

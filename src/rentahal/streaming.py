@@ -2,7 +2,8 @@
 
 A streamed query does not wait in a realm queue: it is validated like
 :meth:`Broker.submit` validates a chat, routed like a queued query (its realm
-picks the worker, with the same slots, circuits and cluster confirmation), and
+picks the worker, with the same slots, circuits and cluster confirmation:
+:func:`~rentahal.realms.execution.reserve_confirmed`), and
 its answer is passed on delta by delta while the worker produces it. Backends
 with a ``stream_chat`` method (``openai``, ``ollama``) stream for real; any
 other protocol answers the whole text as one delta.
@@ -23,15 +24,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
+from rentahal.admission import Admission
 from rentahal.backends import HttpClient, get_backend
-from rentahal.broker import Broker
 from rentahal.errors import QueryRejected, ShareFull, WorkerError
 from rentahal.models import AIWorker, Job, Query, QueryState, Result
-from rentahal.realms.workers import WorkerSelector
+from rentahal.realms.execution import reserve_confirmed
+from rentahal.realms.workers import WorkerRegistry, WorkerSelector
+from rentahal.shares import Shares
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +76,22 @@ async def _shielded(coro: Coroutine[Any, Any, _T]) -> _T:
     return await asyncio.shield(task)
 
 
+@dataclass(frozen=True, slots=True)
+class StreamParts:
+    """What a streamed query needs of the broker (handed over by ``Broker.stream``)."""
+
+    registry: WorkerRegistry
+    client: HttpClient
+    timeout_s: float
+    validate: Callable[[str, Query], Awaitable[Query]]
+    route: Callable[[Query], Awaitable[str]]
+    selector_for: Callable[[str], WorkerSelector]
+    finish: Callable[[Job, Result], Coroutine[Any, Any, Result]]
+    admission: Admission
+    shares: Shares
+    share_wait_s: float  # how long a stream waits for its user's share (queue_timeout)
+
+
 class QueryStream:
     """One chat query streamed from a worker: iterate it for the answer's deltas.
 
@@ -84,9 +103,9 @@ class QueryStream:
     (priced) once the query is recorded.
     """
 
-    def __init__(self, broker: Broker, user_guid: str, query: Query) -> None:
-        self.broker = broker
-        self.job = Job(user_guid=user_guid, query=query, origin_node=broker.node_id)
+    def __init__(self, parts: StreamParts, job: Job) -> None:
+        self._parts = parts
+        self.job = job
         self.worker: str | None = None
         self.result: Result | None = None
         self._deltas = self._run()
@@ -106,56 +125,25 @@ class QueryStream:
         query = self.job.query
         if query.query_type != "chat" or query.model_type == "speech":
             raise QueryRejected("Only text chat queries can be streamed")
-        await self.broker.validate(self.job.user_guid, query)
-
-    def _selector(self) -> WorkerSelector:
-        realms = self.broker.realms
-        if realms is not None and self.job.realm in realms.managers:
-            return realms.managers[self.job.realm]
-        return self.broker.registry
-
-    async def _reserve(self, timeout_s: float) -> tuple[AIWorker, str | None]:
-        """A worker slot reserved locally and, in a cluster, confirmed in shared state.
-
-        Returns the worker and the holder id of its cluster slot (None on one node),
-        as ``QueryExecutor`` does for a queued job.
-        """
-        registry = self.broker.registry
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            worker = await registry.acquire(
-                self._selector(),
-                self.job.query,
-                timeout_s=max(0.0, deadline - loop.time()),
-            )
-            if registry.cluster is None:
-                return worker, None
-            holder = f"{self.job.job_id}:{uuid.uuid4().hex[:8]}"
-            try:
-                if await registry.confirm(worker, holder):
-                    return worker, holder
-            except BaseException:
-                await _shielded(registry.release_call(worker.name, holder))
-                raise
-            # Every slot of that worker is busy on other nodes: wait for another.
+        await self._parts.validate(self.job.user_guid, query)
 
     def _deltas_from(self, worker: AIWorker, timeout_s: float) -> AsyncIterator[str]:
         backend = get_backend(worker.protocol)
         if isinstance(backend, StreamingBackend):
-            return backend.stream_chat(self.broker.client, worker, self.job.query, timeout_s)
+            return backend.stream_chat(self._parts.client, worker, self.job.query, timeout_s)
         return self._whole_answer(worker, timeout_s)
 
     async def _whole_answer(self, worker: AIWorker, timeout_s: float) -> AsyncIterator[str]:
         """The answer of a backend that cannot stream, honestly as one delta."""
         backend = get_backend(worker.protocol)
-        reply = await backend.run(self.broker.client, worker, self.job.query, timeout_s)
+        reply = await backend.run(self._parts.client, worker, self.job.query, timeout_s)
         if reply.result:
             yield reply.result
 
     async def _run(self) -> AsyncGenerator[str, None]:
         await self._validate()
-        async with self.broker.admission.share(self.job.user_guid, streamed=True):
+        parts = self._parts
+        async with parts.admission.share(self.job.user_guid, streamed=True):
             # A stream holds a place of the user's share on every node, like a queued query.
             await self._take_share()
             try:
@@ -166,16 +154,16 @@ class QueryStream:
                 finally:
                     await deltas.aclose()  # records a cancelled stream before the share is free
             finally:
-                await asyncio.shield(self.broker.shares.release(self.job.job_id))
+                await asyncio.shield(parts.shares.release(self.job.job_id))
 
     async def _take_share(self) -> None:
         """Take the share place, waiting (bounded) while the user's other queries hold it."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.broker.settings.queue.queue_timeout
+        deadline = loop.time() + self._parts.share_wait_s
         delay = 0.05
         while True:
             try:
-                await self.broker.shares.admit(self.job.job_id, self.job.user_guid)
+                await self._parts.shares.admit(self.job.job_id, self.job.user_guid)
                 return
             except ShareFull:
                 if loop.time() + delay > deadline:
@@ -184,15 +172,16 @@ class QueryStream:
             delay = min(delay * 2, 1.0)
 
     async def _run_admitted(self) -> AsyncGenerator[str, None]:
-        broker, job = self.broker, self.job
-        job.realm = await broker.route(job.query)
-        registry = broker.registry
-        timeout_s = broker.executor.timeout_for("chat")
+        parts, job = self._parts, self.job
+        job.realm = await parts.route(job.query)
+        registry, timeout_s = parts.registry, parts.timeout_s
         texts: list[str] = []
         started: float | None = None
         queue_wait: float | None = None
         try:
-            worker, holder = await self._reserve(timeout_s)
+            worker, holder = await reserve_confirmed(
+                registry, parts.selector_for(job.realm), job.query, job.job_id, timeout_s=timeout_s
+            )
             self.worker = worker.name
             queue_wait = time.time() - job.submitted_at
             job.move_to(QueryState.DISPATCHED)
@@ -251,10 +240,4 @@ class QueryStream:
             attempts=job.attempts,
             error=error,
         )
-        self.result = self.broker.ledger.price(result)
-        await _shielded(self.broker.finish(job, result))
-
-
-def stream_query(broker: Broker, user_guid: str, query: Query) -> QueryStream:
-    """Stream a chat ``query`` of ``user_guid`` from a worker (see :class:`QueryStream`)."""
-    return QueryStream(broker, user_guid, query)
+        self.result = await _shielded(self._parts.finish(job, result))

@@ -7,7 +7,7 @@ plain functions over a :class:`~rentahal.broker.Broker`; nothing is patched.
 
 from __future__ import annotations
 
-from rentahal.broker import LEGACY_QUEUE, Broker
+from rentahal.broker import Broker
 from rentahal.models import AIWorker, Query, Result
 from rentahal.storage.database import Storage
 
@@ -22,16 +22,9 @@ async def process_query(
 
 async def select_worker(broker: Broker, query: Query) -> AIWorker | None:
     """The worker that would take ``query`` now (no slot is taken), or ``None``."""
-    queue = await broker.route(query)
-    if broker.realms is not None and queue != LEGACY_QUEUE:
-        manager = broker.realms.managers.get(queue)
-        if manager is not None:
-            return manager.peek(query)
-    return broker.registry.peek(query)
+    return broker.views.peek_worker(await broker.route(query), query)
 
 
 def get_db(broker: Broker, user_guid: str | None = None) -> Storage:
     """The storage for ``user_guid``'s data (its shard), else the main database."""
-    if user_guid is None:
-        return broker.storage
-    return broker.storage.for_user(user_guid)
+    return broker.database(user_guid)

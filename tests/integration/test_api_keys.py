@@ -81,9 +81,9 @@ async def test_keys_are_private_to_their_owner(keys_server: BrokerServer) -> Non
     async with httpx.AsyncClient(base_url=keys_server.url, timeout=30) as http:
         response = await http.post("/api/chat", json={"prompt": "mine"}, headers=auth(key["key"]))
     assert response.status_code == 200
-    rows = keys_server.call(keys_server.broker.storage.recent_queries(alice.guid or ""))
+    rows = keys_server.call(keys_server.storage.recent_queries(alice.guid or ""))
     assert [r["job_id"] for r in rows] == [response.headers["x-rentahal-job-id"]]
-    assert keys_server.call(keys_server.broker.storage.recent_queries(bob.guid or "")) == []
+    assert keys_server.call(keys_server.storage.recent_queries(bob.guid or "")) == []
     await alice.close()
     await bob.close()
 

@@ -292,7 +292,7 @@ async def test_max_concurrency_one_holds_across_nodes(cluster: Cluster) -> None:
 
 @pytest.mark.timeout(90)
 async def test_cancel_through_another_node(cluster: Cluster) -> None:
-    cluster.start_worker("glacial", latency_ms=10000)
+    cluster.start_worker("glacial", latency_ms=30000)  # outlasts a slow node start
     cluster.prepare([cluster.record("glacial", max_concurrency=2)])
     # Only node A runs while the query is taken, so node A is the one running it.
     cluster.stop(1)

@@ -19,7 +19,7 @@ async def test_claude_and_huggingface_from_config(broker_factory) -> None:
             huggingface={"api_key": "hf-test", "default_models": "gpt2"},
         )
         # point the configured Hugging Face worker at the fake API
-        state = server.broker.registry.get("huggingface")
+        state = server.registry.get("huggingface")
         assert state is not None
         state.worker.address = hf_api.address
         client = await WSClient.connect(server.ws_url)
@@ -33,10 +33,10 @@ async def test_claude_and_huggingface_from_config(broker_factory) -> None:
         reply = await client.query("once upon", model_type="huggingface")
         assert reply["type"] == "query_result", reply
         assert hf_api.state.last.path.endswith("/models/gpt2")
-        rows = server.call(server.broker.storage.recent_queries(client.guid))
+        rows = server.call(server.storage.recent_queries(client.guid))
         assert {r["worker"] for r in rows} == {"claude", "huggingface"}
         # the keys stay in the config: nothing was written to ai_workers
-        assert server.call(server.broker.storage.list_workers()) == []
+        assert server.call(server.storage.list_workers()) == []
         await client.close()
     finally:
         claude_api.stop()

@@ -50,7 +50,7 @@ def _worker(name: str, server: ThreadServer, wtype: str = "chat", **kw: Any) -> 
 
 def _rows(server: BrokerServer, guid: str | None) -> list[dict[str, Any]]:
     assert guid is not None
-    return server.call(server.broker.storage.recent_queries(guid, limit=50))  # type: ignore[no-any-return]
+    return server.call(server.storage.recent_queries(guid, limit=50))  # type: ignore[no-any-return]
 
 
 def _user(server: BrokerServer, guid: str | None) -> Any:
@@ -59,7 +59,7 @@ def _user(server: BrokerServer, guid: str | None) -> Any:
 
 
 def _circuit(server: BrokerServer, name: str) -> str:
-    state = server.broker.registry.get(name)
+    state = server.registry.get(name)
     assert state is not None
     return state.circuit(time.monotonic())
 
@@ -182,7 +182,7 @@ async def test_rejection_is_not_retried(broker_factory: BrokerFactory, open_clie
         [row] = _rows(server, client.guid)
         assert (row["status"], row["attempts"], row["cost"]) == ("failed", 1, 0)
         # the query's fault, not the worker's: no health lost, circuit still closed
-        state = server.broker.registry.get("zz-strict")
+        state = server.registry.get("zz-strict")
         assert state is not None and state.worker.health_score == 100
         assert _circuit(server, "zz-strict") == "closed"
 
@@ -474,7 +474,7 @@ async def test_timed_out_image_is_not_resubmitted_unless_configured(
         [row] = _rows(server, client.guid)
         assert (row["status"], row["attempts"], row["cost"]) == ("failed", calls, 0)
         # imagine workers are exempt from blacklisting
-        state = server.broker.registry.get("painter")
+        state = server.registry.get("painter")
         assert state is not None and not state.worker.is_blacklisted
 
 

@@ -121,7 +121,7 @@ async def test_one_key_with_64_concurrent_requests_is_served_without_errors(
         assert sum(1 for a in answers if isinstance(a, str) and "api " in a) == 32
         assert sum(1 for a in answers if isinstance(a, dict) and "v1 " in str(a["choices"])) == 32
         # Every share was given back.
-        assert api_server.broker.admission.in_flight(ws.guid or "") == 0
+        assert api_server.admission.in_flight(ws.guid or "") == 0
     finally:
         await ws.close()
 

@@ -30,7 +30,7 @@ async def test_twelve_first_connections_make_one_sysop(broker_factory) -> None:
         server = broker_factory()
         flags = await _first_connections(server.ws_url)
         assert sum(flags) == 1, f"round {round_}: {sum(flags)} sysops among {len(flags)}"
-        users = server.call(server.broker.storage.list_users())
+        users = server.call(server.storage.list_users())
         assert len(users) == SIMULTANEOUS
         assert sum(u.is_sysop for u in users) == 1
 

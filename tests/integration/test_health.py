@@ -43,12 +43,12 @@ async def _next_update(client: WSClient, timeout_s: float = 5.0) -> dict[str, An
 
 
 def _stored(server: BrokerServer) -> dict[str, AIWorker]:
-    return {w.name: w for w in server.call(server.broker.storage.list_workers())}
+    return {w.name: w for w in server.call(server.storage.list_workers())}
 
 
 def _rows(server: BrokerServer, guid: str | None) -> list[dict[str, Any]]:
     assert guid is not None
-    return server.call(server.broker.storage.recent_queries(guid))  # type: ignore[no-any-return]
+    return server.call(server.storage.recent_queries(guid))  # type: ignore[no-any-return]
 
 
 async def test_probes_blacklist_at_zero_and_readmit_at_50(

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 
 from rentahal.api import openai as openai_api
 from rentahal.api import queries
@@ -125,7 +126,7 @@ def api_server(
 
 
 def _row(server: BrokerServer, guid: str, job_id: str) -> dict[str, Any]:
-    rows = server.call(server.broker.storage.recent_queries(guid, limit=50))
+    rows = server.call(server.storage.recent_queries(guid, limit=50))
     (row,) = [r for r in rows if r["job_id"] == job_id]
     return row  # type: ignore[no-any-return]
 
@@ -305,9 +306,57 @@ async def test_the_user_guid_cookie_identifies_an_existing_user(api_server: Brok
         assert text in response.json()["detail"]
     assert keyed.status_code == 200
     assert _row(api_server, other.guid or "", keyed.json()["job_id"])["prompt"] == "by key"
-    assert len(api_server.call(api_server.broker.storage.recent_queries(guid))) == 1
+    assert len(api_server.call(api_server.storage.recent_queries(guid))) == 1
     await ws.close()
     await other.close()
+
+
+def _speech_figures(metrics_text: str, summary: dict[str, Any]) -> dict[str, float]:
+    """The ``$SPEECH`` realm's counters in ``/metrics`` and ``/api/realms/summary``."""
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(metrics_text)
+        for s in fam.samples
+    }
+    realm = (("realm", "$SPEECH"),)
+    (row,) = [r for r in summary["realms"] if r["name"] == "$SPEECH"]
+    return {
+        "queries": samples.get(("rentahal_queries_total", realm), 0.0),
+        "processing": samples.get(("rentahal_processing_time_seconds_count", realm), 0.0),
+        "queue_wait": samples.get(("rentahal_queue_wait_seconds_count", realm), 0.0),
+        "errors": samples.get(("rentahal_errors_total", realm), 0.0),
+        "processed": row["processed"],
+        "summary_errors": row["errors"],
+    }
+
+
+async def test_whisper_and_bark_count_like_queued_queries(api_server: BrokerServer) -> None:
+    ws, key = await user_with_key(api_server)
+    async with httpx.AsyncClient(base_url=api_server.url, timeout=60, headers=auth(key)) as http:
+
+        async def figures() -> dict[str, float]:
+            metrics = (await http.get("/metrics")).text
+            return _speech_figures(metrics, (await http.get("/api/realms/summary")).json())
+
+        before = await figures()
+        wav = base64.b64encode(make_wav()).decode("ascii")
+        whisper = await http.post("/api/whisper", json={"audio": wav})
+        bark = await http.post("/api/bark", json={"prompt": "count me"})
+        after = await figures()
+    assert whisper.status_code == 200 and bark.status_code == 200, (whisper.text, bark.text)
+    assert {k: after[k] - before[k] for k in before} == {
+        "queries": 2,
+        "processing": 2,
+        "queue_wait": 2,
+        "errors": 0,
+        "processed": 2,
+        "summary_errors": 0,
+    }
+    for response in (whisper, bark):
+        assert _row(api_server, ws.guid or "", response.json()["job_id"])["realm"] == "$SPEECH"
+    # The answers went to the HTTP caller, not to the user's open tab.
+    assert [m for m in await ws.drain() if m["type"] in ("query_result", "error")] == []
+    await ws.close()
 
 
 async def test_missing_invalid_and_revoked_keys_are_401(api_server: BrokerServer) -> None:
@@ -327,7 +376,7 @@ async def test_missing_invalid_and_revoked_keys_are_401(api_server: BrokerServer
         assert isinstance(response.json()["detail"], str)
     assert "Missing API key" in missing.json()["detail"]
     assert "Invalid or revoked" in revoked.json()["detail"]
-    assert api_server.call(api_server.broker.storage.recent_queries(ws.guid or "")) == []
+    assert api_server.call(api_server.storage.recent_queries(ws.guid or "")) == []
     await ws.close()
 
 
@@ -365,7 +414,7 @@ async def test_rejections_are_4xx_with_detail(api_server: BrokerServer) -> None:
     assert no_image.status_code == 400 and "image" in no_image.json()["detail"]
     assert bad_audio.status_code == 400 and "base64" in bad_audio.json()["detail"]
     assert not_json.status_code == 422 and "detail" in not_json.json()
-    rows = api_server.call(api_server.broker.storage.recent_queries(ws.guid or ""))
+    rows = api_server.call(api_server.storage.recent_queries(ws.guid or ""))
     assert rows == []
     await ws.close()
 
@@ -390,7 +439,7 @@ async def test_worker_failure_is_502_recorded_uncharged_and_no_worker_503(
         assert "detail" in response.json()
         assert no_worker.status_code == 503
         assert "imagine" in no_worker.json()["detail"]
-        (row,) = server.call(server.broker.storage.recent_queries(ws.guid or ""))
+        (row,) = server.call(server.storage.recent_queries(ws.guid or ""))
         assert row["status"] == "failed"
         assert row["cost"] == 0.0
         await ws.close()

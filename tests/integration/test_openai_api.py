@@ -71,7 +71,7 @@ async def test_chat_completion(v1_server: BrokerServer) -> None:
     extras = completion.model_extra or {}
     job = extras["rentahal"]
     assert job["worker"] == "listed"
-    (row,) = v1_server.call(v1_server.broker.storage.recent_queries(ws.guid or ""))
+    (row,) = v1_server.call(v1_server.storage.recent_queries(ws.guid or ""))
     assert row["job_id"] == job["job_id"]
     assert row["model_name"] == "tiny-llm"
     assert row["prompt"] == "what is a broker?"
@@ -104,7 +104,7 @@ async def test_worker_name_as_model_and_vision(v1_server: BrokerServer) -> None:
         )
     assert "hello" in (by_name.choices[0].message.content or "")
     assert (vision.model_extra or {})["rentahal"]["worker"] == "ref-vision"
-    rows = v1_server.call(v1_server.broker.storage.recent_queries(ws.guid or ""))
+    rows = v1_server.call(v1_server.storage.recent_queries(ws.guid or ""))
     assert [r["query_type"] for r in rows] == ["vision", "chat"]
     await ws.close()
 
@@ -126,7 +126,7 @@ async def test_streaming_chat(v1_server: BrokerServer) -> None:
     assert finishes[-1] == "stop"
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
     assert len({c.id for c in chunks}) == 1
-    (row,) = v1_server.call(v1_server.broker.storage.recent_queries(ws.guid or ""))
+    (row,) = v1_server.call(v1_server.storage.recent_queries(ws.guid or ""))
     assert row["status"] == "done" and row["cost"] > 0
     await ws.close()
 
@@ -138,7 +138,7 @@ async def test_image_generation(v1_server: BrokerServer) -> None:
     assert len(images.data or []) == 1
     png = base64.b64decode((images.data or [])[0].b64_json or "")
     assert png.startswith(b"\x89PNG")
-    (row,) = v1_server.call(v1_server.broker.storage.recent_queries(ws.guid or ""))
+    (row,) = v1_server.call(v1_server.storage.recent_queries(ws.guid or ""))
     assert row["query_type"] == "imagine" and row["status"] == "done"
     await ws.close()
 
@@ -155,7 +155,7 @@ async def test_models_list(v1_server: BrokerServer) -> None:
 
 async def test_blacklisted_worker_models_vanish(v1_server: BrokerServer) -> None:
     ws, key = await user_with_key(v1_server)
-    state = v1_server.broker.registry.get("listed")
+    state = v1_server.registry.get("listed")
     assert state is not None
     state.worker.is_blacklisted = True  # as the health monitor would mark it
     try:
@@ -186,7 +186,7 @@ async def test_transcription_and_speech(v1_server: BrokerServer) -> None:
     assert f"received {len(wav)} bytes of WAV audio" in transcript.text
     assert audio[:4] == b"RIFF" and audio[8:12] == b"WAVE"
     assert speech.response.headers["content-type"] == "audio/wav"
-    rows = v1_server.call(v1_server.broker.storage.recent_queries(ws.guid or ""))
+    rows = v1_server.call(v1_server.storage.recent_queries(ws.guid or ""))
     assert [(r["query_type"], r["model_type"], r["status"]) for r in rows] == [
         ("speech", "speech", "done"),
         ("speech", "worker_node", "done"),
@@ -249,7 +249,7 @@ async def test_unknown_model_is_404_naming_it(v1_server: BrokerServer) -> None:
     assert "gpt-9-ultra" in chat.value.message
     assert isinstance(chat.value.body, dict) and chat.value.body["code"] == "model_not_found"
     assert "demo-chat" in image.value.message  # a chat model is no image model
-    assert v1_server.call(v1_server.broker.storage.recent_queries(ws.guid or "")) == []
+    assert v1_server.call(v1_server.storage.recent_queries(ws.guid or "")) == []
     await ws.close()
 
 

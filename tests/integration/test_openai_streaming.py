@@ -42,8 +42,8 @@ MESSAGES: list[Any] = [{"role": "user", "content": "please stream a fairly long 
 def api_user(server: BrokerServer) -> tuple[str, str]:
     """A new user and an API key of theirs (no WebSocket involved)."""
     guid = str(uuid.uuid4())
-    server.call(server.broker.storage.for_user(guid).get_or_create_user(guid))
-    created = server.call(KeyStore(server.broker.storage).create(guid, "streaming"))
+    server.call(server.storage.for_user(guid).get_or_create_user(guid))
+    created = server.call(KeyStore(server.storage).create(guid, "streaming"))
     return guid, created.key
 
 
@@ -54,7 +54,7 @@ def client_for(server: BrokerServer, key: str) -> openai.AsyncOpenAI:
 
 def rows_of(server: BrokerServer, guid: str) -> list[dict[str, Any]]:
     """The user's ledger rows, newest first."""
-    return server.call(server.broker.storage.recent_queries(guid))  # type: ignore[no-any-return]
+    return server.call(server.storage.recent_queries(guid))  # type: ignore[no-any-return]
 
 
 async def wait_row(server: BrokerServer, guid: str, timeout_s: float = 10.0) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def openai_worker(name: str, address: str, max_concurrency: int = 4) -> AIWorker
 
 
 def in_flight(server: BrokerServer, name: str) -> int:
-    state = server.broker.registry.get(name)
+    state = server.registry.get(name)
     assert state is not None
     return state.in_flight
 

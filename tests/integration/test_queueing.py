@@ -79,7 +79,7 @@ async def test_cancel_queued_and_running(broker_factory) -> None:
         # the broker is free again and nothing was charged
         result = await client.query("after")
         assert result["type"] == "query_result"
-        rows = server.call(server.broker.storage.recent_queries(client.guid))
+        rows = server.call(server.storage.recent_queries(client.guid))
         statuses = sorted(r["status"] for r in rows)
         assert statuses == ["cancelled", "cancelled", "done"]
         assert all(r["cost"] == 0 for r in rows if r["status"] == "cancelled")

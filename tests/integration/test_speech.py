@@ -47,7 +47,7 @@ def _assert_wav(b64: str) -> wave.Wave_read:
 
 def _rows(server: BrokerServer, guid: str | None) -> list[dict[str, Any]]:
     assert guid is not None
-    return server.call(server.broker.storage.recent_queries(guid))  # type: ignore[no-any-return]
+    return server.call(server.storage.recent_queries(guid))  # type: ignore[no-any-return]
 
 
 async def test_text_to_speech_returns_wav(connect: Connect) -> None:
@@ -122,7 +122,7 @@ async def test_audio_that_is_not_audio_is_a_clear_error(
     error = await client.expect("error")
     assert error["message"] == "Invalid audio data: not valid base64"
 
-    state = broker.broker.registry.get("ref-speech")
+    state = broker.registry.get("ref-speech")
     assert state is not None
     assert state.worker.health_score == 100
     assert state.circuit(time.monotonic()) == "closed"

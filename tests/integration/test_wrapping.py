@@ -54,7 +54,7 @@ async def test_process_query_and_select_worker_realm_then_legacy(
 async def test_watchdog_restarts_a_dead_processor_once(broker: BrokerServer) -> None:
     b = broker.broker
     assert b.realms is not None
-    processor = b.processors["$CHAT"]
+    processor = b._processors["$CHAT"]
     first_loop = processor._loop_task
     assert first_loop is not None
     processor.start()  # already running: no second loop

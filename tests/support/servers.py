@@ -17,11 +17,13 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from rentahal.admission import Admission
 from rentahal.app import create_app
 from rentahal.broker import Broker
 from rentahal.config import Settings, load_settings
 from rentahal.demo import start_worker_process, wait_healthy
 from rentahal.models import AIWorker
+from rentahal.realms.workers import WorkerRegistry
 from rentahal.storage.database import Storage
 
 
@@ -88,6 +90,21 @@ class BrokerServer(ThreadServer):
     def broker(self) -> Broker:
         """The live broker (read state only; it belongs to the server thread's loop)."""
         return self.app.state.broker  # type: ignore[no-any-return]
+
+    @property
+    def storage(self) -> Storage:
+        """The broker's storage (tests read and seed the database through it)."""
+        return self.broker._storage
+
+    @property
+    def registry(self) -> WorkerRegistry:
+        """The broker's worker registry (tests read live worker state)."""
+        return self.broker._registry
+
+    @property
+    def admission(self) -> Admission:
+        """The broker's admission of HTTP callers (tests read how many hold a share)."""
+        return self.broker._admission
 
     @property
     def ws_url(self) -> str:

@@ -217,8 +217,8 @@ async def save_worker(request: Request, body: dict[str, Any]) -> dict[str, Any]:
 async def remove_realm_worker(request: Request, name: str, worker: str) -> Response:
     """Remove a worker of a realm."""
     service = _realms(request)
-    state = _broker(request).registry.get(worker)
-    if state is None or service.registry.realm_of_worker(state.worker) != name:
+    record = _broker(request).views.worker(worker)
+    if record is None or service.registry.realm_of_worker(record) != name:
         raise HTTPException(404, f"No worker {worker} in realm {name}")
     await _broker(request).fleet.remove_worker(worker)
     return Response(status_code=204)

@@ -19,7 +19,7 @@ def _broker(request: Request) -> Broker:
 @router.get("/workers", dependencies=[Admin])
 async def list_workers(request: Request) -> dict[str, Any]:
     """Every worker with health, circuit and load (API keys masked)."""
-    return {"workers": _broker(request).registry.public()}
+    return {"workers": _broker(request).views.workers()}
 
 
 @router.post("/workers", dependencies=[Admin], status_code=201)

@@ -15,7 +15,6 @@ from fastapi import Depends, Request
 
 from rentahal.broker import Broker
 from rentahal.models import User, is_valid_guid
-from rentahal.storage.keys import KeyStore
 
 BANNED_MESSAGE = "You are banned from using this service."
 
@@ -54,8 +53,7 @@ async def identify(broker: Broker, authorization: str | None) -> User:
             "(create a key in the web GUI or with 'rentahal keys create')",
             "missing_api_key",
         )
-    guid = await KeyStore(broker.storage).lookup(key)
-    user = await broker.cached_user(guid) if guid is not None else None
+    user = await broker.user_of_key(key)
     if user is None:
         raise AuthFailed(401, "Invalid or revoked API key", "invalid_api_key")
     if user.is_banned:

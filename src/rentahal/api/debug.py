@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from rentahal.status import system_status
+from rentahal.broker import Broker
 
 router = APIRouter()
 
@@ -14,7 +14,8 @@ router = APIRouter()
 @router.get("/debug/system_status")
 async def debug_system_status(request: Request) -> dict[str, Any]:
     """Database, worker, queue and model counts."""
-    return await system_status(request.app.state.broker)
+    broker: Broker = request.app.state.broker
+    return await broker.views.system_status()
 
 
 @router.get("/healthz", include_in_schema=False)

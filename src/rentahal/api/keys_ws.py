@@ -27,7 +27,7 @@ class _KeyPrefix(BaseModel):
 
 
 def _keys(session: Session) -> KeyStore:
-    return KeyStore(session.broker.storage)
+    return session.broker.api_keys
 
 
 async def create_api_key(session: Session, message: dict[str, Any]) -> None:

@@ -156,7 +156,7 @@ async def submit_query(session: Session, message: dict[str, Any]) -> None:
 async def vision_chunk(session: Session, message: dict[str, Any]) -> None:
     """Collect a slice of a chunked image; queue the vision query on the last one."""
     chunk = _VisionChunk.model_validate(message)
-    whole = session.broker.uploads.add(
+    whole = session.broker.add_upload_chunk(
         session.user.guid,
         chunk.image_id,
         chunk.chunk_id,
@@ -213,9 +213,7 @@ async def set_nickname(session: Session, message: dict[str, Any]) -> None:
 
 async def get_previous_queries(session: Session, message: dict[str, Any]) -> None:
     """The user's last 10 queries."""
-    rows = await session.broker.storage.for_user(session.user.guid).recent_queries(
-        session.user.guid, limit=10
-    )
+    rows = await session.broker.views.recent_queries(session.user.guid, limit=10)
     session.send({"type": "previous_queries", "data": rows})
 
 
@@ -238,11 +236,11 @@ async def cancel_query(session: Session, message: dict[str, Any]) -> None:
 
 async def get_stats(session: Session, message: dict[str, Any]) -> None:
     """System totals, all users, worker health."""
-    broker = session.broker
-    session.send({"type": "system_stats", "data": await broker.storage.system_stats()})
-    users = [u.model_dump() for u in await broker.storage.list_users()]
+    views = session.broker.views
+    session.send({"type": "system_stats", "data": await views.system_stats()})
+    users = [u.model_dump() for u in await views.users()]
     session.send({"type": "user_stats", "data": users})
-    session.send({"type": "worker_health", "data": broker.registry.public()})
+    session.send({"type": "worker_health", "data": views.workers()})
 
 
 async def add_worker(session: Session, message: dict[str, Any]) -> None:

@@ -43,8 +43,8 @@ from rentahal.api.queries import (
     run_transcription,
 )
 from rentahal.broker import Broker
-from rentahal.models import AIWorker, Query, Result
-from rentahal.streaming import QueryStream, stream_query
+from rentahal.models import Query, Result
+from rentahal.streaming import QueryStream
 
 logger = logging.getLogger(__name__)
 
@@ -103,46 +103,21 @@ class _OpenAIRoute(APIRoute):
 router = APIRouter(prefix="/v1", route_class=_OpenAIRoute, tags=["openai"])
 
 
-def _live(broker: Broker) -> list[AIWorker]:
-    return [w for w in broker.registry.workers() if not w.is_blacklisted]
-
-
-def served_models(broker: Broker) -> list[str]:
-    """Model ids live workers serve: their listed models, or the worker's name if none."""
-    names: set[str] = set()
-    for worker in _live(broker):
-        names.update(worker.models or [worker.name])
-    return sorted(names)
-
-
-def _family(worker: AIWorker) -> str:
-    return worker.protocol if worker.protocol in ("claude", "huggingface") else "worker_node"
-
-
 def resolve_model(broker: Broker, model: str, worker_types: Iterable[str]) -> tuple[str, str]:
     """``(model_name, model_type)`` of a query for OpenAI ``model`` on ``worker_types``.
 
-    A model a live worker lists is asked for by name. The name of a live worker
-    that lists no models means "any model such a worker runs" (``model_name``
-    empty), since the broker routes by type and model, not by worker name.
-    Anything else is a 404 naming the model, answered before queueing.
+    See :meth:`BrokerViews.resolve_model`; a model no live worker serves is a
+    404 naming it, answered before queueing.
     """
-    if not model:
-        return "", "worker_node"
-    types = set(worker_types)
-    live = [w for w in _live(broker) if w.type in types]
-    for worker in live:
-        if model in worker.models:
-            return model, _family(worker)
-    for worker in live:
-        if not worker.models and worker.name == model:
-            return "", _family(worker)
-    kind = " or ".join(sorted(types))
-    raise ApiError(
-        404,
-        f"The model '{model}' does not exist or no live {kind} worker serves it",
-        "model_not_found",
-    )
+    types = sorted(set(worker_types))
+    resolved = broker.views.resolve_model(model, types)
+    if resolved is None:
+        raise ApiError(
+            404,
+            f"The model '{model}' does not exist or no live {' or '.join(types)} worker serves it",
+            "model_not_found",
+        )
+    return resolved
 
 
 def estimate_tokens(text: str) -> int:
@@ -291,7 +266,7 @@ async def _streamed_chat(
     broker: Broker, user_guid: str, query: Query, body: ChatCompletionRequest
 ) -> StreamingResponse:
     """A text chat streamed from its worker; errors before the first delta are raised."""
-    stream = stream_query(broker, user_guid, query)
+    stream = broker.stream(user_guid, query)
     try:
         first: str | None = await anext(stream)
     except StopAsyncIteration:  # an empty answer
@@ -398,7 +373,7 @@ async def list_models(user: Caller, request: Request) -> dict[str, Any]:
         "object": "list",
         "data": [
             {"id": name, "object": "model", "created": 0, "owned_by": OWNER}
-            for name in served_models(broker_of(request))
+            for name in broker_of(request).views.served_models()
         ],
     }
 

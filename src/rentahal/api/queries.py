@@ -4,7 +4,8 @@ Chat, vision and imagine run through the queue (``Broker.submit`` +
 ``wait_result``) and are charged and recorded like WebSocket queries. Whisper
 (transcription of ``audio``) and bark (speech of ``prompt``) have no queued
 form (a queued ``speech`` query is transcribed *and then answered*), so they
-call the speech worker directly and are recorded in the ledger here.
+call the speech worker directly through ``Broker.run_direct``, which finishes
+them like queued jobs (priced, recorded, metered, published).
 
 They answer the original's body: the bare result as a JSON string (text, or
 base64 PNG / WAV), with cost, processing time, job id and worker in
@@ -22,8 +23,7 @@ import asyncio
 import base64
 import binascii
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -38,7 +38,6 @@ from rentahal.api.auth import AuthFailed, KeyOrCookieCaller, broker_of
 from rentahal.broker import Broker
 from rentahal.errors import (
     BrokerError,
-    LedgerDeferred,
     NoWorkerAvailable,
     QueryRejected,
     QueueFull,
@@ -112,7 +111,7 @@ def result_error(result: Result) -> ApiError:
 def result_timeout_s(broker: Broker, query_type: str) -> float:
     """How long an HTTP caller waits for a queued job: queue limit plus every attempt."""
     settings = broker.settings
-    attempts = settings.workers.max_attempts * broker.executor.timeout_for(query_type)
+    attempts = settings.workers.max_attempts * broker.timeout_for(query_type)
     speech = 2 * settings.performance.query_timeout
     return settings.queue.queue_timeout + attempts + speech + _RESULT_MARGIN_S
 
@@ -140,7 +139,7 @@ async def run_query(broker: Broker, user_guid: str, query: Query) -> Result:
     ``QueryRejected`` (and subclasses) when it is refused, ``ApiError`` when it
     fails, is cancelled or takes too long; a caller that goes away cancels the job.
     """
-    async with broker.admission.share(user_guid):
+    async with broker.share(user_guid):
         return await _run_admitted(broker, user_guid, query)
 
 
@@ -160,66 +159,6 @@ async def _run_admitted(broker: Broker, user_guid: str, query: Query) -> Result:
     return result
 
 
-async def _run_direct(
-    broker: Broker,
-    user_guid: str,
-    query: Query,
-    call: Callable[[SpeechCall], Awaitable[str]],
-    *,
-    prompt_is_result: bool = False,
-) -> Result:
-    """Run a speech call outside the queue, then price and record it like a queued job.
-
-    The billed time is the whole call, including any wait for a free speech
-    worker. With ``prompt_is_result`` the ledger row's prompt is the answer
-    (the transcription), so the user's history shows what was said.
-    """
-    job = Job(user_guid=user_guid, query=query, origin_node=broker.node_id)
-    started = time.monotonic()
-    speech = SpeechCall()
-    try:
-        text = await call(speech)
-    except WorkerError as exc:
-        failed = Result(
-            job_id=job.job_id,
-            user_guid=user_guid,
-            status="failed",
-            error=str(exc),
-            worker=exc.worker,
-            attempts=1,
-            processing_time=round(time.monotonic() - started, 6),
-            query_type=query.query_type,
-        )
-        try:
-            await asyncio.shield(broker.ledger.record(job, broker.ledger.price(failed)))
-        except StorageError as record_exc:  # spooled or lost: the worker's error still counts
-            logger.error("could not record failed job %s: %s", job.job_id, record_exc)
-        raise
-    if prompt_is_result:
-        job = job.model_copy(update={"query": query.model_copy(update={"prompt": text})})
-    result = broker.ledger.price(
-        Result(
-            job_id=job.job_id,
-            user_guid=user_guid,
-            status="done",
-            result=text,
-            result_type="audio" if query.model_type == "speech" else "text",
-            processing_time=round(time.monotonic() - started, 6),
-            attempts=1,
-            worker=speech.worker,
-            query_type=query.query_type,
-        )
-    )
-    try:
-        await asyncio.shield(broker.ledger.record(job, result))
-    except LedgerDeferred:
-        result = result.model_copy(update={"recorded": False, "recorded_later": True})
-    except StorageError as exc:
-        logger.error("could not record job %s: %s", job.job_id, exc)
-        result = result.model_copy(update={"recorded": False})
-    return result
-
-
 async def run_transcription(broker: Broker, user_guid: str, audio: bytes) -> Result:
     """Speech to text on a speech worker, charged and recorded (``query_type`` speech)."""
     if not audio:
@@ -231,7 +170,7 @@ async def run_transcription(broker: Broker, user_guid: str, audio: bytes) -> Res
         return await broker.transcribe(audio, speech)
 
     query = Query(query_type="speech", model_type="worker_node")
-    return await _run_direct(broker, user_guid, query, call, prompt_is_result=True)
+    return await broker.run_direct(user_guid, query, call, prompt_is_result=True)
 
 
 async def run_speech(broker: Broker, user_guid: str, text: str) -> Result:
@@ -245,7 +184,7 @@ async def run_speech(broker: Broker, user_guid: str, text: str) -> Result:
         return base64.b64encode(await broker.speak(text, speech)).decode("ascii")
 
     query = Query(prompt=text, query_type="speech", model_type="speech")
-    return await _run_direct(broker, user_guid, query, call)
+    return await broker.run_direct(user_guid, query, call)
 
 
 def decode_base64(data: str | None, what: str) -> bytes:

@@ -15,7 +15,7 @@ from rentahal.api.handshake import cookie_headers, origin_allowed
 from rentahal.api.messages import HANDLERS, SYSOP_ONLY, Session, handle_error
 from rentahal.broker import Broker
 from rentahal.errors import StorageError
-from rentahal.models import User, is_valid_guid
+from rentahal.models import is_valid_guid
 from rentahal.realms.connections import Connection
 from rentahal.shares import client_address
 
@@ -25,45 +25,6 @@ router = APIRouter()
 # A vision chunk carries up to ``chunk_size`` characters plus a small JSON envelope.
 ENVELOPE_ALLOWANCE = 16 * 1024
 BANNED_MESSAGE = "You are banned from using this service."
-CONNECTED_LISTED = 20
-AVERAGE_TYPES = (
-    ("Chat", "chat"),
-    ("Vision", "vision"),
-    ("Imagine", "imagine"),
-    ("Speech_in", "speech"),
-    ("Speech_out", "speech_out"),
-)
-
-
-async def welcome_messages(broker: Broker, user: User) -> list[str]:
-    """The six ``sysop_message`` texts of the connect sequence."""
-    storage = broker.storage.for_user(user.guid)
-    recent = await storage.recent_queries(user.guid, limit=5)
-    lines = ["Your recent queries:"]
-    for row in recent:
-        prompt = (row.get("prompt") or "")[:30]
-        lines.append(f"Query: {prompt}... Time: {float(row.get('processing_time') or 0):.2f}s")
-    stats = await broker.storage.system_stats()
-    averages = await broker.storage.average_times()
-    avg_lines = ["Average service times:"] + [
-        f"{label}: {averages.get(key, 0.0):.2f}s" for label, key in AVERAGE_TYPES
-    ]
-    guids = broker.connections.users()
-    # Name at most CONNECTED_LISTED users, so a connect costs the same at any load.
-    connected = await broker.storage.users_by_guid(guids[:CONNECTED_LISTED])
-    user_lines = ["Connected users:"] + [
-        f"{u.nickname}: {u.query_count} queries, ${u.total_cost:.2f}" for u in connected
-    ]
-    if len(guids) > CONNECTED_LISTED:
-        user_lines.append(f"... and {len(guids) - CONNECTED_LISTED} more")
-    return [
-        "\n".join(lines),
-        f"Your total lifetime costs: ${user.total_cost:.2f}",
-        f"System-wide total lifetime costs: ${float(stats.get('total_cost') or 0):.2f}",
-        "\n".join(avg_lines),
-        f"Connected users: {len(guids)} (most ever: {broker.most_connected})",
-        "\n".join(user_lines),
-    ]
 
 
 async def _send_connect_sequence(session: Session, fresh_cookie: bool) -> bool:
@@ -75,14 +36,12 @@ async def _send_connect_sequence(session: Session, fresh_cookie: bool) -> bool:
     if user.is_banned:
         conn.send({"type": "error", "message": BANNED_MESSAGE})
         return False
-    for text in await welcome_messages(broker, user):
+    for text in await broker.views.welcome_messages(user):
         conn.send({"type": "sysop_message", "message": text})
-    rows = await broker.storage.for_user(user.guid).recent_queries(user.guid, limit=10)
+    rows = await broker.views.recent_queries(user.guid, limit=10)
     conn.send({"type": "previous_queries", "data": rows})
-    conn.send({"type": "worker_update", "workers": broker.registry.public()})
-    conn.send(
-        {"type": "huggingface_update", "models": [m.model_dump() for m in broker.fleet.hf_models]}
-    )
+    conn.send({"type": "worker_update", "workers": broker.views.workers()})
+    conn.send({"type": "huggingface_update", "models": broker.views.hf_models()})
     return True
 
 
@@ -167,14 +126,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     assert guid is not None
     address = client_address.get() or "unknown"
     await websocket.accept(headers=cookie_headers(websocket, guid, security))
-    perf = broker.settings.performance
-    if not broker.connections.reserve_address(address, perf.max_connections_per_address):
+    if not broker.reserve_address(address):
         await _refuse(websocket, "Too many connections from your address")
         return
     try:
         await _serve(broker, websocket, address, guid, fresh)
     finally:
-        broker.connections.release_address(address)
+        broker.release_address(address)
 
 
 async def _refuse(websocket: WebSocket, message: str) -> None:
@@ -185,7 +143,7 @@ async def _refuse(websocket: WebSocket, message: str) -> None:
 async def _serve(
     broker: Broker, websocket: WebSocket, address: str, guid: str, fresh: bool
 ) -> None:
-    if broker.connections.count >= broker.settings.performance.max_connections:
+    if not broker.has_room():
         await _refuse(websocket, "Too many connections")
         return
     try:
@@ -204,20 +162,17 @@ async def _serve(
     conn.realm = broker.realm_for_user(user.guid)
     session = Session(broker=broker, conn=conn, user=user)
     writer = asyncio.create_task(conn.run_writer(), name=f"ws-writer:{guid[:8]}")
-    broker.connections.add(conn)
-    broker.most_connected = max(broker.most_connected, len(broker.connections.users()))
+    broker.attach(conn)
     try:
         if await _send_connect_sequence(session, fresh):
-            await broker.deliver_pending(conn)
-            broker.notifier.users_changed()
+            await broker.welcome(conn)
             await _reader(session)
     except WebSocketDisconnect:
         pass
     except Exception:
         logger.exception("websocket session of %s failed", guid)
     finally:
-        broker.connections.remove(conn)
-        broker.uploads.drop_owner(conn.id)
+        broker.detach(conn)
         conn.close()
         try:
             async with asyncio.timeout(5):
@@ -229,4 +184,3 @@ async def _serve(
                 await websocket.close()
             except Exception:
                 logger.debug("close after session end failed", exc_info=True)
-        broker.notifier.users_changed()

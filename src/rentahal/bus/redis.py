@@ -28,8 +28,8 @@ Redis command or one Lua script, so two nodes never both get it:
 
 ``ack`` deletes the entry and the job (``XACK`` + ``XDEL``). Delivery is
 at-least-once: a job reclaimed from a node that was only slow runs twice, which
-is why the ledger is idempotent per job and :meth:`RedisBus.claim_delivery`
-exists.
+is why the ledger is idempotent per job and a result is marked delivered once
+(``ClusterState.mark_delivered``).
 """
 
 from __future__ import annotations
@@ -853,19 +853,6 @@ class RedisBus:
                         if mine == entry:
                             logger.warning("job %s was taken over by another node", job_id)
                             del q.inflight[job_id]
-
-    # exactly-once
-
-    async def claim_delivery(self, job_id: str, ttl_s: int = 86400) -> bool:
-        """True for the first caller (on any node) for ``job_id``; ``False`` ever after.
-
-        Guards delivering a result twice when a reclaimed job ran on two nodes.
-        """
-        key = keys.delivered_key(job_id)
-        ok = await self._call(
-            lambda: self._redis.set(key, self.node_id, nx=True, ex=ttl_s), "claim_delivery"
-        )
-        return bool(ok)
 
     # pub/sub
 

@@ -111,14 +111,15 @@ class FederationService:
         self.discovery = discovery
         self.store = store
         self.broker = broker
+        self._parts = broker.parts()
         self.peers: dict[str, Peer] = {}
         self.verifier = Verifier(self._key_of)
-        self.client = PeerClient(identity, broker.client, self.verifier)
+        self.client = PeerClient(identity, self._parts.client, self.verifier)
         self.metrics = FederationMetrics()
         self.incoming = IncomingRuns(
             broker, store.storage, identity.federation_id, config.max_hops, self._accepted
         )
-        broker.metrics.registry.register(
+        self._parts.metrics.registry.register(
             FederationCollector(self.metrics, lambda: list(self.peers.values()))
         )
         self._task: asyncio.Task[None] | None = None
@@ -131,7 +132,7 @@ class FederationService:
         for peer in await self.store.load():
             self.peers[peer.federation_id] = peer
             self._apply_services(peer)
-        self.broker.registry.remote_gate = self.gate
+        self._parts.registry.remote_gate = self.gate
         register_backend(FederationBackend(self))
         self._task = asyncio.create_task(self._loop(), name="federation-discovery")
 
@@ -163,7 +164,7 @@ class FederationService:
         return sorted(
             {
                 s.worker.type
-                for s in self.broker.registry.states()
+                for s in self._parts.registry.states()
                 if s.worker.protocol != PROTOCOL and not s.worker.is_blacklisted
             }
         )
@@ -183,7 +184,7 @@ class FederationService:
         for query_type in QUERY_TYPES:
             local = [
                 s
-                for s in broker.registry.states()
+                for s in self._parts.registry.states()
                 if s.worker.type == query_type
                 and s.worker.protocol != PROTOCOL
                 and not s.worker.is_blacklisted
@@ -199,7 +200,7 @@ class FederationService:
                 primary = broker.realms.registry.primary_for(query_type)
                 if primary is not None:
                     realm = primary.name
-                    depth = await broker.bus.depth(realm)
+                    depth = await self._parts.bus.depth(realm)
             models = sorted({m for s in usable for m in s.worker.models})
             out[query_type] = {
                 "realm": realm,
@@ -272,7 +273,7 @@ class FederationService:
 
     def _apply_services(self, peer: Peer) -> None:
         """Make the registry's virtual workers match the peer's advertisement."""
-        registry = self.broker.registry
+        registry = self._parts.registry
         for query_type in QUERY_TYPES:
             name = worker_name(peer.federation_id, query_type)
             service = peer.services.get(query_type)

@@ -109,6 +109,7 @@ class RealmConnectionManager:
         self._by_realm: defaultdict[str, set[Connection]] = defaultdict(set)
         self._per_address: dict[str, int] = {}
         self.peak = 0
+        self.peak_users = 0
 
     def reserve_address(self, address: str, cap: int) -> bool:
         """Count one more socket from ``address``; False (nothing counted) at ``cap``."""
@@ -145,6 +146,7 @@ class RealmConnectionManager:
         if conn.realm:
             self._by_realm[conn.realm].add(conn)
         self.peak = max(self.peak, self.count)
+        self.peak_users = max(self.peak_users, len(self._by_user))
 
     def remove(self, conn: Connection) -> None:
         """Unregister a socket."""

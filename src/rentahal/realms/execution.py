@@ -7,6 +7,7 @@ import base64
 import logging
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,54 @@ from rentahal.models import AIWorker, Job, Query, Result, dispatch_type, worker_
 from rentahal.realms.workers import WorkerRegistry, WorkerSelector
 
 logger = logging.getLogger(__name__)
+
+
+async def reserve_confirmed(
+    registry: WorkerRegistry,
+    selector: WorkerSelector,
+    query: Query,
+    job_id: str,
+    *,
+    timeout_s: float,
+    first: AIWorker | None = None,
+    exclude: Sequence[str] = (),
+    check: Callable[[], None] | None = None,
+) -> tuple[AIWorker, str | None]:
+    """A worker slot reserved locally and, in a cluster, confirmed in shared state.
+
+    The one slot reservation of the broker (queued jobs and streamed chats).
+    ``first`` is an already reserved worker (or None); ``exclude`` are workers
+    to avoid (read afresh on each try); ``check`` raises when waiting is
+    pointless. Returns the worker and the holder id of its cluster slot (None
+    on a single node); the caller releases it with ``registry.release_call``.
+    """
+    candidate = first
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        if candidate is None:
+            candidate = await registry.acquire(
+                selector,
+                query,
+                exclude=exclude,
+                timeout_s=max(0.0, deadline - loop.time()),
+                check=check,
+            )
+        if registry.cluster is None:
+            return candidate, None
+        holder = f"{job_id}:{uuid.uuid4().hex[:8]}"
+        try:
+            confirmed = await registry.confirm(candidate, holder)
+        except BaseException:
+            await asyncio.shield(registry.release_call(candidate.name, holder))
+            raise
+        if confirmed:
+            return candidate, holder
+        candidate = None  # every slot is busy on other nodes: wait for another
+
+
+# The query a selector by worker type is handed (it looks at the type only).
+_ANY_QUERY = Query(query_type="chat")
 
 
 @dataclass(slots=True)
@@ -131,33 +180,6 @@ class QueryExecutor:
         if not any(s.available(now, ignore_saturation=True) for s in states):
             raise NoWorkerAvailable(f"No {dispatch_type(query)} worker is usable for a retry")
 
-    async def _confirmed(
-        self, query: Query, selector: WorkerSelector, run: _Run, first: AIWorker | None
-    ) -> tuple[AIWorker, str | None]:
-        """A worker reserved locally and, in a cluster, confirmed in shared state.
-
-        ``first`` is an already reserved worker (or None). Returns the worker and
-        the holder id of its cluster slot (None on a single node).
-        """
-        candidate = first
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_for(query.query_type)
-        while True:
-            if candidate is None:
-                candidate = await self.registry.acquire(
-                    selector,
-                    query,
-                    exclude=run.tried,
-                    timeout_s=max(0.0, deadline - loop.time()),
-                    check=lambda: self._check_retry_possible(query),
-                )
-            if self.registry.cluster is None:
-                return candidate, None
-            holder = f"{run.job_id}:{uuid.uuid4().hex[:8]}"
-            if await self.registry.confirm(candidate, holder):
-                return candidate, holder
-            candidate = None  # every slot is busy on other nodes: wait for another
-
     async def _run_with_retries(
         self, query: Query, worker: AIWorker, run: _Run, selector: WorkerSelector
     ) -> WorkerReply:
@@ -167,7 +189,16 @@ class QueryExecutor:
         last: WorkerError | None = None
         for attempt in range(1, attempts_max + 1):
             try:
-                current, holder = await self._confirmed(query, selector, run, current)
+                current, holder = await reserve_confirmed(
+                    self.registry,
+                    selector,
+                    query,
+                    run.job_id,
+                    timeout_s=self.timeout_for(query.query_type),
+                    first=current,
+                    exclude=run.tried,
+                    check=lambda: self._check_retry_possible(query),
+                )
             except NoWorkerAvailable:
                 if last is None:
                     raise
@@ -207,14 +238,15 @@ class QueryExecutor:
         raise last
 
     async def _speech_call(self, method: str, run: _Run, *args: Any) -> Any:
-        worker = await self.registry.acquire_type(
-            "speech", timeout_s=self.settings.performance.query_timeout
+        registry = self.registry
+        worker, holder = await reserve_confirmed(
+            registry,
+            registry.type_selector("speech"),
+            _ANY_QUERY,
+            run.job_id or "speech",
+            timeout_s=self.settings.performance.query_timeout,
+            check=lambda: registry.check_type_servable("speech"),
         )
-        holder: str | None = None
-        if self.registry.cluster is not None:
-            holder = f"{run.job_id or 'speech'}:{uuid.uuid4().hex[:8]}"
-            if not await self.registry.confirm(worker, holder):
-                raise NoWorkerAvailable("Every speech worker is busy on other nodes")
         run.worker = worker.name
         try:
             backend = get_backend(worker.protocol)

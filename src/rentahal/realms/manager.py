@@ -106,8 +106,8 @@ class RealmWorkerManager:
         strategy = self.strategy("realm", realm_cfg.strategy if realm_cfg else "health")
         if own:
             return own, strategy, False
-        other = self.router.free_in_other_realms(query, self.realm, exclude, model)
-        return other, self.strategy("cross", "health"), True
+        best = self.router.find_best_worker(query, self.realm, exclude, model)
+        return ([best] if best else []), self.strategy("cross", "health"), True
 
     def can_serve_now(self, query: Query) -> bool:
         """True when some step of the selection order has a free worker."""

@@ -17,7 +17,7 @@ from rentahal.realms.workers import WorkerRegistry, WorkerSelector
 
 logger = logging.getLogger(__name__)
 
-FinishHandler = Callable[[Job, Result], Awaitable[None]]
+FinishHandler = Callable[[Job, Result], Awaitable[object]]
 
 
 class QueryProcessor:
@@ -57,7 +57,6 @@ class QueryProcessor:
         self._loop_task: asyncio.Task[None] | None = None
         self._abandoned: set[asyncio.Task[None]] = set()  # stuck loops, cancelled
         self._stopping = False
-        registry.add_listener(lambda: bus.wake(queue))
 
     @property
     def alive(self) -> bool:
@@ -70,7 +69,11 @@ class QueryProcessor:
             return
         self._stopping = False
         self.last_heartbeat = time.monotonic()
+        self.registry.add_listener(self._wake)
         self._loop_task = asyncio.create_task(self._consume(), name=f"processor:{self.queue}")
+
+    def _wake(self) -> None:
+        self.bus.wake(self.queue)
 
     def stuck(self, max_silence_s: float) -> bool:
         """True when the loop runs but has not beaten for ``max_silence_s``."""
@@ -205,6 +208,7 @@ class QueryProcessor:
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
         """Stop taking jobs, let running ones finish for ``drain_timeout_s``, cancel the rest."""
         self._stopping = True
+        self.registry.remove_listener(self._wake)
         self.bus.wake(self.queue)
         loops = [t for t in (self._loop_task, *self._abandoned) if t is not None]
         for loop_task in loops:

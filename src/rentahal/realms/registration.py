@@ -171,7 +171,7 @@ class Registrations:
             kind = realms.registry.realms[realm].config.primary_query_type
             if worker.type != kind:
                 raise RegistrationRefused(f"realm {realm} takes {kind} workers only")
-        existing = self.broker.registry.get(worker.name)
+        existing = self.broker.parts().registry.get(worker.name)
         if existing is not None and not await self._leased_by(worker.name, record.prefix):
             raise RegistrationRefused(f"a worker named {worker.name} is already registered")
         worker = worker.model_copy(update={"realm": realm, "api_key": None})
@@ -262,7 +262,9 @@ class LeaseSweeper:
             interval = self.registrations.heartbeat_s
             await asyncio.sleep(interval)
             try:
-                if await broker.state.try_lead("worker-leases", broker.node_id, interval * 3):
+                if await broker.parts().state.try_lead(
+                    "worker-leases", broker.node_id, interval * 3
+                ):
                     for name in await self.registrations.sweep():
                         logger.info(
                             "worker %s removed: its lease ran out or its token was revoked", name

@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 from rentahal.models import AIWorker, Query, dispatch_type, worker_family
 from rentahal.realms.registry import Realm, RealmRegistry
+from rentahal.realms.strategies import HealthStrategy
 from rentahal.realms.workers import WorkerRegistry, WorkerState
+
+_HEALTH = HealthStrategy()
 
 
 @dataclass(slots=True)
@@ -37,12 +40,7 @@ class FederationRouter:
         if realm.stopped:
             return False
         wanted = {query.query_type, dispatch_type(query)}
-        return any(
-            w.type in wanted
-            and not w.is_blacklisted
-            and self.realms.realm_of_worker(w) == realm.name
-            for w in self.workers.workers()
-        )
+        return any(self.find_workers(t, realm.name) for t in wanted)
 
     async def route_query(
         self, query: Query, depth_of: Callable[[str], Awaitable[int]]
@@ -72,36 +70,45 @@ class FederationRouter:
         return None
 
     def _served_anywhere(self, query: Query) -> bool:
-        return any(
-            w.type == dispatch_type(query) and not w.is_blacklisted for w in self.workers.workers()
-        )
+        return bool(self.find_workers(dispatch_type(query)))
 
     def find_workers(self, query_type: str, realm: str | None = None) -> list[AIWorker]:
-        """Workers of ``query_type`` (in ``realm`` when given)."""
+        """Workers (not blacklisted) of ``query_type``, in ``realm`` when given."""
         return [
             w
             for w in self.workers.workers()
-            if w.type == query_type and (realm is None or self.realms.realm_of_worker(w) == realm)
+            if w.type == query_type
+            and not w.is_blacklisted
+            and (realm is None or self.realms.realm_of_worker(w) == realm)
         ]
 
-    def find_best_worker(self, query: Query, exclude_realm: str | None = None) -> AIWorker | None:
-        """The healthiest free worker for ``query`` outside ``exclude_realm``."""
-        free = self.free_in_other_realms(query, exclude_realm, (), query.model_name)
-        if not free:
-            return None
-        return max(free, key=lambda s: s.worker.health_score).worker
+    def find_best_worker(
+        self,
+        query: Query,
+        exclude_realm: str | None = None,
+        exclude: Iterable[str] = (),
+        model: str | None = None,
+    ) -> WorkerState | None:
+        """The healthiest free worker for ``query`` outside ``exclude_realm`` (cross-realm).
 
-    def free_in_other_realms(
-        self, query: Query, realm: str | None, exclude: Iterable[str], model: str
-    ) -> list[WorkerState]:
-        """Free workers for ``query`` that belong to realms other than ``realm``."""
-        others = {w.name for w in self.workers.workers() if self.realms.realm_of_worker(w) != realm}
-        return self.workers.free(
+        ``exclude`` are workers to avoid when others exist; ``model`` overrides
+        the query's ``model_name`` (a pool alias is no model).
+        """
+        others = {
+            w.name
+            for w in self.workers.workers()
+            if self.realms.realm_of_worker(w) != exclude_realm
+        }
+        free = self.workers.free(
             self.workers.candidates(
-                dispatch_type(query), model, worker_family(query.model_type), within=others
+                dispatch_type(query),
+                query.model_name if model is None else model,
+                worker_family(query.model_type),
+                within=others,
             ),
             exclude,
         )
+        return _HEALTH.pick(free) if free else None
 
     def free_in_other_pools(
         self, pool: str, query: Query, realm: str, exclude: Iterable[str]

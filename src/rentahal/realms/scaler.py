@@ -165,7 +165,7 @@ class RealmScaler:
         while True:
             interval = self.config.interval_s
             try:
-                leading = self.config.enabled and await self.broker.state.try_lead(
+                leading = self.config.enabled and await self.broker.parts().state.try_lead(
                     "scaler", self.broker.node_id, interval * 3
                 )
                 if leading and not self._leading:
@@ -186,7 +186,7 @@ class RealmScaler:
                 continue
             realm = self.broker.realms.registry.realms.get(worker.realm)
             config = realm.config.provisioner if realm is not None else None
-            if config is None or self.broker.registry.get(worker.name) is None:
+            if config is None or self.broker.parts().registry.get(worker.name) is None:
                 await self.book.remove(worker.name)  # gone with its realm or its node
                 continue
             self.provisioned[worker.name] = (worker, self._provisioner(worker.realm, config))
@@ -209,7 +209,7 @@ class RealmScaler:
         usable = [s for s in states if s.available(now, ignore_saturation=True)]
         capacity = sum(s.worker.max_concurrency for s in usable)
         busy = sum(min(s.in_flight, s.worker.max_concurrency) for s in usable)
-        totals = self.broker.metrics.totals(realm)
+        totals = self.broker.parts().metrics.totals(realm)
         book.samples.append((now, busy, capacity, totals["processed"], totals["errors"]))
         window = self.config.window_s
         while book.samples and now - book.samples[0][0] > window:
@@ -220,7 +220,7 @@ class RealmScaler:
         processed = totals["processed"] - first[3]
         errors = totals["errors"] - first[4]
         finished = int(processed + errors)
-        waiting = await self.broker.bus.waiting(realm)
+        waiting = await self.broker.parts().bus.waiting(realm)
         oldest = min((job.submitted_at for job in waiting), default=None)
         figures = Figures(
             workers=len(states),
@@ -389,14 +389,14 @@ class RealmScaler:
         return token
 
     async def _wait_registered(self, name: str) -> None:
-        while self.broker.registry.get(name) is None:
-            await self.broker.registry.wait_for_change(1.0)
+        while self.broker.parts().registry.get(name) is None:
+            await self.broker.parts().registry.wait_for_change(1.0)
 
     async def _wait_healthy(self, worker: AIWorker) -> None:
         backend = get_backend(worker.protocol)
         while True:
             with contextlib.suppress(WorkerError):
-                if await backend.probe(self.broker.client, worker, 2.0) == 200:
+                if await backend.probe(self.broker.parts().client, worker, 2.0) == 200:
                     return
             await asyncio.sleep(HEALTH_POLL_S)
 
@@ -414,7 +414,7 @@ class RealmScaler:
     async def _drain_and_remove(
         self, realm: str, name: str, config: ProvisionerConfig, figures: Figures | None
     ) -> None:
-        registry = self.broker.registry
+        registry = self.broker.parts().registry
         state = registry.get(name)
         self._event(realm, "drain", f"{name}: no new jobs, finishing its calls", figures)
         if state is not None:

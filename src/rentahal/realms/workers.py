@@ -329,14 +329,9 @@ class WorkerRegistry:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
 
-    async def acquire_type(self, worker_type: str, timeout_s: float = 30.0) -> AIWorker:
-        """Wait for a slot on any worker of ``worker_type`` (speech steps use this)."""
-        return await self.acquire(
-            _TypeSelector(self, worker_type),
-            Query(query_type="chat"),
-            timeout_s=timeout_s,
-            check=lambda: self.check_type_servable(worker_type),
-        )
+    def type_selector(self, worker_type: str) -> WorkerSelector:
+        """A selector by worker type alone, ignoring the query (speech steps use this)."""
+        return _TypeSelector(self, worker_type)
 
     async def confirm(self, worker: AIWorker, holder: str) -> bool:
         """Confirm a locally reserved slot cluster-wide (always true on one node).
@@ -472,8 +467,14 @@ class WorkerRegistry:
                 self._waiters.remove(waiter)
 
     def add_listener(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` whenever capacity may have grown."""
-        self._listeners.append(callback)
+        """Call ``callback`` whenever capacity may have grown (once, however often added)."""
+        if callback not in self._listeners:
+            self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        """Stop calling ``callback``."""
+        if callback in self._listeners:
+            self._listeners.remove(callback)
 
     def _notify(self) -> None:
         for callback in self._listeners:

@@ -7,6 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from rentahal.broker.core import BrokerParts
+from rentahal.bus.memory import MemoryBus
+from rentahal.bus.state import MemoryState
 from rentahal.config import load_settings
 from rentahal.federation.context import ROUTING_JOB
 from rentahal.federation.identity import Identity
@@ -24,9 +27,14 @@ def _service(tmp_path: Path, **config: object) -> tuple[FederationService, Worke
     settings = load_settings(None, environ={})
     registry = WorkerRegistry(settings.workers)
     # The service reads only these parts of the broker here.
-    broker = SimpleNamespace(
-        registry=registry, client=None, metrics=RealmMetricsCollector(RouterStats), realms=None
+    parts = BrokerParts(
+        registry,
+        None,  # type: ignore[arg-type]
+        RealmMetricsCollector(RouterStats),
+        MemoryState(),
+        MemoryBus(),
     )
+    broker = SimpleNamespace(parts=lambda: parts, realms=None)
     identity = Identity.load_or_create(tmp_path / "k.pem", "home", "http://127.0.0.1:1")
     store = PeerStore(Storage(f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}"))
     service = FederationService(

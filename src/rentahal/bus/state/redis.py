@@ -1,15 +1,8 @@
-"""Cluster-wide state beside the bus: worker slots, leadership, result mailboxes, running jobs.
-
-The memory implementation serves one node; the Redis one is shared by every
-node using the same Redis. Slots are leases in a sorted set (expiring on
-their own if a node dies), so counts are never negative and heal themselves.
-"""
+"""Cluster state shared by every node of one Redis."""
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict, deque
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from redis import exceptions as rexc
@@ -18,10 +11,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from rentahal.bus import keys
+from rentahal.bus.state.base import MAILBOX_LENGTH, MAILBOX_TTL_S
 from rentahal.errors import BusError
-
-MAILBOX_TTL_S = 600
-MAILBOX_LENGTH = 50
 
 _ACQUIRE = """
 local now = redis.call('TIME')
@@ -47,111 +38,6 @@ if not current then
 end
 return 0
 """
-
-
-class ClusterState(Protocol):
-    """Facts every node must agree on."""
-
-    async def close(self) -> None:
-        """Disconnect."""
-        ...
-
-    async def acquire_slot(self, worker: str, cap: int, holder: str, lease_s: float) -> bool:
-        """Take one of ``worker``'s ``cap`` slots for ``holder``; False when all are taken."""
-        ...
-
-    async def release_slot(self, worker: str, holder: str) -> None:
-        """Give a slot back."""
-        ...
-
-    async def try_lead(self, role: str, node_id: str, ttl_s: float) -> bool:
-        """Take or renew the lock of ``role``; True while this node holds it."""
-        ...
-
-    async def post_result(self, user_guid: str, result: dict[str, Any]) -> None:
-        """Keep a result for delivery to the user's sockets, also after a reconnect."""
-        ...
-
-    async def undelivered(self, user_guid: str) -> list[dict[str, Any]]:
-        """The user's kept results that no socket has received yet."""
-        ...
-
-    async def mark_delivered(self, job_id: str) -> bool:
-        """Note that a socket received ``job_id``'s result; True the first time."""
-        ...
-
-    async def set_running(self, job_id: str, node_id: str, user_guid: str) -> None:
-        """Note that ``node_id`` runs ``job_id``."""
-        ...
-
-    async def clear_running(self, job_id: str) -> None:
-        """The job finished."""
-        ...
-
-    async def running(self, job_id: str) -> tuple[str, str] | None:
-        """``(node_id, user_guid)`` of a running job, or None."""
-        ...
-
-    async def running_count(self) -> int:
-        """Jobs running on all nodes."""
-        ...
-
-
-class MemoryState:
-    """State of a single node (the embedded deployment)."""
-
-    def __init__(self) -> None:
-        self._mail: defaultdict[str, deque[tuple[float, dict[str, Any]]]] = defaultdict(
-            lambda: deque(maxlen=MAILBOX_LENGTH)
-        )
-        self._delivered: dict[str, float] = {}
-        self._running: dict[str, tuple[str, str]] = {}
-
-    async def close(self) -> None:
-        return None
-
-    async def acquire_slot(self, worker: str, cap: int, holder: str, lease_s: float) -> bool:
-        return True  # the local registry already counts every call of the only node
-
-    async def release_slot(self, worker: str, holder: str) -> None:
-        return None
-
-    async def try_lead(self, role: str, node_id: str, ttl_s: float) -> bool:
-        return True
-
-    def _prune(self, now: float) -> None:
-        for job_id in [j for j, t in self._delivered.items() if now - t > MAILBOX_TTL_S]:
-            del self._delivered[job_id]
-
-    async def post_result(self, user_guid: str, result: dict[str, Any]) -> None:
-        self._mail[user_guid].append((time.monotonic(), result))
-
-    async def undelivered(self, user_guid: str) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        self._prune(now)
-        box = self._mail.get(user_guid)
-        if not box:
-            return []
-        return [
-            r for t, r in box if now - t <= MAILBOX_TTL_S and r.get("job_id") not in self._delivered
-        ]
-
-    async def mark_delivered(self, job_id: str) -> bool:
-        first = job_id not in self._delivered
-        self._delivered[job_id] = time.monotonic()
-        return first
-
-    async def set_running(self, job_id: str, node_id: str, user_guid: str) -> None:
-        self._running[job_id] = (node_id, user_guid)
-
-    async def clear_running(self, job_id: str) -> None:
-        self._running.pop(job_id, None)
-
-    async def running(self, job_id: str) -> tuple[str, str] | None:
-        return self._running.get(job_id)
-
-    async def running_count(self) -> int:
-        return len(self._running)
 
 
 class RedisState:

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from rentahal.backends import ClaudeBackend, HuggingFaceBackend, register_backend
+from rentahal.broker.control import (
+    ControlChannel,
+    Health,
+    ModelsChanged,
+    SlotFree,
+    WorkerHealth,
+    WorkersChanged,
+)
 from rentahal.config import Settings
 from rentahal.errors import StorageError
 from rentahal.models import AIWorker, HuggingFaceModel
+from rentahal.realms.workers import WorkerRegistry
+from rentahal.storage.database import Storage
 from rentahal.worker_addresses import check_worker_address
-
-if TYPE_CHECKING:
-    from rentahal.broker import Broker
 
 logger = logging.getLogger(__name__)
 
-CONTROL_CHANNEL = "control"
+Broadcast = Callable[[dict[str, Any]], Awaitable[None]]
 _VOLATILE = {"health_score", "is_blacklisted", "last_active"}
 
 
@@ -68,55 +76,69 @@ class Fleet:
     nodes reload; health found by the probing node travels the same way.
     """
 
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        registry: WorkerRegistry,
+        control: ControlChannel,
+        broadcast: Broadcast,
+        queue_changed: Callable[[], None],
+        *,
+        distributed: bool,
+    ) -> None:
+        self._settings = settings
+        self._storage = storage
+        self._registry = registry
+        self._control = control
+        self._broadcast = broadcast
+        self._queue_changed = queue_changed
+        self._distributed = distributed
         self.hf_models: list[HuggingFaceModel] = []
+        control.on(SlotFree, self._on_slot_free)
+        control.on(WorkersChanged, self._on_workers_changed)
+        control.on(ModelsChanged, self._on_models_changed)
+        control.on(Health, self._on_health)
 
     async def load(self) -> None:
         """Fill the registry and model list from the database and the config's API keys."""
-        configure_backends(self.broker.settings)
-        stored = await self.broker.storage.list_workers()
+        configure_backends(self._settings)
+        stored = await self._storage.list_workers()
         for worker in stored:
-            self.broker.registry.add(worker)
+            self._registry.add(worker)
         names = {w.name for w in stored}
-        for worker in configured_workers(self.broker.settings):
+        for worker in configured_workers(self._settings):
             if worker.name not in names:
-                self.broker.registry.add(worker)
-        self.hf_models = await self.broker.storage.list_hf_models()
+                self._registry.add(worker)
+        self.hf_models = await self._storage.list_hf_models()
 
-    async def _announce(self, op: str, **fields: Any) -> None:
-        broker = self.broker
-        await broker.bus.publish(CONTROL_CHANNEL, {"op": op, "origin": broker.node_id, **fields})
+    async def _on_slot_free(self, message: SlotFree) -> None:
+        self._registry.slot_freed(message.worker)
 
-    async def handle_control(self, message: dict[str, Any]) -> None:
-        """Apply another node's fleet change (own messages are ignored)."""
-        op = message.get("op")
-        registry = self.broker.registry
-        if op == "slot_free":
-            registry.slot_freed(message["worker"])
-        elif message.get("origin") == self.broker.node_id:
-            return
-        elif op == "workers_changed":
-            await self.reload_workers()
-        elif op == "models_changed":
-            self.hf_models = await self.broker.storage.list_hf_models()
-        elif op == "health":
-            for data in message["workers"]:
-                state = registry.get(data["name"])
-                if state is not None:
-                    state.worker.health_score = data["health_score"]
-                    state.worker.is_blacklisted = data["is_blacklisted"]
-            registry.changed()
+    async def _on_workers_changed(self, message: WorkersChanged) -> None:
+        await self.reload_workers()
+
+    async def _on_models_changed(self, message: ModelsChanged) -> None:
+        self.hf_models = await self._storage.list_hf_models()
+
+    async def _on_health(self, message: Health) -> None:
+        for data in message.workers:
+            state = self._registry.get(data.name)
+            if state is not None:
+                state.worker.health_score = data.health_score
+                state.worker.is_blacklisted = data.is_blacklisted
+        self._registry.changed()
 
     async def announce_slot_free(self, worker: str) -> None:
-        """Tell every node that a cluster slot of ``worker`` was released."""
-        await self._announce("slot_free", worker=worker)
+        """Tell every node (this one first) that a cluster slot of ``worker`` was released."""
+        self._registry.slot_freed(worker)
+        await self._control.publish(SlotFree(worker=worker))
 
     async def reload_workers(self) -> None:
         """Make the registry match the database (keeping live state of unchanged workers)."""
-        registry = self.broker.registry
-        stored = {w.name: w for w in await self.broker.storage.list_workers()}
-        configured = {w.name for w in configured_workers(self.broker.settings)}
+        registry = self._registry
+        stored = {w.name: w for w in await self._storage.list_workers()}
+        configured = {w.name for w in configured_workers(self._settings)}
         # Workers standing for other installations live in memory only.
         remote = {w.name for w in registry.workers() if w.protocol == "federation"}
         for name in [w.name for w in registry.workers() if w.name not in stored]:
@@ -134,73 +156,71 @@ class Fleet:
 
         ``QueryRejected`` when its address is not allowed (see ``worker_addresses``).
         """
-        await check_worker_address(worker, self.broker.settings.security)
-        await self.broker.storage.save_worker(worker)
-        self.broker.registry.add(worker)
-        await self._announce("workers_changed")
+        await check_worker_address(worker, self._settings.security)
+        await self._storage.save_worker(worker)
+        self._registry.add(worker)
+        await self._control.publish(WorkersChanged())
         await self.broadcast_workers()
-        self.broker.queue_changed()
+        self._queue_changed()
 
     async def remove_worker(self, name: str) -> bool:
         """Forget a worker; running calls on it finish."""
-        found = self.broker.registry.remove(name)
-        found = await self.broker.storage.delete_worker(name) or found
-        await self._announce("workers_changed")
+        found = self._registry.remove(name)
+        found = await self._storage.delete_worker(name) or found
+        await self._control.publish(WorkersChanged())
         await self.broadcast_workers()
-        self.broker.queue_changed()
+        self._queue_changed()
         return found
 
     async def reset_health(self, name: str | None = None) -> int:
         """Clear blacklist and circuits and restore health (one or all workers)."""
-        changed = self.broker.registry.reset_health(name)
-        await self.broker.storage.save_health(changed)
+        changed = self._registry.reset_health(name)
+        await self._storage.save_health(changed)
         await self._publish_health(changed)
         await self.broadcast_workers()
         return len(changed)
 
     async def broadcast_workers(self) -> None:
         """Send ``worker_update`` to everyone."""
-        await self.broker.broadcast(
-            {"type": "worker_update", "workers": self.broker.registry.public()}
-        )
+        await self._broadcast({"type": "worker_update", "workers": self._registry.public()})
 
     async def health_changed(self, workers: list[AIWorker]) -> None:
         """The probes changed these workers' health: save, share, broadcast."""
         try:
-            await self.broker.storage.save_health(workers)
+            await self._storage.save_health(workers)
         except StorageError as exc:
             logger.error("could not save worker health: %s", exc)
         if workers:
             await self._publish_health(workers)
             await self.broadcast_workers()
-            self.broker.queue_changed()
+            self._queue_changed()
 
     async def _publish_health(self, workers: list[AIWorker]) -> None:
-        if not self.broker.distributed or not workers:
+        if not self._distributed or not workers:
             return
         data = [
-            {"name": w.name, "health_score": w.health_score, "is_blacklisted": w.is_blacklisted}
+            WorkerHealth(name=w.name, health_score=w.health_score, is_blacklisted=w.is_blacklisted)
             for w in workers
         ]
-        await self._announce("health", workers=data)
+        await self._control.publish(Health(workers=data))
 
     async def add_hf_model(self, model: HuggingFaceModel) -> None:
         """Make a Hugging Face model available."""
-        await self.broker.storage.add_hf_model(model)
-        self.hf_models = await self.broker.storage.list_hf_models()
-        await self._announce("models_changed")
+        await self._storage.add_hf_model(model)
+        self.hf_models = await self._storage.list_hf_models()
+        await self._control.publish(ModelsChanged())
         await self.broadcast_hf_models()
 
     async def remove_hf_model(self, name: str) -> bool:
         """Remove a Hugging Face model."""
-        found = await self.broker.storage.remove_hf_model(name)
-        self.hf_models = await self.broker.storage.list_hf_models()
-        await self._announce("models_changed")
+        found = await self._storage.remove_hf_model(name)
+        self.hf_models = await self._storage.list_hf_models()
+        await self._control.publish(ModelsChanged())
         await self.broadcast_hf_models()
         return found
 
     async def broadcast_hf_models(self) -> None:
         """Send ``huggingface_update`` to everyone."""
-        await self.broker.broadcast(
+        await self._broadcast(
             {"type": "huggingface_update", "models": [m.model_dump() for m in self.hf_models]}
         )

@@ -7,12 +7,14 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping
 
+from rentahal.bus.base import Bus
+from rentahal.config import QueueSettings
 from rentahal.models import QueryState, Result
-
-if TYPE_CHECKING:
-    from rentahal.broker import Broker
+from rentahal.realms.connections import RealmConnectionManager
+from rentahal.realms.processor import FinishHandler, QueryProcessor
+from rentahal.realms.workers import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +28,27 @@ class QueueNotifier:
     ``queue_update`` goes to everyone when something changed (and at least
     every second while it keeps changing); ``queue_position`` goes to the owner
     of each waiting job whose position moved, with an ETA from recent
-    processing times. Jobs waiting longer than ``queue_timeout`` fail.
+    processing times. Jobs waiting longer than ``queue_timeout`` fail through
+    ``finish``, like any other job.
     """
 
-    def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+    def __init__(
+        self,
+        settings: QueueSettings,
+        bus: Bus,
+        processors: Mapping[str, QueryProcessor],
+        connections: RealmConnectionManager,
+        registry: WorkerRegistry,
+        depth: Callable[[], Awaitable[int]],
+        finish: FinishHandler,
+    ) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._processors = processors
+        self._connections = connections
+        self._registry = registry
+        self._depth = depth
+        self._finish = finish
         self._event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_totals: tuple[int, int] | None = None
@@ -72,7 +90,7 @@ class QueueNotifier:
 
     def totals(self, depth: int) -> tuple[int, int]:
         """``(depth, total)`` as the original client draws them (total never 0)."""
-        return depth, max(1, len(self.broker.registry.workers()))
+        return depth, max(1, len(self._registry.workers()))
 
     async def _run(self) -> None:
         while True:
@@ -84,15 +102,15 @@ class QueueNotifier:
             try:
                 if self._users_changed:
                     self._users_changed = False
-                    connections = self.broker.connections
+                    connections = self._connections
                     connections.broadcast(
                         {"type": "active_users", "users": connections.users()}, sysops_only=True
                     )
                 await self._expire_waiting()
-                totals = self.totals(await self.broker.queue_depth())
+                totals = self.totals(await self._depth())
                 if queue_event or totals != self._last_totals:
                     self._last_totals = totals
-                    self.broker.connections.broadcast(
+                    self._connections.broadcast(
                         {"type": "queue_update", "depth": totals[0], "total": totals[1]}
                     )
                     await self._send_positions()
@@ -101,16 +119,15 @@ class QueueNotifier:
             await asyncio.sleep(MIN_INTERVAL_S)
 
     async def _send_positions(self) -> None:
-        broker = self.broker
-        for queue, processor in list(broker.processors.items()):
-            waiting = await broker.bus.waiting(queue)
+        for queue, processor in list(self._processors.items()):
+            waiting = await self._bus.waiting(queue)
             capacity = max(1, processor.in_flight)
             for index, job in enumerate(waiting, start=1):
                 if self._positions.get(job.job_id) == index:
                     continue
                 self._positions[job.job_id] = index
                 eta = index * self._avg_s[job.query.query_type] / capacity
-                broker.connections.send_user(
+                self._connections.send_user(
                     job.user_guid,
                     {
                         "type": "queue_position",
@@ -121,17 +138,16 @@ class QueueNotifier:
                 )
 
     async def _expire_waiting(self) -> None:
-        broker = self.broker
-        limit = broker.settings.queue.queue_timeout
+        limit = self._settings.queue_timeout
         now = time.time()
-        for queue in list(broker.processors):
-            for job in await broker.bus.waiting(queue):
+        for queue in list(self._processors):
+            for job in await self._bus.waiting(queue):
                 if now - job.submitted_at <= limit:
                     continue
-                if await broker.bus.remove(queue, job.job_id) is None:
+                if await self._bus.remove(queue, job.job_id) is None:
                     continue
                 job.move_to(QueryState.FAILED)
-                await broker.finish(
+                await self._finish(
                     job,
                     Result.of(
                         job,
