@@ -353,7 +353,10 @@ async def test_whisper_and_bark_count_like_queued_queries(api_server: BrokerServ
         "summary_errors": 0,
     }
     for response in (whisper, bark):
-        assert _row(api_server, ws.guid or "", response.json()["job_id"])["realm"] == "$SPEECH"
+        assert (
+            _row(api_server, ws.guid or "", response.headers["x-rentahal-job-id"])["realm"]
+            == "$SPEECH"
+        )
     # The answers went to the HTTP caller, not to the user's open tab.
     assert [m for m in await ws.drain() if m["type"] in ("query_result", "error")] == []
     await ws.close()
