@@ -32,7 +32,7 @@ import grimp
 PACKAGE = "rentahal"
 API = f"{PACKAGE}.api"
 # What the Broker offers the API layer besides its methods (rooms and plain data).
-PUBLIC = {"fleet", "views", "realms", "settings", "node_id"}
+PUBLIC = {"fleet", "views", "sockets", "realms", "settings", "node_id"}
 BROKER_CALLS = {"broker_of", "_broker"}
 NEIGHBOURS = ("fleet", "status", "streaming", "lost_jobs", "realms.notifier", "wrapping")
 

@@ -156,7 +156,7 @@ async def submit_query(session: Session, message: dict[str, Any]) -> None:
 async def vision_chunk(session: Session, message: dict[str, Any]) -> None:
     """Collect a slice of a chunked image; queue the vision query on the last one."""
     chunk = _VisionChunk.model_validate(message)
-    whole = session.broker.add_upload_chunk(
+    whole = session.broker.sockets.add_upload_chunk(
         session.user.guid,
         chunk.image_id,
         chunk.chunk_id,

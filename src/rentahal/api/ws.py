@@ -126,13 +126,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     assert guid is not None
     address = client_address.get() or "unknown"
     await websocket.accept(headers=cookie_headers(websocket, guid, security))
-    if not broker.reserve_address(address):
+    if not broker.sockets.reserve_address(address):
         await _refuse(websocket, "Too many connections from your address")
         return
     try:
         await _serve(broker, websocket, address, guid, fresh)
     finally:
-        broker.release_address(address)
+        broker.sockets.release_address(address)
 
 
 async def _refuse(websocket: WebSocket, message: str) -> None:
@@ -143,7 +143,7 @@ async def _refuse(websocket: WebSocket, message: str) -> None:
 async def _serve(
     broker: Broker, websocket: WebSocket, address: str, guid: str, fresh: bool
 ) -> None:
-    if not broker.has_room():
+    if not broker.sockets.has_room():
         await _refuse(websocket, "Too many connections")
         return
     try:
@@ -159,20 +159,20 @@ async def _serve(
         return
     conn = Connection(websocket, user.guid, user.is_sysop)
     conn.address = address
-    conn.realm = broker.realm_for_user(user.guid)
+    conn.realm = broker.sockets.realm_for_user(user.guid)
     session = Session(broker=broker, conn=conn, user=user)
     writer = asyncio.create_task(conn.run_writer(), name=f"ws-writer:{guid[:8]}")
-    broker.attach(conn)
+    broker.sockets.attach(conn)
     try:
         if await _send_connect_sequence(session, fresh):
-            await broker.welcome(conn)
+            await broker.sockets.welcome(conn)
             await _reader(session)
     except WebSocketDisconnect:
         pass
     except Exception:
         logger.exception("websocket session of %s failed", guid)
     finally:
-        broker.detach(conn)
+        broker.sockets.detach(conn)
         conn.close()
         try:
             async with asyncio.timeout(5):

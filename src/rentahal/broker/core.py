@@ -27,6 +27,7 @@ from rentahal.broker.fleet import Fleet
 from rentahal.broker.jobs import JobBook
 from rentahal.broker.notifier import QueueNotifier
 from rentahal.broker.queues import WATCHDOG_INTERVAL_S, NodeQueues
+from rentahal.broker.sockets import Sockets
 from rentahal.broker.users import BANNED_MESSAGE, UserDirectory
 from rentahal.broker.views import BrokerViews
 from rentahal.bus.base import Bus
@@ -37,7 +38,7 @@ from rentahal.config import Settings
 from rentahal.errors import BusError, LedgerDeferred, QueryRejected, QueueFull, StorageError
 from rentahal.lost_jobs import LostJobSweeper, SweeperParts
 from rentahal.models import Job, Query, QueryState, Result, User
-from rentahal.realms.connections import Connection, RealmConnectionManager
+from rentahal.realms.connections import RealmConnectionManager
 from rentahal.realms.execution import QueryExecutor, SpeechCall
 from rentahal.realms.metrics import RealmMetricsCollector
 from rentahal.realms.service import RealmService
@@ -48,7 +49,7 @@ from rentahal.storage.keys import KeyStore
 from rentahal.storage.ledger import Ledger
 from rentahal.storage.spool import LedgerSpool, spool_path
 from rentahal.streaming import QueryStream, StreamParts
-from rentahal.vision import ChunkAssembler, UploadGauges, preprocess_image
+from rentahal.vision import UploadGauges, preprocess_image
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,14 @@ class Broker:
             self._registry.on_cluster_release = self.fleet.announce_slot_free
             perf = settings.performance
             self._registry.lease_s = max(perf.query_timeout, perf.imagine_timeout) + 60
-        self._uploads = ChunkAssembler(settings.chunking)
+        self.sockets = Sockets(
+            settings.performance,
+            settings.chunking,
+            self._connections,
+            deliver_pending=self._delivery.deliver_pending,
+            users_changed=lambda: self._notifier.users_changed(),
+            realm_for_user=self._queues.realm_for_user,
+        )
         self._health = HealthMonitor(
             self._registry.workers,
             client,
@@ -167,7 +175,7 @@ class Broker:
             self.finish,
         )
         self._metrics = RealmMetricsCollector(self._queues.router_stats)
-        self._metrics.registry.register(UploadGauges(self._uploads))
+        self._metrics.registry.register(UploadGauges(self.sockets.uploads))
         self.views = BrokerViews(
             node_id=self.node_id,
             server=settings.server,
@@ -241,7 +249,7 @@ class Broker:
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
             self._queues.watchdog()
-            self._uploads.expire()
+            self.sockets.uploads.expire()
             try:
                 await self._users.recheck_sysops()
             except StorageError as exc:
@@ -307,56 +315,6 @@ class Broker:
     async def set_banned(self, guid: str, banned: bool) -> bool:
         """Ban (closing every live session of the user on every node) or unban."""
         return await self._users.set_banned(guid, banned)
-
-    # connections
-
-    def reserve_address(self, address: str) -> bool:
-        """Count a socket of client ``address``; False when it has its most sockets already."""
-        cap = self.settings.performance.max_connections_per_address
-        return self._connections.reserve_address(address, cap)
-
-    def release_address(self, address: str) -> None:
-        """A socket of client ``address`` ended (counted by :meth:`reserve_address`)."""
-        self._connections.release_address(address)
-
-    def has_room(self) -> bool:
-        """True while this node accepts another WebSocket."""
-        return self._connections.count < self.settings.performance.max_connections
-
-    def attach(self, conn: Connection) -> None:
-        """Register a socket (before its connect sequence, which counts it)."""
-        self._connections.add(conn)
-
-    async def welcome(self, conn: Connection) -> None:
-        """The user's results missed while offline; sysops hear of the new user."""
-        await self._delivery.deliver_pending(conn)
-        self._notifier.users_changed()
-
-    def detach(self, conn: Connection) -> None:
-        """Forget a closed socket and the uploads it had started."""
-        self._connections.remove(conn)
-        self._uploads.drop_owner(conn.id)
-        self._notifier.users_changed()
-
-    def realm_for_user(self, guid: str) -> str | None:
-        """The realm a user's connections are grouped in."""
-        return self._queues.realm_for_user(guid)
-
-    def add_upload_chunk(
-        self,
-        guid: str,
-        image_id: str,
-        chunk_id: int,
-        total: int,
-        data: str,
-        *,
-        owner: int = 0,
-        address: str = "",
-    ) -> str | None:
-        """Collect a slice of a chunked image from socket ``owner``; the image once complete."""
-        return self._uploads.add(
-            guid, image_id, chunk_id, total, data, owner=owner, address=address
-        )
 
     # queries
 
