@@ -180,6 +180,23 @@ async def test_stopped_realm_falls_back_to_legacy(broker: BrokerServer) -> None:
     await user.close()
 
 
+async def test_realm_stop_and_resume_cycles_do_not_grow_the_registry_listeners(
+    broker: BrokerServer,
+) -> None:
+    sysop, user = await _sysop_and_user(broker)
+    listening = len(broker.registry._listeners)  # one per running processor
+    async with _client(broker, sysop.guid) as admin:
+        for _ in range(5):
+            for stopped in (True, False):
+                r = await admin.put("/api/admin/realms/$CHAT", json={"stopped": stopped})
+                assert r.status_code == 200 and r.json()["stopped"] is stopped
+        assert len(broker.registry._listeners) == listening
+        # the resumed realm's consumer still wakes for work
+        assert (await user.query("after the cycles"))["realm"] == "$CHAT"
+    await sysop.close()
+    await user.close()
+
+
 async def test_metrics_parse_with_live_figures(broker: BrokerServer) -> None:
     sysop, user = await _sysop_and_user(broker)
     for i in range(3):

@@ -73,3 +73,9 @@ async def test_processor_listens_to_the_registry_only_while_running() -> None:
         assert len(registry._listeners) == 1
         await processor.stop(0.1)
         assert registry._listeners == []
+    processor = QueryProcessor("$CHAT", MemoryBus(), registry, executor, finish)
+    for _ in range(5):  # the same consumer stopped and started again
+        processor.start()
+        assert len(registry._listeners) == 1
+        await processor.stop(0.1)
+    assert registry._listeners == []
