@@ -13,8 +13,8 @@ checkout's ``src``), so another checkout can be measured the same way. Prints:
 - import cycles: the groups of modules that import each other in a circle
   (strongly connected components), and the same between rooms;
 - reach-throughs: places in ``rentahal/api/`` that use a component of the Broker
-  (an attribute its ``__init__`` assigns) other than its public rooms, and
-  imports of broker submodules from ``rentahal/api/``;
+  (an attribute its ``__init__`` assigns) other than its public rooms, a private
+  name or ``parts()``, and imports of broker submodules from ``rentahal/api/``;
 - line counts of the broker's modules and its neighbours.
 """
 
@@ -34,6 +34,8 @@ API = f"{PACKAGE}.api"
 # What the Broker offers the API layer besides its methods (rooms and plain data).
 PUBLIC = {"fleet", "views", "sockets", "realms", "settings", "node_id"}
 BROKER_CALLS = {"broker_of", "_broker"}
+# The services beside the Broker get its components through ``parts()``; the API may not.
+PARTS = "parts"
 NEIGHBOURS = ("fleet", "status", "streaming", "lost_jobs", "realms.notifier", "wrapping")
 
 
@@ -138,7 +140,8 @@ def reach_throughs(src: Path, components: set[str]) -> Counter[str]:
             if not (isinstance(node, ast.Attribute) and _is_broker(node.value)):
                 continue
             name = node.attr
-            if name.startswith("_") or (name in components and name not in PUBLIC):
+            internal = name in components and name not in PUBLIC
+            if name.startswith("_") or internal or name == PARTS:
                 found[name] += 1
     return found
 

@@ -2,8 +2,11 @@
 
 It submits, validates, routes, cancels, terminates and finishes queries; the
 rooms beside it (queues, direct, users, jobs, delivery, control, fleet,
-notifier, views) each own one thing and are handed only the parts they need. The components behind
-it are private: the API layer calls methods, never the storage or registry.
+notifier, views, sockets) each own one thing and are handed only the parts
+they need. The components behind it are private: the API layer calls methods
+and the public rooms (``fleet``, ``views``, ``sockets``, ``realms``), never
+the storage or the registry (``scripts/import_graph.py`` counts reach-throughs;
+``tests/unit/test_api_boundary.py`` keeps them at none).
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ def _longest_life_s(settings: Settings) -> float:
 class BrokerParts:
     """The parts the services beside the Broker work with (federation, scaler, registration).
 
-    The API layer never gets these (ruff SLF001); it calls the Broker's methods.
+    The API layer never asks for these (``tests/unit/test_api_boundary.py``); it
+    calls the Broker's methods.
     """
 
     registry: WorkerRegistry
