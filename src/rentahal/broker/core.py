@@ -22,7 +22,6 @@ from typing import Any
 
 from rentahal.admission import Admission
 from rentahal.backends import HttpClient
-from rentahal.backends.health import HealthMonitor
 from rentahal.broker.control import Cancel, ControlChannel, RealmsChanged, Terminate
 from rentahal.broker.delivery import Delivery
 from rentahal.broker.direct import DirectCalls
@@ -142,6 +141,10 @@ class Broker:
             self._control,
             self._delivery.broadcast,
             self.queue_changed,
+            client=client,
+            is_leader=lambda: self._state.try_lead(
+                "health", self.node_id, settings.workers.health_check_interval * 3
+            ),
             distributed=distributed,
         )
         if distributed:
@@ -156,18 +159,6 @@ class Broker:
             deliver_pending=self._delivery.deliver_pending,
             users_changed=lambda: self._notifier.users_changed(),
             realm_for_user=self._queues.realm_for_user,
-        )
-        self._health = HealthMonitor(
-            self._registry.workers,
-            client,
-            self._registry.rules,
-            settings.workers,
-            self.fleet.health_changed,
-            is_leader=lambda: self._state.try_lead(
-                "health", self.node_id, settings.workers.health_check_interval * 3
-            ),
-            open_circuits=self._registry.open_circuits,
-            on_probe_ok=self._registry.probe_succeeded,
         )
         self._notifier = QueueNotifier(
             settings.queue,
@@ -241,7 +232,7 @@ class Broker:
         self._control.subscribe()
         await self._bus.start()
         await self._queues.start()
-        self._health.start()
+        self.fleet.start_probes()
         self._notifier.start()
         self._shares.start()
         if self._sweeper is not None:
@@ -270,7 +261,7 @@ class Broker:
             await self._sweeper.stop()
         await self._queues.stop(drain_timeout_s)
         await self._ledger.close()
-        await self._health.stop()
+        await self.fleet.stop_probes()
         await self._notifier.stop()
         await self._shares.stop()
         self._delivery.close()

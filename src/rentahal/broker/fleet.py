@@ -6,7 +6,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rentahal.backends import ClaudeBackend, HuggingFaceBackend, register_backend
+from rentahal.backends import ClaudeBackend, HttpClient, HuggingFaceBackend, register_backend
+from rentahal.backends.health import HealthMonitor
 from rentahal.broker.control import (
     ControlChannel,
     Health,
@@ -73,7 +74,8 @@ class Fleet:
     """Adds, removes and heals workers; every node's registry follows the database.
 
     Changes are saved first, then announced on the control channel so other
-    nodes reload; health found by the probing node travels the same way.
+    nodes reload; health found by the probing node (the fleet runs the probes)
+    travels the same way.
     """
 
     def __init__(
@@ -85,6 +87,8 @@ class Fleet:
         broadcast: Broadcast,
         queue_changed: Callable[[], None],
         *,
+        client: HttpClient,
+        is_leader: Callable[[], Awaitable[bool]],
         distributed: bool,
     ) -> None:
         self._settings = settings
@@ -95,6 +99,17 @@ class Fleet:
         self._queue_changed = queue_changed
         self._distributed = distributed
         self.hf_models: list[HuggingFaceModel] = []
+        # Probes run on the node that holds the "health" lease; others learn by message.
+        self._health = HealthMonitor(
+            registry.workers,
+            client,
+            registry.rules,
+            settings.workers,
+            self.health_changed,
+            is_leader=is_leader,
+            open_circuits=registry.open_circuits,
+            on_probe_ok=registry.probe_succeeded,
+        )
         control.on(SlotFree, self._on_slot_free)
         control.on(WorkersChanged, self._on_workers_changed)
         control.on(ModelsChanged, self._on_models_changed)
@@ -111,6 +126,14 @@ class Fleet:
             if worker.name not in names:
                 self._registry.add(worker)
         self.hf_models = await self._storage.list_hf_models()
+
+    def start_probes(self) -> None:
+        """Start the health probes (and the probes of open circuits)."""
+        self._health.start()
+
+    async def stop_probes(self) -> None:
+        """Stop the health probes."""
+        await self._health.stop()
 
     async def _on_slot_free(self, message: SlotFree) -> None:
         self._registry.slot_freed(message.worker)
