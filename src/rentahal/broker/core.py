@@ -116,7 +116,7 @@ class Broker:
             self._executor,
             self.finish,
             self._job_started,
-            self.reroute,
+            self._reroute,
         )
         self._processors = self._queues.processors
         self._shares = Shares(
@@ -140,7 +140,7 @@ class Broker:
             self._registry,
             self._control,
             self._delivery.broadcast,
-            self.queue_changed,
+            self._queue_changed,
             client=client,
             is_leader=lambda: self._state.try_lead(
                 "health", self.node_id, settings.workers.health_check_interval * 3
@@ -317,13 +317,13 @@ class Broker:
         """The queue a query goes to: its realm, or the legacy queue as the fallback."""
         return await self._queues.route(query)
 
-    async def reroute(self, jobs: list[Job]) -> None:
+    async def _reroute(self, jobs: list[Job]) -> None:
         """Queue jobs taken out of a stopped or deleted realm again, wherever they now go."""
         for job in jobs:
             job.realm = await self.route(job.query)
             self._jobs.moved(job)
             await self._bus.enqueue(job.realm, job)
-        self.queue_changed()
+        self._queue_changed()
 
     async def queue_depth(self) -> int:
         """Waiting plus running jobs, all queues (all nodes in a cluster)."""
@@ -387,7 +387,7 @@ class Broker:
             raise
         if self._sweeper is not None:
             self._sweeper.watch(job)
-        self.queue_changed()
+        self._queue_changed()
         return job
 
     def stream(self, user_guid: str, query: Query) -> QueryStream:
@@ -474,7 +474,7 @@ class Broker:
         await self._control.publish(Terminate(guid=guid))
         if broadcast:
             await self._delivery.tell_about(guid, {"type": "query_terminated", "guid": guid})
-        self.queue_changed()
+        self._queue_changed()
         return len(waiting)
 
     async def _on_terminate(self, message: Terminate) -> None:
@@ -528,7 +528,7 @@ class Broker:
         delivered = await self._delivery.publish(payload)
         if not posted and self._sweeper is not None:
             await self._sweeper.hold(job.user_guid, payload, delivered=delivered)
-        self.queue_changed()
+        self._queue_changed()
         return result
 
     async def _delivered(self, job_id: str) -> None:
@@ -542,7 +542,7 @@ class Broker:
         """Forget a job this node queued (settled elsewhere or lost): its user's share is free."""
         if await self._jobs.settle(job_id):
             self._notifier.forget(job_id)
-            self.queue_changed()
+            self._queue_changed()
 
     # broadcasts
 
@@ -550,11 +550,7 @@ class Broker:
         """Send to every connected client on every node."""
         await self._delivery.broadcast(message, sysops_only=sysops_only)
 
-    async def tell_about(self, guid: str, message: dict[str, Any]) -> None:
-        """Send a message about user ``guid`` to sysops and to that user only (every node)."""
-        await self._delivery.tell_about(guid, message)
-
-    def queue_changed(self) -> None:
+    def _queue_changed(self) -> None:
         """Schedule a ``queue_update`` broadcast soon (coalesced)."""
         self._notifier.changed()
 
