@@ -28,6 +28,7 @@ def _bench(*args: str) -> dict[str, Any]:
     return report
 
 
+@pytest.mark.redis
 def test_overhead_with_vs_url() -> None:
     # Another OpenAI-compatible gateway: a reference worker's /v1/chat/completions.
     with Cluster() as cluster:
@@ -42,8 +43,24 @@ def test_overhead_with_vs_url() -> None:
             f"http://{other.address}",
         )
     paths = {row[0] for row in report["rows"]}
-    assert {"direct /predict", "broker ws", f"vs http://{other.address}"} <= paths
-    assert report["data"]["ledger_rows"] >= report["data"]["broker_answered"] > 0
+    # One run: memory mode, /v1 at default settings, Redis mode, and the other gateway.
+    assert paths == {
+        "direct upstream",
+        "ws",
+        "/v1",
+        "/v1 defaults",
+        "ws redis",
+        "/v1 redis",
+        f"vs http://{other.address}",
+    }
+    ledger = report["data"]["ledger"]
+    assert set(ledger) == {"memory", "defaults", "redis"}
+    for node in ledger.values():  # every node's answers are in its own ledger
+        assert node["rows"] >= node["answered"] > 0
+    redis_row = next(row for row in report["rows"] if row[0] == "ws redis")
+    assert redis_row[-1] is not None and redis_row[-1] > 0  # x memory, side by side
+    targets = {t["name"] for t in report["targets"]}
+    assert {"added p50 at c1 (ws)", "added p50 at c1 (/v1)", "/v1 defaults errors at c2"} <= targets
 
 
 def test_overhead_refuses_remote_vs_url() -> None:

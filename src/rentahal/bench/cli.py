@@ -86,9 +86,15 @@ def overhead(
     ),
     vs_model: str = typer.Option("", help="Model name to send to --vs-url."),
     vs_api_key: str = typer.Option("", envvar="BENCH_VS_API_KEY", help="Bearer key for --vs-url."),
+    redis: bool = typer.Option(True, help="Also load a node in Redis mode (redis-server)."),
+    defaults: bool = typer.Option(True, help="Also load /v1 on a node at default settings."),
+    upstream_port: int = typer.Option(
+        0, min=0, max=65535, help="Port of the instant upstream (0: free); --vs-url can front it."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Broker overhead: direct to an instant worker vs through the broker (WS, /v1)."""
+    """Broker overhead: straight to an instant upstream vs through the broker (WS, /v1;
+    memory and Redis mode; /v1 at default settings; --vs-url)."""
     from rentahal.bench.scenarios import overhead as scenario
 
     opts = scenario.OverheadOptions(
@@ -98,6 +104,9 @@ def overhead(
         vs_url=vs_url,
         vs_model=vs_model,
         vs_api_key=vs_api_key,
+        redis=redis,
+        defaults=defaults,
+        upstream_port=upstream_port,
     )
     execute(lambda phases, cmd: scenario.run(opts, phases, cmd), as_json)
 
@@ -114,7 +123,7 @@ def _ints(text: str) -> list[int]:
 
 @bench_app.command()
 def connections(
-    clients: int = typer.Option(2000, min=1, max=20_000, help="Idle WebSocket clients to hold."),
+    clients: int = typer.Option(10_000, min=1, max=20_000, help="Idle WebSocket clients to hold."),
     deflate: bool = typer.Option(True, help="Negotiate permessage-deflate like a browser."),
     sysop_first: bool = typer.Option(True, help="Connect the sysop before the clients."),
     connect_timeout: float = typer.Option(90.0, min=1, max=600, help="Limit on connecting (s)."),

@@ -53,6 +53,12 @@ def nofile_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def redis_binary() -> str | None:
+    """The redis-server program, or None when it is not installed."""
+    binary = shutil.which("redis-server") or REDIS_SERVER
+    return binary if Path(binary).exists() else None
+
+
 def _clean_env(extra: dict[str, str]) -> dict[str, str]:
     """Our environment minus the user's RENTAHAL_* settings, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RENTAHAL_")}
@@ -112,6 +118,28 @@ class BrokerConfig:
     max_queued_per_user: int = 1000
     redis_url: str = ""
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The broker's own limits as shipped (the fields above are not applied).
+    defaults: bool = False
+    # Another database than the cluster's (see :meth:`Cluster.database`).
+    db_path: Path | None = None
+
+    def env(self, db_path: Path, realms_file: Path) -> dict[str, str]:
+        """The ``RENTAHAL_*`` environment of a broker with this configuration."""
+        env = {
+            "RENTAHAL_DATABASE__DATABASE_NAME": str(db_path),
+            "RENTAHAL_BROKER__REALMS_FILE": str(realms_file),
+            "RENTAHAL_WORKERS__HEALTH_CHECK_INTERVAL": "3600",
+        }
+        if not self.defaults:
+            env |= {
+                "RENTAHAL_PERFORMANCE__MAX_CONNECTIONS": str(self.max_connections),
+                "RENTAHAL_QUEUE__MAX_QUEUE_SIZE": str(self.max_queue_size),
+                "RENTAHAL_QUEUE__MAX_QUEUED_PER_USER": str(self.max_queued_per_user),
+                # Every bench client comes from 127.0.0.1: no per-address shares.
+                "RENTAHAL_PERFORMANCE__MAX_CONNECTIONS_PER_ADDRESS": str(self.max_connections),
+                "RENTAHAL_QUEUE__MAX_QUEUED_PER_ADDRESS": "1000000",
+            }
+        return env | self.extra_env
 
 
 class Cluster:
@@ -154,24 +182,48 @@ class Cluster:
         return child
 
     def start_workers(
-        self, count: int, *, latency_ms: float = 0.0, max_concurrency: int = 0, prefix: str = "w"
+        self,
+        count: int,
+        *,
+        latency_ms: float = 0.0,
+        max_concurrency: int = 0,
+        prefix: str = "w",
+        port: int = 0,
     ) -> list[Child]:
-        """Start ``count`` reference workers and wait until they are healthy."""
+        """Start ``count`` reference workers and wait until they are healthy.
+
+        ``port`` (0: free ports) is the first worker's port, the others follow it.
+        """
         started = []
         for i in range(count):
-            port = free_port()
-            cmd = worker_cmd(port, latency_ms=latency_ms, max_concurrency=max_concurrency)
-            started.append(self._spawn(f"{prefix}{i}", cmd, f"127.0.0.1:{port}", {}))
+            at = port + i if port else free_port()
+            cmd = worker_cmd(at, latency_ms=latency_ms, max_concurrency=max_concurrency)
+            started.append(self._spawn(f"{prefix}{i}", cmd, f"127.0.0.1:{at}", {}))
         for child in started:
             _wait_http(child, "/health")
         return started
 
-    def seed(self, workers: list[AIWorker], sysop_guid: str | None = None) -> str:
+    def start_upstream(self, port: int = 0, name: str = "upstream") -> Child:
+        """Start the instant OpenAI-compatible upstream (``rentahal.bench.upstream``)."""
+        at = port or free_port()
+        cmd = [sys.executable, "-m", "rentahal.bench.upstream", "--port", str(at)]
+        child = self._spawn(name, cmd, f"127.0.0.1:{at}", {})
+        _wait_http(child, "/health")
+        return child
+
+    def database(self, name: str) -> Path:
+        """The path of another SQLite database in this cluster's directory (one per broker
+        that must not share its ledger with the others)."""
+        return self.dir / f"{name}.db"
+
+    def seed(
+        self, workers: list[AIWorker], sysop_guid: str | None = None, db_path: Path | None = None
+    ) -> str:
         """Create the database with ``workers`` and a sysop user; answers the sysop's GUID."""
         guid = sysop_guid or str(uuid.uuid4())
 
         async def run() -> None:
-            storage = Storage(f"sqlite+aiosqlite:///{self.db_path}")
+            storage = Storage(f"sqlite+aiosqlite:///{db_path or self.db_path}")
             try:
                 await storage.migrate()
                 for worker in workers:
@@ -187,7 +239,9 @@ class Cluster:
             pool.submit(asyncio.run, run()).result()
         return guid
 
-    def create_api_key(self, user_guid: str | None = None, name: str = "bench") -> str:
+    def create_api_key(
+        self, user_guid: str | None = None, name: str = "bench", db_path: Path | None = None
+    ) -> str:
         """Create a load user (unless it exists) with an API key; answers the plaintext key.
 
         Call it after :meth:`seed` and before the broker starts: the bench database is
@@ -196,7 +250,7 @@ class Cluster:
         guid = user_guid or str(uuid.uuid4())
 
         async def run() -> str:
-            storage = Storage(f"sqlite+aiosqlite:///{self.db_path}")
+            storage = Storage(f"sqlite+aiosqlite:///{db_path or self.db_path}")
             try:
                 await storage.migrate()
                 await storage.get_or_create_user(guid)  # the key's user must exist first
@@ -210,18 +264,9 @@ class Cluster:
     def start_broker(self, config: BrokerConfig, name: str = "broker") -> Child:
         """Start ``rentahal serve`` on a free port with the bench database; wait until ready."""
         port = free_port()
-        env = {
-            "RENTAHAL_DATABASE__DATABASE_NAME": str(self.db_path),
-            "RENTAHAL_BROKER__REALMS_FILE": str(self.dir / "realms.yml"),
-            "RENTAHAL_PERFORMANCE__MAX_CONNECTIONS": str(config.max_connections),
-            "RENTAHAL_QUEUE__MAX_QUEUE_SIZE": str(config.max_queue_size),
-            "RENTAHAL_QUEUE__MAX_QUEUED_PER_USER": str(config.max_queued_per_user),
-            "RENTAHAL_WORKERS__HEALTH_CHECK_INTERVAL": "3600",
-            # Every bench client comes from 127.0.0.1: no per-address shares.
-            "RENTAHAL_PERFORMANCE__MAX_CONNECTIONS_PER_ADDRESS": str(config.max_connections),
-            "RENTAHAL_QUEUE__MAX_QUEUED_PER_ADDRESS": "1000000",
-            **config.extra_env,
-        }
+        db_path = config.db_path or self.db_path
+        realms = self.dir / ("realms.yml" if db_path == self.db_path else f"{db_path.stem}.yml")
+        env = config.env(db_path, realms)
         cmd = [
             sys.executable,
             "-c",
@@ -242,8 +287,8 @@ class Cluster:
 
     def start_redis(self) -> Child:
         """Start a throw-away redis-server (no persistence) and wait for PONG."""
-        binary = shutil.which("redis-server") or REDIS_SERVER
-        if not Path(binary).exists():
+        binary = redis_binary()
+        if binary is None:
             raise BenchSetupError(
                 "redis-server is not installed (Debian: apt install redis-server)"
             )
@@ -291,13 +336,16 @@ class Cluster:
         self.children.clear()
 
 
-def chat_worker(child: Child, *, max_concurrency: int, name: str | None = None) -> AIWorker:
-    """The broker's record of a reference worker serving chat over ``/predict``."""
+def chat_worker(
+    child: Child, *, max_concurrency: int, name: str | None = None, protocol: str = "predict"
+) -> AIWorker:
+    """The broker's record of a reference worker serving chat over ``/predict`` (or
+    ``protocol="openai"``: its ``/v1/chat/completions``)."""
     return AIWorker(
         name=name or child.name,
         address=child.address,
         type="chat",
-        protocol="predict",
+        protocol=protocol,
         max_concurrency=max_concurrency,
     )
 

@@ -82,7 +82,7 @@ async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioRe
             rows >= res.answered,
         )
         report.data[f"cap_{cap}"] = {**res.summary(), "ideal_per_s": ideal, "ledger_rows": rows}
-        report.target(f"capacity cap {cap}", ">= 95% of W*cap/L", f"{share:.1f}%", share >= 95)
+        report.target(f"capacity cap {cap}", ">= 97% of W*cap/L", f"{share:.1f}%", share >= 97)
         report.ok = report.ok and res.ok > 0 and rows >= res.answered
     phases.done()
     report.notes += [

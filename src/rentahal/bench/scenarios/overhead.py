@@ -1,10 +1,14 @@
-"""``overhead``: the same closed-loop chat load sent to an instant worker directly and
-through the broker (WebSocket and ``/v1/chat/completions``), plus ``--vs-url``."""
+"""``overhead``: the same closed-loop chat load sent straight to an instant
+OpenAI-compatible upstream and through the broker, in one run: WebSocket and
+``/v1/chat/completions`` on one node in memory mode, ``/v1`` at the broker's default
+settings (one key, errors counted), both paths on one node in Redis mode, and
+``--vs-url`` (any other OpenAI-compatible proxy in front of the same upstream)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from rentahal.bench.load import (
@@ -16,13 +20,29 @@ from rentahal.bench.load import (
     closed_loop,
     open_clients,
     openai_client,
-    predict_client,
 )
-from rentahal.bench.procs import BrokerConfig, Cluster, chat_worker
+from rentahal.bench.procs import BrokerConfig, Child, Cluster, chat_worker, redis_binary
 from rentahal.bench.report import ScenarioReport
 from rentahal.bench.scenarios._common import Phases, fmt, ledger_rows, ratio, ws_url
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+DIRECT = "direct upstream"
+WS, V1, V1_DEFAULTS, WS_REDIS, V1_REDIS = "ws", "/v1", "/v1 defaults", "ws redis", "/v1 redis"
+# A Redis-mode path and the memory-mode path it is compared with.
+MEMORY_TWIN = {WS_REDIS: WS, V1_REDIS: V1}
+
+COLUMNS = [
+    "path",
+    "conc",
+    "queries/s",
+    "p50 ms",
+    "p99 ms",
+    "errors",
+    "x direct",
+    "+p50 ms",
+    "+p99 ms",
+    "x memory",
+]
 
 
 @dataclass
@@ -37,6 +57,24 @@ class OverheadOptions:
     vs_model: str = ""
     vs_api_key: str = ""
     model: str = ""
+    redis: bool = True  # also a node in Redis mode (skipped with a note without redis-server)
+    defaults: bool = True  # also /v1 on a node at default settings
+    upstream_port: int = 0  # 0: a free port (a fixed one lets --vs-url front the same upstream)
+
+
+@dataclass
+class _Path:
+    label: str
+    factory: Callable[[], Awaitable[Client]]
+    node: str = ""  # the broker node it loads ("" for direct and --vs-url)
+
+
+@dataclass
+class _Node:
+    child: Child
+    api_key: str
+    db_path: Path
+    answered: int = 0
 
 
 def check_vs_url(url: str) -> None:
@@ -59,69 +97,98 @@ async def _probe(client: HttpClient) -> str:
     return f"HTTP {status} {body[:120].decode(errors='replace')}"
 
 
+async def _ready(client: HttpClient) -> Client:
+    return client
+
+
+def _http(url: str, model: str, key: str) -> Callable[[], Awaitable[Client]]:
+    return lambda: _ready(openai_client(url, model, key))
+
+
+def _ws(url: str) -> Callable[[], Awaitable[Client]]:
+    return lambda: WSQueryClient.open(url)
+
+
+def _start_node(
+    cluster: Cluster,
+    name: str,
+    upstream: Child,
+    top: int,
+    *,
+    redis_url: str = "",
+    defaults: bool = False,
+) -> _Node:
+    """A broker with its own database (so each ledger is checked on its own)."""
+    db_path = cluster.database(name)
+    cluster.seed(
+        [chat_worker(upstream, max_concurrency=max(256, top), protocol="openai")], db_path=db_path
+    )
+    key = cluster.create_api_key(name=f"bench {name}", db_path=db_path)
+    broker = BrokerConfig(
+        max_connections=max(1000, 4 * top), redis_url=redis_url, defaults=defaults, db_path=db_path
+    )
+    return _Node(cluster.start_broker(broker, name=name), key, db_path)
+
+
 async def run(opts: OverheadOptions, phases: Phases, command: str) -> ScenarioReport:
     """Run the scenario and build its report."""
     if opts.vs_url:
         check_vs_url(opts.vs_url)
-    report = ScenarioReport(
-        scenario="overhead",
-        command=command,
-        columns=[
-            "path",
-            "conc",
-            "queries/s",
-            "p50 ms",
-            "p99 ms",
-            "errors",
-            "x direct",
-            "+p50 ms",
-            "+p99 ms",
-        ],
-    )
+    report = ScenarioReport(scenario="overhead", command=command, columns=COLUMNS)
     top = max(opts.concurrency)
+    notes: list[str] = []
     with Cluster() as cluster:
-        phases.start("starting worker and broker")
-        (worker,) = cluster.start_workers(1, latency_ms=0.0, max_concurrency=0)
-        cluster.seed([chat_worker(worker, max_concurrency=max(256, top))])
-        api_key = cluster.create_api_key(name="bench overhead")  # /v1 wants a bearer key
-        broker = cluster.start_broker(BrokerConfig(max_connections=max(1000, 4 * top)))
-        broker_openai = f"http://{broker.address}"
-        unavailable = await _probe(openai_client(broker_openai, opts.model, api_key))
-        vs_problem = (
-            await _probe(openai_client(opts.vs_url, opts.vs_model, opts.vs_api_key))
-            if opts.vs_url
-            else ""
-        )
+        phases.start("starting the upstream and the broker nodes")
+        upstream = cluster.start_upstream(opts.upstream_port)
+        upstream_url = f"http://{upstream.address}"
+        nodes = {"memory": _start_node(cluster, "memory", upstream, top)}
+        if opts.defaults:
+            nodes["defaults"] = _start_node(cluster, "defaults", upstream, top, defaults=True)
+        if opts.redis:
+            if redis_binary() is not None:
+                redis = cluster.start_redis()
+                nodes["redis"] = _start_node(
+                    cluster, "redis", upstream, top, redis_url=f"redis://{redis.address}/0"
+                )
+            else:
+                notes.append("Redis mode skipped: redis-server is not installed.")
 
-        paths: list[tuple[str, Any]] = [
-            ("direct /predict", lambda: _ready(predict_client(worker.address))),
-            ("broker ws", lambda: WSQueryClient.open(ws_url(broker))),
-        ]
-        if not unavailable:
-            paths.append(
-                (
-                    "broker /v1/chat",
-                    lambda: _ready(openai_client(broker_openai, opts.model, api_key)),
-                )
+        paths = [_Path(DIRECT, _http(upstream_url, opts.model, ""))]
+        for mode, ws_label, v1_label in (
+            ("memory", WS, V1),
+            ("defaults", "", V1_DEFAULTS),
+            ("redis", WS_REDIS, V1_REDIS),
+        ):
+            node = nodes.get(mode)
+            if node is None:
+                continue
+            if ws_label:
+                paths.append(_Path(ws_label, _ws(ws_url(node.child)), mode))
+            url = f"http://{node.child.address}"
+            problem = await _probe(openai_client(url, opts.model, node.api_key))
+            if problem:
+                notes.append(f"{v1_label} unavailable: {problem}")
+            else:
+                paths.append(_Path(v1_label, _http(url, opts.model, node.api_key), mode))
+        if opts.vs_url:
+            problem = await _probe(openai_client(opts.vs_url, opts.vs_model, opts.vs_api_key))
+            notes.append(
+                f"--vs-url {opts.vs_url}: "
+                + (f"unavailable: {problem}" if problem else "same clients, same prompt, same run")
             )
-        if opts.vs_url and not vs_problem:
-            paths.append(
-                (
-                    "vs " + opts.vs_url,
-                    lambda: _ready(openai_client(opts.vs_url, opts.vs_model, opts.vs_api_key)),
-                )
-            )
+            if not problem:
+                vs = _http(opts.vs_url, opts.vs_model, opts.vs_api_key)
+                paths.append(_Path("vs " + opts.vs_url, vs))
 
         results: dict[tuple[str, int], LoadResult] = {}
-        broker_answered = 0
         for conc in opts.concurrency:
-            for label, factory in paths:  # interleaved: the paths see the same machine state
-                tick = phases.start(f"{label} x{conc}")
-                clients: list[Client] = await open_clients(factory, conc)
+            for path in paths:  # interleaved: the paths see the same machine state
+                tick = phases.start(f"{path.label} x{conc}")
+                clients: list[Client] = await open_clients(path.factory, conc)
                 try:
                     res = await closed_loop(
                         clients,
-                        label,
+                        path.label,
                         duration_s=opts.duration_s,
                         max_requests=opts.max_requests,
                         warmup_s=opts.warmup_s,
@@ -129,19 +196,58 @@ async def run(opts: OverheadOptions, phases: Phases, command: str) -> ScenarioRe
                     )
                 finally:
                     await close_clients(clients)
-                results[(label, conc)] = res
-                if label.startswith("broker"):
-                    broker_answered += res.answered
+                results[(path.label, conc)] = res
+                if path.node:
+                    nodes[path.node].answered += res.answered
         phases.done()
-        rows = ledger_rows(cluster.db_path)
+        ledger = {mode: (ledger_rows(n.db_path), n.answered) for mode, n in nodes.items()}
 
-    for conc in opts.concurrency:
-        direct = results[("direct /predict", conc)]
-        for label, _ in paths:
-            res = results[(label, conc)]
+    _rows(report, results, paths, opts.concurrency)
+    report.data = {
+        "results": [r.summary() for r in results.values()],
+        "ledger": {mode: {"rows": r, "answered": a} for mode, (r, a) in ledger.items()},
+        "ledger_rows": sum(r for r, _ in ledger.values()),
+        "broker_answered": sum(a for _, a in ledger.values()),
+    }
+    _targets(report, results, opts, [p.label for p in paths])
+    report.notes += [
+        "Load generator, brokers and upstream share the machine's CPUs: figures are ratios "
+        "measured side by side, not absolute capacity.",
+        f"direct = POST /v1/chat/completions on the instant upstream ({upstream_url}, "
+        "rentahal.bench.upstream) every broker node calls (protocol openai); nodes other "
+        "than the one under load are idle.",
+        "ws, /v1, ws redis, /v1 redis: max_queued_per_user and the per-address shares raised "
+        "so that nothing is refused; /v1 defaults: the shipped settings, one key.",
+        "Ledger on (the real configuration), one database per node: "
+        + ", ".join(f"{m} {r} rows for {a} answered" for m, (r, a) in ledger.items())
+        + " (warm-up and probes included).",
+        *notes,
+    ]
+    report.notes += [
+        f"{r.label} x{r.concurrency}: {r.errors} errors, first: {r.first_error}"
+        for r in results.values()
+        if r.errors
+    ]
+    report.ok = all(r.ok > 0 for r in results.values()) and all(
+        rows >= answered for rows, answered in ledger.values()
+    )
+    return report
+
+
+def _rows(
+    report: ScenarioReport,
+    results: dict[tuple[str, int], LoadResult],
+    paths: list[_Path],
+    levels: list[int],
+) -> None:
+    for conc in levels:
+        direct = results[(DIRECT, conc)]
+        for path in paths:
+            res = results[(path.label, conc)]
             is_direct = res is direct
+            twin = results.get((MEMORY_TWIN.get(path.label, ""), conc))
             report.add_row(
-                label,
+                path.label,
                 conc,
                 res.throughput,
                 res.p50_ms,
@@ -150,27 +256,8 @@ async def run(opts: OverheadOptions, phases: Phases, command: str) -> ScenarioRe
                 None if is_direct else ratio(res.throughput, direct.throughput),
                 None if is_direct else _diff(res.p50_ms, direct.p50_ms),
                 None if is_direct else _diff(res.p99_ms, direct.p99_ms),
+                None if twin is None else ratio(res.throughput, twin.throughput),
             )
-    report.data = {
-        "results": [r.summary() for r in results.values()],
-        "ledger_rows": rows,
-        "broker_answered": broker_answered,
-        "openai_unavailable": unavailable,
-        "vs_unavailable": vs_problem,
-    }
-    _targets(report, results, opts, unavailable)
-    report.notes += _notes(unavailable, vs_problem, rows, broker_answered, opts)
-    report.notes += [
-        f"{r.label} x{r.concurrency}: {r.errors} errors, first: {r.first_error}"
-        for r in results.values()
-        if r.errors
-    ]
-    report.ok = all(r.ok > 0 for r in results.values()) and rows >= broker_answered
-    return report
-
-
-async def _ready(client: HttpClient) -> Client:
-    return client
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -181,49 +268,66 @@ def _targets(
     report: ScenarioReport,
     results: dict[tuple[str, int], LoadResult],
     opts: OverheadOptions,
-    unavailable: str,
+    labels: list[str],
 ) -> None:
-    high = [c for c in opts.concurrency if 16 <= c <= 64]
-    for label in ("broker ws", "broker /v1/chat"):
-        if label == "broker /v1/chat" and unavailable:
-            report.target(f"throughput {label}", ">= 1000/s at c16-64", "unavailable", None)
-            continue
-        if not high:
-            continue
-        best = max(results[(label, c)].throughput for c in high)
-        report.target(f"throughput {label}", ">= 1000/s at c16-64", f"{best:,.0f}/s", best >= 1000)
-    if 1 in opts.concurrency:
-        direct = results[("direct /predict", 1)]
-        ws = results[("broker ws", 1)]
-        p50 = _diff(ws.p50_ms, direct.p50_ms)
-        p99 = _diff(ws.p99_ms, direct.p99_ms)
-        report.target(
-            "added p50 at c1 (ws)", "<= 1 ms", fmt(p50, " ms"), None if p50 is None else p50 <= 1.0
-        )
-        report.target(
-            "added p99 at c1 (ws)", "<= 5 ms", fmt(p99, " ms"), None if p99 is None else p99 <= 5.0
-        )
+    """The targets of the performance issue, each where this run measured it."""
 
+    def at(label: str, conc: int) -> LoadResult | None:
+        return results.get((label, conc)) if label in labels else None
 
-def _notes(
-    unavailable: str, vs_problem: str, rows: int, answered: int, opts: OverheadOptions
-) -> list[str]:
-    notes = [
-        "Load generator, broker and worker share the machine's CPUs: figures are ratios "
-        "measured side by side, not absolute capacity.",
-        f"Ledger on (the real configuration): {rows} query rows recorded for {answered} "
-        "queries answered through the broker (warm-up included).",
-        "direct = POST /predict on the same reference worker the broker uses (the limit).",
-    ]
-    if unavailable:
-        notes.append(f"broker /v1/chat/completions unavailable: {unavailable}")
-    if opts.vs_url:
-        notes.append(
-            f"--vs-url {opts.vs_url}: "
-            + (
-                f"unavailable: {vs_problem}"
-                if vs_problem
-                else "same clients, same prompt, same run"
+    high = max(opts.concurrency)
+    for label, goal in ((V1, 1000.0), (WS, 1800.0)):
+        res = at(label, high)
+        if res is not None and high >= 16:
+            report.target(
+                f"{label} throughput at c{high}",
+                f">= {goal:,.0f}/s (at c64)",
+                f"{res.throughput:,.0f}/s",
+                res.throughput >= goal,
             )
+    vs_label = "vs " + opts.vs_url
+    for conc in (c for c in opts.concurrency if c >= 16):
+        ours, theirs = at(V1, conc), at(vs_label, conc)
+        if ours is not None and theirs is not None:
+            x = ratio(ours.throughput, theirs.throughput)
+            report.target(
+                f"/v1 / --vs-url at c{conc}", ">= 8x", fmt(x, "x"), None if x is None else x >= 8
+            )
+    defaults = at(V1_DEFAULTS, high)
+    if defaults is not None:
+        report.target(
+            f"/v1 defaults errors at c{high}",
+            "0 (one key)",
+            str(defaults.errors),
+            not defaults.errors,
         )
-    return notes
+    direct = results.get((DIRECT, 1))
+    for label in (WS, V1):
+        res = at(label, 1)
+        if res is None or direct is None:
+            continue
+        p50, p99 = _diff(res.p50_ms, direct.p50_ms), _diff(res.p99_ms, direct.p99_ms)
+        report.target(
+            f"added p50 at c1 ({label})",
+            "<= 1.5 ms",
+            fmt(p50, " ms"),
+            None if p50 is None else p50 <= 1.5,
+        )
+        report.target(
+            f"added p99 at c1 ({label})",
+            "<= 4 ms",
+            fmt(p99, " ms"),
+            None if p99 is None else p99 <= 4,
+        )
+    for label, twin in MEMORY_TWIN.items():
+        for conc in (c for c in opts.concurrency if c >= 16):
+            red, mem = at(label, conc), at(twin, conc)
+            if red is None or mem is None:
+                continue
+            x = ratio(red.throughput, mem.throughput)
+            report.target(
+                f"{label} / {twin} at c{conc}",
+                ">= 0.6x",
+                fmt(x, "x"),
+                None if x is None else x >= 0.6,
+            )
