@@ -91,6 +91,9 @@ def overhead(
     upstream_port: int = typer.Option(
         0, min=0, max=65535, help="Port of the instant upstream (0: free); --vs-url can front it."
     ),
+    py_spy: str = typer.Option(
+        "", "--py-spy", help="Record each broker phase with py-spy into this directory."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Broker overhead: straight to an instant upstream vs through the broker (WS, /v1;
@@ -107,6 +110,7 @@ def overhead(
         redis=redis,
         defaults=defaults,
         upstream_port=upstream_port,
+        py_spy_dir=py_spy,
     )
     execute(lambda phases, cmd: scenario.run(opts, phases, cmd), as_json)
 

@@ -6,11 +6,15 @@ settings (one key, errors counted), both paths on one node in Redis mode, and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from rentahal.bench import profile
 from rentahal.bench.load import (
     Client,
     HttpClient,
@@ -21,7 +25,14 @@ from rentahal.bench.load import (
     open_clients,
     openai_client,
 )
-from rentahal.bench.procs import BrokerConfig, Child, Cluster, chat_worker, redis_binary
+from rentahal.bench.procs import (
+    BenchSetupError,
+    BrokerConfig,
+    Child,
+    Cluster,
+    chat_worker,
+    redis_binary,
+)
 from rentahal.bench.report import ScenarioReport
 from rentahal.bench.scenarios._common import Phases, fmt, ledger_rows, ratio, ws_url
 
@@ -60,6 +71,7 @@ class OverheadOptions:
     redis: bool = True  # also a node in Redis mode (skipped with a note without redis-server)
     defaults: bool = True  # also /v1 on a node at default settings
     upstream_port: int = 0  # 0: a free port (a fixed one lets --vs-url front the same upstream)
+    py_spy_dir: str = ""  # record every broker phase with py-spy into this directory
 
 
 @dataclass
@@ -134,6 +146,8 @@ async def run(opts: OverheadOptions, phases: Phases, command: str) -> ScenarioRe
     """Run the scenario and build its report."""
     if opts.vs_url:
         check_vs_url(opts.vs_url)
+    if opts.py_spy_dir and profile.py_spy_binary() is None:
+        raise BenchSetupError("--py-spy: py-spy is not installed (pip install py-spy)")
     report = ScenarioReport(scenario="overhead", command=command, columns=COLUMNS)
     top = max(opts.concurrency)
     notes: list[str] = []
@@ -185,6 +199,9 @@ async def run(opts: OverheadOptions, phases: Phases, command: str) -> ScenarioRe
             for path in paths:  # interleaved: the paths see the same machine state
                 tick = phases.start(f"{path.label} x{conc}")
                 clients: list[Client] = await open_clients(path.factory, conc)
+                spy = None
+                if opts.py_spy_dir and path.node:
+                    spy = await _spy(nodes[path.node].child, opts, f"{path.label}-c{conc}")
                 try:
                     res = await closed_loop(
                         clients,
@@ -196,6 +213,8 @@ async def run(opts: OverheadOptions, phases: Phases, command: str) -> ScenarioRe
                     )
                 finally:
                     await close_clients(clients)
+                    if spy is not None:
+                        await _spy_done(*spy)
                 results[(path.label, conc)] = res
                 if path.node:
                     nodes[path.node].answered += res.answered
@@ -223,6 +242,10 @@ async def run(opts: OverheadOptions, phases: Phases, command: str) -> ScenarioRe
         + " (warm-up and probes included).",
         *notes,
     ]
+    if opts.py_spy_dir:
+        report.notes.append(
+            f"py-spy profiles of every broker phase (raw stacks and .top.txt) in {opts.py_spy_dir}"
+        )
     report.notes += [
         f"{r.label} x{r.concurrency}: {r.errors} errors, first: {r.first_error}"
         for r in results.values()
@@ -232,6 +255,28 @@ async def run(opts: OverheadOptions, phases: Phases, command: str) -> ScenarioRe
         rows >= answered for rows, answered in ledger.values()
     )
     return report
+
+
+async def _spy(
+    broker: Child, opts: OverheadOptions, name: str
+) -> tuple[asyncio.subprocess.Process, Path]:
+    folder = Path(opts.py_spy_dir)
+    folder.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once per phase, before load
+    out = folder / (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".txt")
+    return await profile.record(broker.pid, out, opts.duration_s), out
+
+
+async def _spy_done(proc: asyncio.subprocess.Process, out: Path) -> None:
+    try:
+        async with asyncio.timeout(30):
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+    with contextlib.suppress(OSError):
+        collapsed = await asyncio.to_thread(out.read_text)
+        top = out.with_suffix(".top.txt")
+        await asyncio.to_thread(top.write_text, profile.summary(collapsed))
 
 
 def _rows(
