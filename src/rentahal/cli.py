@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -55,14 +56,28 @@ def _logging(debug: bool) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def server_stack() -> tuple[str, str]:
+    """uvicorn's ``(loop, http)``: uvloop and httptools where installed, else asyncio and h11.
+
+    Both come with ``uvicorn[standard]``; uvloop is missing on Windows and PyPy.
+    """
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return loop, http
+
+
 def _run_server(settings: Settings) -> None:
     from rentahal.app import create_app
 
+    loop, http = server_stack()
     uvicorn.run(
         create_app(settings),
         host=settings.server.host,
         port=settings.server.port,
+        loop=loop,
+        http=http,
         log_level="info",
+        access_log=settings.server.access_log,
         ws_max_size=4 * (settings.websocket.max_message_size + 16 * 1024),
         ws_ping_interval=None,
         ws_per_message_deflate=settings.websocket.per_message_deflate,

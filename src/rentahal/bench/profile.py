@@ -20,7 +20,9 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 _SHORTEN = re.compile(r"^.*?/(?:site-packages|src|lib/python3\.\d+)/")
 # Frames every sample passes through on the way in (the CLI and the server's start);
 # left out of the summary unless they do work themselves.
-_ENTRY = re.compile(r"\((?:typer/|click/|<string>|threading\.py|rentahal/cli\.py|uvicorn/(?:main|server|_compat)\.py)")
+_ENTRY = re.compile(
+    r"\((?:typer/|click/|<string>|threading\.py|rentahal/cli\.py|uvicorn/(?:main|server|_compat)\.py)"
+)
 
 
 def py_spy_binary() -> str | None:
