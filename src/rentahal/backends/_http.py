@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
 from rentahal.backends.base import HttpClient
@@ -75,7 +76,11 @@ class HttpResponse:
 
     def json(self) -> Any:
         """The body parsed as JSON; ``ValueError`` when it is not JSON."""
-        return jsonlib.loads(self.content)
+        try:
+            return orjson.loads(self.content)
+        except orjson.JSONDecodeError:
+            # What orjson refuses but the standard parser reads (UTF-16/32 bodies, NaN).
+            return jsonlib.loads(self.content)
 
 
 def _reason(code: int) -> str:
@@ -95,7 +100,8 @@ def check_status(response: HttpResponse, worker: str) -> None:
     code = response.status_code
     if code < 300:
         return
-    logger.debug("worker %s answered %d: %.200r", worker, code, response.text)
+    if logger.isEnabledFor(logging.DEBUG):  # .text decodes the whole body
+        logger.debug("worker %s answered %d: %.200r", worker, code, response.text)
     if code == 429:
         raise WorkerRateLimited(
             f"worker {worker} is rate limiting (429)", worker=worker, status=code
@@ -122,13 +128,22 @@ def _form(fields: Mapping[str, FormField]) -> aiohttp.FormData:
     return form
 
 
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def _with_json_type(json: Any, headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    """``headers`` plus the JSON content type when a JSON body goes with them."""
+    return headers if json is None else _JSON_HEADERS | dict(headers or {})
+
+
 def _body(json: Any, data: bytes | None, form: Mapping[str, FormField] | None) -> dict[str, Any]:
     if form is not None:
         return {"data": _form(form)}
     if data is not None:
         return {"data": data}
     if json is not None:
-        return {"json": json}
+        # orjson: several times faster than the json module aiohttp would use.
+        return {"data": orjson.dumps(json, option=orjson.OPT_NON_STR_KEYS)}
     return {}
 
 
@@ -217,7 +232,7 @@ async def request(
                 timeout_s,
                 follow_redirects,
                 _body(json, data, form),
-                headers,
+                _with_json_type(json, headers),
             )
     except TimeoutError as exc:  # aiohttp's timeouts all derive from it
         raise _timed_out(worker, timeout_s) from exc
@@ -387,7 +402,12 @@ async def stream(
 
     try:
         async with client.request(
-            method, url, json=json, headers=headers, timeout=timeout, allow_redirects=False
+            method,
+            url,
+            headers=_with_json_type(json, headers),
+            timeout=timeout,
+            allow_redirects=False,
+            **_body(json, None, None),
         ) as raw:
             if raw.status >= 300:
                 check_status(await _read(raw, worker), worker)

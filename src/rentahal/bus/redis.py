@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import ValidationError
 from redis import exceptions as rexc
 from redis.asyncio import Redis
@@ -568,7 +568,7 @@ class RedisBus:
         q.ensured = True
 
     def _wake_message(self, queue: str) -> str:
-        return json.dumps({"queue": queue})
+        return orjson.dumps({"queue": queue}).decode()
 
     async def _on_wake(self, message: dict[str, Any]) -> None:
         """A queue changed on some node: let this node's ``take`` calls look again."""
@@ -858,7 +858,7 @@ class RedisBus:
 
     async def publish(self, channel: str, message: dict[str, Any]) -> None:
         """Send ``message`` (as JSON) to every subscriber of ``channel`` on every node."""
-        data = json.dumps(message)
+        data = orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS)
         key = keys.channel_key(channel)
         await self._call(lambda: self._redis.publish(key, data), "publish")
 
@@ -904,8 +904,8 @@ class RedisBus:
     async def _dispatch(self, key: str, data: str) -> None:
         channel = key.removeprefix(keys.channel_key(""))
         try:
-            message = json.loads(data)
-        except ValueError:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
             logger.error("dropping a non-JSON message on %s", channel)
             return
         for handler in list(self._handlers.get(channel, ())):
@@ -919,7 +919,9 @@ async def publish_once(url: str, channel: str, message: dict[str, Any]) -> None:
     """Publish one message to a bus channel from outside a node (the CLI), as RedisBus does."""
     client: Redis = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
     try:
-        await client.publish(keys.channel_key(channel), json.dumps(message))
+        await client.publish(
+            keys.channel_key(channel), orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS)
+        )
     except (rexc.RedisError, OSError) as exc:
         raise BusError(f"redis publish failed: {exc}") from exc
     finally:
