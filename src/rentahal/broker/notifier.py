@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from rentahal.bus.base import Bus
 from rentahal.config import QueueSettings
-from rentahal.models import QueryState, Result
+from rentahal.models import Job, QueryState, Result
 from rentahal.realms.connections import RealmConnectionManager
 from rentahal.realms.processor import FinishHandler, QueryProcessor
 from rentahal.realms.workers import WorkerRegistry
@@ -106,23 +106,30 @@ class QueueNotifier:
                     connections.broadcast(
                         {"type": "active_users", "users": connections.users()}, sysops_only=True
                     )
-                await self._expire_waiting()
+                # One read of each queue per round serves expiry and positions.
+                waiting = await self._waiting()
+                if await self._expire_waiting(waiting):
+                    waiting = await self._waiting()
                 totals = self.totals(await self._depth())
                 if queue_event or totals != self._last_totals:
                     self._last_totals = totals
                     self._connections.broadcast(
                         {"type": "queue_update", "depth": totals[0], "total": totals[1]}
                     )
-                    await self._send_positions()
+                    self._send_positions(waiting)
             except Exception:
                 logger.exception("queue notifier round failed")
             await asyncio.sleep(MIN_INTERVAL_S)
 
-    async def _send_positions(self) -> None:
-        for queue, processor in list(self._processors.items()):
-            waiting = await self._bus.waiting(queue)
-            capacity = max(1, processor.in_flight)
-            for index, job in enumerate(waiting, start=1):
+    async def _waiting(self) -> dict[str, list[Job]]:
+        """The waiting jobs of every queue, in the order they are served."""
+        return {queue: await self._bus.waiting(queue) for queue in list(self._processors)}
+
+    def _send_positions(self, waiting: dict[str, list[Job]]) -> None:
+        for queue, jobs in waiting.items():
+            processor = self._processors.get(queue)
+            capacity = max(1, processor.in_flight if processor is not None else 0)
+            for index, job in enumerate(jobs, start=1):
                 if self._positions.get(job.job_id) == index:
                     continue
                 self._positions[job.job_id] = index
@@ -137,15 +144,18 @@ class QueueNotifier:
                     },
                 )
 
-    async def _expire_waiting(self) -> None:
+    async def _expire_waiting(self, waiting: dict[str, list[Job]]) -> bool:
+        """Fail the jobs that waited longer than ``queue_timeout``; True if any did."""
         limit = self._settings.queue_timeout
         now = time.time()
-        for queue in list(self._processors):
-            for job in await self._bus.waiting(queue):
+        expired = False
+        for queue, jobs in waiting.items():
+            for job in jobs:
                 if now - job.submitted_at <= limit:
                     continue
                 if await self._bus.remove(queue, job.job_id) is None:
                     continue
+                expired = True
                 job.move_to(QueryState.FAILED)
                 await self._finish(
                     job,
@@ -156,3 +166,4 @@ class QueueNotifier:
                         queue_wait=now - job.submitted_at,
                     ),
                 )
+        return expired

@@ -59,6 +59,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WAITING_CAP = 1000  # most jobs :meth:`RedisBus.waiting` returns and ``take`` scans when held
+# ``take`` reads the fair order in pages: the first acceptable job is nearly always in
+# the first one, and a long queue is not read (and parsed) whole on every look.
+HEAD_PAGE = 16
 _CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
 
 # Start-time fair queuing (the rules of :mod:`rentahal.bus.fair`), shared by the
@@ -311,12 +314,13 @@ return n
 """
 )
 
-# The first ``cap`` waiting jobs in fair order as [job_id, entry id, revision, ...]:
+# ``count`` waiting jobs from ``start`` in fair order as [job_id, entry id, revision, ...]:
 # ``take`` fetches only bodies it has not parsed yet (jobs may carry large images).
-# KEYS: fair order, index, jobs. ARGV: cap.
+# KEYS: fair order, index, jobs. ARGV: start, count.
 _FAIR_HEAD = """
 local out = {}
-for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)) do
+local first = tonumber(ARGV[1])
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], first, first + tonumber(ARGV[2]) - 1)) do
   local job_id = string.match(m, '^[^:]*:(.*)$')
   table.insert(out, job_id)
   table.insert(out, redis.call('HGET', KEYS[2], job_id) or '')
@@ -396,7 +400,18 @@ def _fair_keys(queue: str) -> list[str]:
 
 
 class _QueueState:
-    __slots__ = ("ensured", "inflight", "last_reclaim", "parsed", "woken")
+    """What this node knows of one queue.
+
+    ``added`` counts the signs that jobs may have arrived (an enqueue, requeue or
+    reclaim here, a wake-up message from another node, a pub/sub reconnect);
+    ``empty_at`` is its value when a look found the queue empty (or took its only
+    job). While they are equal the queue is known to be empty: ``take`` (woken by
+    a freed worker slot, say) need not ask Redis, nor need :meth:`RedisBus.depth`
+    or :meth:`RedisBus.waiting`. The ``block_ms`` poll always asks, so a lost
+    wake-up message delays a job by at most that.
+    """
+
+    __slots__ = ("added", "empty_at", "ensured", "inflight", "last_reclaim", "parsed", "woken")
 
     def __init__(self) -> None:
         self.ensured = False
@@ -404,6 +419,18 @@ class _QueueState:
         self.parsed: dict[tuple[str, str], Job] = {}  # (job_id, revision) -> waiting job
         self.last_reclaim = 0.0
         self.woken = asyncio.Event()
+        self.added = 0
+        self.empty_at = -1
+
+    def arrived(self) -> None:
+        """Jobs may have arrived: the next look asks Redis."""
+        self.added += 1
+        self.woken.set()
+
+    @property
+    def known_empty(self) -> bool:
+        """The last look found nothing and nothing may have arrived since."""
+        return self.empty_at == self.added
 
 
 class RedisBus:
@@ -568,13 +595,18 @@ class RedisBus:
         q.ensured = True
 
     def _wake_message(self, queue: str) -> str:
-        return orjson.dumps({"queue": queue}).decode()
+        return orjson.dumps({"queue": queue, "node": self.node_id}).decode()
 
     async def _on_wake(self, message: dict[str, Any]) -> None:
-        """A queue changed on some node: let this node's ``take`` calls look again."""
+        """A queue changed on some node: let this node's ``take`` calls look again.
+
+        This node's own wake-ups are skipped: what it changed, it marked already.
+        """
+        if message.get("node") == self.node_id:
+            return
         q = self._queues.get(str(message.get("queue")))
         if q is not None:
-            q.woken.set()
+            q.arrived()
 
     async def _move(
         self, queue: str, entry: str, src: str, dst: str, job_id: str = "", body: str = ""
@@ -601,6 +633,7 @@ class RedisBus:
             args=[self.group, keys.HELD_CONSUMER, WAITING_CAP, self._wake_message(queue)],
         )
         if filed:
+            self._state(queue).arrived()
             logger.warning(
                 "filed %d waiting job(s) of %s missing from the fair order", filed, queue
             )
@@ -633,7 +666,10 @@ class RedisBus:
             self._wake_message(queue),
         ]
         await self._call(lambda: self._scripts["enqueue"](keys=keys_, args=args), "enqueue")
-        self._state(queue).woken.set()
+        q = self._state(queue)
+        # This node need not fetch and parse the body again to take it (revision 0: new).
+        q.parsed[job.job_id, "0"] = job
+        q.arrived()
 
     async def take(
         self, queue: str, *, accept: JobFilter | None = None, timeout_s: float = 1.0
@@ -650,10 +686,11 @@ class RedisBus:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         delay = 0.05
+        ask = False  # a look asks Redis unless the queue is known empty; every poll asks
         while not self._closed:
             q.woken.clear()
             try:
-                job = await self._take_once(queue, q, accept)
+                job = await self._take_once(queue, q, accept, ask=ask)
                 delay = 0.05
             except _CONNECTION_ERRORS as exc:
                 q.ensured = False
@@ -674,18 +711,25 @@ class RedisBus:
             if job is not None:
                 return job
             remaining = deadline - loop.time()
+            ask = False
             if q.woken.is_set():
                 continue
             if remaining <= 0:
                 return None
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(min(self.block_ms / 1000, remaining)):
                     await q.woken.wait()
+            except TimeoutError:
+                ask = True  # the poll: catches a wake-up message that was lost
         return None
 
-    async def _take_once(self, queue: str, q: _QueueState, accept: JobFilter | None) -> Job | None:
+    async def _take_once(
+        self, queue: str, q: _QueueState, accept: JobFilter | None, *, ask: bool = True
+    ) -> Job | None:
         await self._ensure(queue)
         await self._maybe_reclaim(queue, q)
+        if not ask and q.known_empty:
+            return None
         return await self._take_fair(queue, q, accept)
 
     async def _maybe_reclaim(self, queue: str, q: _QueueState) -> None:
@@ -710,17 +754,58 @@ class RedisBus:
             ],
         )
         if moved:
+            q.arrived()
             logger.warning("reclaimed %d stale job(s) of %s", len(moved), queue)
         await self._repair(queue)
 
     async def _take_fair(self, queue: str, q: _QueueState, accept: JobFilter | None) -> Job | None:
-        """Take the first acceptable waiting job, in fair order."""
+        """Take the first acceptable waiting job, in fair order, reading it page by page."""
+        added = q.added  # before the look: what arrives meanwhile is not "known empty"
+        cached, seen = q.parsed, dict[tuple[str, str], Job]()
+        start, count = 0, HEAD_PAGE
+        try:
+            while start < WAITING_CAP:
+                count = min(count, WAITING_CAP - start)
+                head = await self._head(queue, start, count, cached, seen)
+                if not head:
+                    if start == 0:
+                        q.empty_at = added
+                    return None
+                if start == 0 and q.known_empty:
+                    q.empty_at = -1  # jobs came without a sign (a lost wake-up message)
+                job = await self._take_from(queue, q, accept, head, seen)
+                if job is not None and start == 0 and len(head) == 1:
+                    q.empty_at = added  # it was the only waiting job
+                if job is not None or len(head) < count:
+                    return job
+                start, count = start + count, count * 4
+            return None
+        finally:
+            # Keep the parsed jobs of the pages read (the rest is parsed when it comes up).
+            q.parsed = seen
+
+    async def _head(
+        self,
+        queue: str,
+        start: int,
+        count: int,
+        cached: dict[tuple[str, str], Job],
+        seen: dict[tuple[str, str], Job],
+    ) -> list[tuple[str, str, str]]:
+        """``count`` waiting jobs from ``start`` as (job_id, entry, revision); their bodies
+        go into ``seen``, parsed before (``cached``) or fetched now."""
         flat = await self._scripts["fair_head"](
             keys=[keys.fair_order_key(queue), keys.job_index_key(queue), keys.jobs_key(queue)],
-            args=[WAITING_CAP],
+            args=[start, count],
         )
         head = [(str(j), str(e), str(r)) for j, e, r in zip(*[iter(flat)] * 3, strict=True)]
-        missing = [(j, r) for j, e, r in head if e and (j, r) not in q.parsed]
+        missing = []
+        for job_id, entry, rev in head:
+            known = cached.get((job_id, rev))
+            if known is not None:
+                seen[job_id, rev] = known
+            elif entry:
+                missing.append((job_id, rev))
         if missing:
             bodies: list[Any] = await self._redis.hmget(
                 keys.jobs_key(queue), [j for j, _r in missing]
@@ -728,17 +813,26 @@ class RedisBus:
             for (job_id, rev), body in zip(missing, bodies, strict=True):
                 job = self._parse(body) if body else None
                 if job is not None:
-                    q.parsed[job_id, rev] = job
-        q.parsed = {(j, r): q.parsed[j, r] for j, _e, r in head if (j, r) in q.parsed}
+                    seen[job_id, rev] = job
+        return head
+
+    async def _take_from(
+        self,
+        queue: str,
+        q: _QueueState,
+        accept: JobFilter | None,
+        head: list[tuple[str, str, str]],
+        parsed: dict[tuple[str, str], Job],
+    ) -> Job | None:
         for job_id, entry, rev in head:
-            job = q.parsed.get((job_id, rev))
+            job = parsed.get((job_id, rev))
             if accept is not None and job is not None and not accept(job):
                 continue
             # Another node may win the race for this job: then try the next one.
             # Unreadable or stale members are passed to the script, which drops them.
             if not await self._claim(queue, q, job_id, entry):
                 continue
-            q.parsed.pop((job_id, rev), None)
+            parsed.pop((job_id, rev), None)  # taken: never offered from the cache again
             if job is not None:
                 return job
             logger.error("dropping unreadable job %s of %s", job_id, queue)
@@ -792,7 +886,7 @@ class RedisBus:
                 )
 
             if await self._call(_hold, "requeue"):
-                q.woken.set()
+                q.arrived()
                 return
             logger.warning("job %s was reclaimed by another node; not requeued", job.job_id)
             return
@@ -812,6 +906,9 @@ class RedisBus:
 
     async def waiting(self, queue: str) -> list[Job]:
         """The waiting jobs in the fair order ``take`` offers them (at most :data:`WAITING_CAP`)."""
+        q = self._queues.get(queue)
+        if q is not None and q.known_empty:
+            return []
         keys_ = [keys.fair_order_key(queue), keys.jobs_key(queue)]
         bodies = await self._call(
             lambda: self._scripts["fair_waiting"](keys=keys_, args=[WAITING_CAP]), "waiting"
@@ -821,6 +918,9 @@ class RedisBus:
 
     async def depth(self, queue: str) -> int:
         """How many jobs wait in ``queue``."""
+        q = self._queues.get(queue)
+        if q is not None and q.known_empty:
+            return 0
         key = keys.fair_order_key(queue)
         return int(await self._call(lambda: self._redis.zcard(key), "depth"))
 
@@ -882,6 +982,9 @@ class RedisBus:
                     if wanted:
                         await pubsub.subscribe(*(keys.channel_key(c) for c in wanted))
                         subscribed |= wanted
+                        if keys.WAKE_CHANNEL in wanted:  # wake-ups may have been missed
+                            for q in self._queues.values():
+                                q.arrived()
                     self._listening.set()
                     if not subscribed:
                         await asyncio.sleep(self.block_ms / 1000)

@@ -1,0 +1,133 @@
+"""How often the Redis bus asks Redis: a queue known to be empty costs no round trip,
+and no job waits longer for that than the ``block_ms`` poll."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from tests.support.redis_server import RedisServer
+
+from rentahal.bus import keys
+from rentahal.bus.redis import HEAD_PAGE, RedisBus
+from rentahal.models import Job, Query
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
+
+
+def make_job(prompt: str, user: str = "user-1") -> Job:
+    """A chat job with a recognisable prompt."""
+    return Job(user_guid=user, query=Query(prompt=prompt, query_type="chat"))
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A plain client of the session's Redis, to read its command counters."""
+    client: Redis = Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def buses(redis_server: RedisServer) -> AsyncIterator[list[RedisBus]]:
+    """Started buses, closed after the test."""
+    started: list[RedisBus] = []
+    yield started
+    for bus in started:
+        await bus.close()
+
+
+async def _node(buses: list[RedisBus], url: str, node_id: str, **options: Any) -> RedisBus:
+    bus = RedisBus(url, node_id, **options)
+    await bus.start()
+    buses.append(bus)
+    return bus
+
+
+async def _calls(redis: Redis) -> dict[str, int]:
+    stats = await redis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+async def test_known_empty_queue_costs_no_round_trip(
+    buses: list[RedisBus], redis_server: RedisServer, redis: Redis, queue: str
+) -> None:
+    bus = await _node(buses, redis_server.url, "a", block_ms=5000)
+    assert await bus.take(queue, timeout_s=0.01) is None  # a look: the queue is empty
+    before = await _calls(redis)
+    taking = asyncio.create_task(bus.take(queue, timeout_s=0.5))
+    for _ in range(20):  # worker slots freed, say: each wakes the take
+        bus.wake(queue)
+        assert await bus.depth(queue) == 0
+        assert await bus.waiting(queue) == []
+        await asyncio.sleep(0.01)
+    assert await taking is None
+    after = await _calls(redis)
+    # Only the take's last look at its deadline asked Redis (one script, no ZCARD).
+    assert after.get("evalsha", 0) - before.get("evalsha", 0) <= 1
+    assert after.get("zcard", 0) == before.get("zcard", 0)
+
+
+async def test_a_job_from_another_node_is_taken_at_its_wake_up(
+    buses: list[RedisBus], redis_server: RedisServer, queue: str
+) -> None:
+    a = await _node(buses, redis_server.url, "a", block_ms=10_000)  # no poll within the test
+    b = await _node(buses, redis_server.url, "b")
+    assert await a.take(queue, timeout_s=0.01) is None
+    taking = asyncio.create_task(a.take(queue, timeout_s=5.0))
+    await asyncio.sleep(0.1)
+    job = make_job("from b")
+    started = time.monotonic()
+    await b.enqueue(queue, job)
+    taken = await taking
+    assert taken is not None and taken.job_id == job.job_id
+    assert time.monotonic() - started < 2.0  # the wake-up message, not a poll
+    assert await a.depth(queue) == 0
+
+
+async def test_a_lost_wake_up_is_caught_by_the_poll(
+    buses: list[RedisBus], redis_server: RedisServer, queue: str
+) -> None:
+    a = await _node(buses, redis_server.url, "a", block_ms=100)
+    b = await _node(buses, redis_server.url, "b")
+    assert await a.take(queue, timeout_s=0.01) is None
+    job = make_job("no wake-up")
+    # b's enqueue script, its wake-up sent to a channel nobody listens on.
+    script_keys = [
+        keys.stream_key(queue),
+        keys.job_index_key(queue),
+        keys.jobs_key(queue),
+        keys.fair_order_key(queue),
+        keys.fair_tags_key(queue),
+        keys.fair_finish_key(queue),
+        keys.fair_flows_key(queue),
+        "nobody-listens",
+    ]
+    args = [b.group, job.job_id, job.model_dump_json(), keys.HELD_CONSUMER, job.user_guid]
+    await b._scripts["enqueue"](keys=script_keys, args=[*args, "1", "{}"])
+    started = time.monotonic()
+    taken = await a.take(queue, timeout_s=5.0)
+    assert taken is not None and taken.job_id == job.job_id
+    assert time.monotonic() - started < 2.0
+
+
+async def test_take_reads_past_a_page_of_refused_jobs(
+    buses: list[RedisBus], redis_server: RedisServer, queue: str
+) -> None:
+    a = await _node(buses, redis_server.url, "a")
+    b = await _node(buses, redis_server.url, "b")  # b parses every job (a has them cached)
+    jobs = [make_job(f"job {i}", user=f"user-{i}") for i in range(3 * HEAD_PAGE)]
+    for job in jobs:
+        await a.enqueue(queue, job)
+    wanted = jobs[2 * HEAD_PAGE + 1]
+    taken = await b.take(queue, accept=lambda j: j.job_id == wanted.job_id, timeout_s=1.0)
+    assert taken is not None and taken.job_id == wanted.job_id
+    assert taken.query.prompt == wanted.query.prompt
+    assert await b.depth(queue) == len(jobs) - 1
+    # The rest keeps its order for any node.
+    first = await a.take(queue, timeout_s=1.0)
+    assert first is not None and first.job_id == jobs[0].job_id
