@@ -88,4 +88,11 @@ def keys_revoke(prefix: str, config: Path = ConfigOpt) -> None:
     if not with_storage(config, lambda storage: KeyStore(storage).revoke(prefix)):
         console.print(f"[red]no live key with prefix {prefix}[/red]")
         raise typer.Exit(1)
+    redis_url = load_settings(config).broker.redis_url
+    if redis_url:  # every node's key cache forgets the key at once
+        from rentahal.broker.control import CONTROL_CHANNEL, KeyRevoked
+        from rentahal.bus.redis import publish_once
+
+        message = KeyRevoked(prefix=prefix).model_dump()
+        asyncio.run(publish_once(redis_url, CONTROL_CHANNEL, message))
     console.print(f"key {prefix} revoked")

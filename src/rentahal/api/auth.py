@@ -1,8 +1,9 @@
 """Who is calling the HTTP API: ``Authorization: Bearer <api key>`` -> the user.
 
-Every call reads the key afresh, so a revoked key fails on the very next
-request; the user comes from the broker's short-lived user cache, which every
-ban (on any node) invalidates at once. The original's ``/api/*`` routes also
+The key's owner comes from a short-lived key cache (``api/key_cache.py``) and
+the user from the broker's short-lived user cache; a revoke or a ban on any node
+clears both at once, so a revoked key or banned user fails on the very next
+request. The original's ``/api/*`` routes also
 accept the ``user_guid`` cookie the original web client holds
 (:data:`KeyOrCookieCaller`).
 """

@@ -54,7 +54,7 @@ async def list_api_keys(session: Session, message: dict[str, Any]) -> None:
 async def revoke_api_key(session: Session, message: dict[str, Any]) -> None:
     """Revoke one of the user's keys by its prefix."""
     prefix = _KeyPrefix.model_validate(message).prefix
-    if not await _keys(session).revoke(prefix, user_guid=session.user.guid):
+    if not await session.broker.revoke_api_key(prefix, user_guid=session.user.guid):
         raise QueryRejected(f"No live API key of yours has the prefix '{prefix}'")
     session.send({"type": "api_key_revoked", "prefix": prefix})
 

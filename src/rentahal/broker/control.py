@@ -42,6 +42,13 @@ class Unban(_Control):
     guid: str
 
 
+class KeyRevoked(_Control):
+    """An API key was revoked: forget it in the key cache."""
+
+    op: Literal["key_revoked"] = "key_revoked"
+    prefix: str
+
+
 class Sysop(_Control):
     """Sysop rights of a user changed (``rentahal users sysop``): their sockets follow."""
 
@@ -108,6 +115,7 @@ class RealmsChanged(_Control):
 ControlMessage = Annotated[
     Ban
     | Unban
+    | KeyRevoked
     | Sysop
     | Cancel
     | Terminate

@@ -294,6 +294,10 @@ class Broker:
         """The owner of a live API key."""
         return await self._users.of_key(key)
 
+    async def revoke_api_key(self, prefix: str, user_guid: str | None = None) -> bool:
+        """Revoke a live API key by prefix; every node's key cache forgets it at once."""
+        return await self._users.revoke_key(prefix, user_guid)
+
     @property
     def api_keys(self) -> KeyStore:
         """The API key store (users create, list and revoke their own keys)."""

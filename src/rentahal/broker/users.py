@@ -6,7 +6,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rentahal.broker.control import Ban, ControlChannel, Sysop, Unban
+from rentahal.api.key_cache import KeyCache
+from rentahal.broker.control import Ban, ControlChannel, KeyRevoked, Sysop, Unban
 from rentahal.errors import QueryRejected
 from rentahal.models import User
 from rentahal.nicknames import normalize_nickname
@@ -42,7 +43,9 @@ class UserDirectory:
         self._tell_about = tell_about
         self._cache: dict[str, tuple[float, User]] = {}
         self.keys = KeyStore(storage)
+        self.key_cache = KeyCache()
         control.on(Ban, self._on_ban)
+        control.on(KeyRevoked, self._on_key_revoked)
         control.on(Unban, self._on_unban)
         control.on(Sysop, self._on_sysop)
 
@@ -80,9 +83,25 @@ class UserDirectory:
             await self.sysop_rights(guid)
 
     async def of_key(self, key: str) -> User | None:
-        """The owner of a live API key (read afresh, so a revoked key fails at once)."""
-        guid = await self.keys.lookup(key)
-        return await self.cached(guid) if guid is not None else None
+        """The owner of a live API key, from the key cache when it holds the key.
+
+        A revoke on any node clears the cache entry at once (``revoke_key``).
+        """
+        guid = self.key_cache.get(key)
+        if guid is None:
+            guid = await self.keys.lookup(key)
+            if guid is None:
+                return None
+            self.key_cache.put(key, guid)
+        return await self.cached(guid)
+
+    async def revoke_key(self, prefix: str, user_guid: str | None = None) -> bool:
+        """Revoke the live key with ``prefix`` (only ``user_guid``'s when given), on every node."""
+        if not await self.keys.revoke(prefix, user_guid=user_guid):
+            return False
+        self.key_cache.forget_prefix(prefix)
+        await self._control.publish(KeyRevoked(prefix=prefix))
+        return True
 
     def remember(self, user: User) -> None:
         """Cache ``user`` as just read or charged."""
@@ -122,10 +141,14 @@ class UserDirectory:
 
     async def _on_ban(self, message: Ban) -> None:
         self.forget(message.guid)
+        self.key_cache.forget_user(message.guid)
         self._connections.close_user(message.guid, {"type": "error", "message": BANNED_MESSAGE})
 
     async def _on_unban(self, message: Unban) -> None:
         self.forget(message.guid)
+
+    async def _on_key_revoked(self, message: KeyRevoked) -> None:
+        self.key_cache.forget_prefix(message.prefix)
 
     async def _on_sysop(self, message: Sysop) -> None:
         self.forget(message.guid)
