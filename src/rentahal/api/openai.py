@@ -28,11 +28,11 @@ from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
-from rentahal.api.auth import Caller, broker_of
+from rentahal.api.auth import Caller, broker_of, identify
 from rentahal.api.queries import (
     MAX_AUDIO_BYTES,
     MAX_SPEECH_CHARS,
@@ -288,12 +288,48 @@ async def _streamed_chat(
     )
 
 
-@router.post("/chat/completions", response_model=None)
-async def chat_completions(
-    body: ChatCompletionRequest, user: Caller, request: Request
-) -> dict[str, Any] | StreamingResponse:
-    """A chat (or, with an image part, vision) completion; see the module docstring."""
-    broker = broker_of(request)
+def _json_response(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status, media_type="application/json")
+
+
+def _is_json(content_type: str | None) -> bool:
+    """No ``Content-Type`` or a JSON one (what FastAPI's body parsing accepts as JSON)."""
+    if not content_type:
+        return True
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+async def chat_completions(request: Request) -> Response:
+    """``POST /v1/chat/completions``: a chat (or, with an image part, vision) completion.
+
+    A plain Starlette route (no dependency resolution, orjson answers): the
+    hottest call of the HTTP API. See the module docstring for the behaviour.
+    """
+    try:
+        raw = await request.body()  # first: the body limits answer 413 before anything else
+        broker = broker_of(request)
+        user = await identify(broker, request.headers.get("authorization"))
+        if not _is_json(request.headers.get("content-type")):
+            message = "The request body must be JSON (Content-Type: application/json)"
+            return _json_response(error_body(400, message, "invalid_request"), 400)
+        try:
+            body = ChatCompletionRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or None
+            text = str(first.get("msg", "invalid value"))
+            message = f"{where}: {text}" if where else text
+            return _json_response(error_body(400, message, "invalid_request", where), 400)
+        return await _chat_answer(broker, user.guid, body)
+    except Exception as exc:  # every failure answers in OpenAI's shape
+        error = describe_error(exc)
+        return _json_response(error_body(error.status, error.message, error.code), error.status)
+
+
+async def _chat_answer(broker: Broker, user_guid: str, body: ChatCompletionRequest) -> Response:
     prompt, image = prompt_and_image(body.messages)
     query_type: Literal["chat", "vision"] = "vision" if image else "chat"
     model_name, model_type = resolve_model(broker, body.model, [query_type])
@@ -305,8 +341,8 @@ async def chat_completions(
         image=image,
     )
     if body.stream and query_type == "chat":
-        return await _streamed_chat(broker, user.guid, query, body)
-    result = await run_query(broker, user.guid, query)
+        return await _streamed_chat(broker, user_guid, query, body)
+    result = await run_query(broker, user_guid, query)
     usage = _usage(prompt, result.result)
     base = {
         "id": f"chatcmpl-{result.job_id}",
@@ -321,19 +357,24 @@ async def chat_completions(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
-    return {
-        **base,
-        "object": "chat.completion",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.result},
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": usage,
-        OWNER: _extras(result),
-    }
+    return _json_response(
+        {
+            **base,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.result},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": usage,
+            OWNER: _extras(result),
+        }
+    )
+
+
+router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
 
 
 class ImageGenerationRequest(BaseModel):
