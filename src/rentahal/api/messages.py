@@ -129,12 +129,14 @@ class _JobId(BaseModel):
     job_id: str = Field(min_length=1, max_length=64)
 
 
-async def _queued_message(session: Session, job: Job) -> dict[str, Any]:
-    """``query_queued``; the job is queued already, so a failing count must not hide that."""
-    position = depth = 0
+async def _queued_message(session: Session, job: Job, depth: int) -> dict[str, Any]:
+    """``query_queued``; the job is queued already, so a failing count must not hide that.
+
+    ``depth`` is the queue depth :meth:`Broker.submit_counted` read (no second read).
+    """
+    position = 0
     try:
         position = await session.broker.position_of(job.job_id) or 0
-        depth = await session.broker.queue_depth()
     except BrokerError as exc:
         logger.warning("queue figures for %s unavailable: %s", job.job_id, exc)
     return {
@@ -149,8 +151,8 @@ async def _queued_message(session: Session, job: Job) -> dict[str, Any]:
 async def submit_query(session: Session, message: dict[str, Any]) -> None:
     """Queue a query."""
     query = _SubmitQuery.model_validate(message).query
-    job = await session.broker.submit(session.user.guid, query)
-    session.send(await _queued_message(session, job))
+    job, depth = await session.broker.submit_counted(session.user.guid, query)
+    session.send(await _queued_message(session, job, depth))
 
 
 async def vision_chunk(session: Session, message: dict[str, Any]) -> None:
@@ -175,11 +177,11 @@ async def vision_chunk(session: Session, message: dict[str, Any]) -> None:
         model_name=chunk.model_name,
         image=whole,
     )
-    job = await session.broker.submit(session.user.guid, query)
+    job, depth = await session.broker.submit_counted(session.user.guid, query)
     session.send(
         {"type": "vision_upload_complete", "message": "Image upload complete and processed"}
     )
-    session.send(await _queued_message(session, job))
+    session.send(await _queued_message(session, job, depth))
 
 
 async def speech_to_text(session: Session, message: dict[str, Any]) -> None:

@@ -375,8 +375,20 @@ class Broker:
 
         ``ShareFull`` when the user's share (counted on every node) is used up.
         """
+        job, _depth = await self.submit_counted(user_guid, query, want_result=want_result)
+        return job
+
+    async def submit_counted(
+        self, user_guid: str, query: Query, *, want_result: bool = False
+    ) -> tuple[Job, int]:
+        """:meth:`submit`, also answering the queue depth with the new job counted.
+
+        The depth is the one read for the ``max_queue_size`` check (one read
+        serves both: a WebSocket submit tells it in ``query_queued``).
+        """
         query = await self.validate(user_guid, query)
-        if await self._jobs.depth() >= self.settings.queue.max_queue_size:
+        depth = await self._jobs.depth()
+        if depth >= self.settings.queue.max_queue_size:
             raise QueueFull("Queue is full, please try again later")
         queue = await self.route(query)
         job = Job(user_guid=user_guid, query=query, realm=queue, origin_node=self.node_id)
@@ -392,7 +404,7 @@ class Broker:
         if self._sweeper is not None:
             self._sweeper.watch(job)
         self._queue_changed()
-        return job
+        return job, depth + 1
 
     def stream(self, user_guid: str, query: Query) -> QueryStream:
         """Stream a chat ``query`` straight from a worker (see :mod:`rentahal.streaming`)."""
