@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from rentahal.broker.notifier import ACTIVE_USERS_INTERVAL_S
 from tests.support.client import WSClient
 from tests.support.redis_server import RedisServer
 from tests.support.servers import BrokerServer
@@ -63,7 +64,7 @@ async def test_revoke_reaches_open_sockets_through_the_control_channel(
         others.append(await WSClient.connect(server.ws_url))
         await others[-1].connect_sequence()
         await sysop.expect("active_users")  # sysops are told who is connected
-        await sysop.drain(0.5)
+        await sysop.drain(ACTIVE_USERS_INTERVAL_S + 0.5)  # a push held back for its interval
         await asyncio.to_thread(_revoke, server, sysop.guid, tmp_path)
         await asyncio.sleep(0.5)
         others.append(await WSClient.connect(server.ws_url))
@@ -72,6 +73,26 @@ async def test_revoke_reaches_open_sockets_through_the_control_channel(
         assert "active_users" not in {f["type"] for f in frames}, "GUIDs still go to the ex-sysop"
         await sysop.send({"type": "get_stats"})
         assert (await sysop.expect("error"))["message"] == REFUSED
+    finally:
+        for client in [sysop, *others]:
+            await client.close()
+
+
+async def test_active_users_coalesced_in_a_connect_burst(broker_factory) -> None:
+    server = broker_factory()
+    sysop = await WSClient.connect(server.ws_url)  # the first user is a sysop
+    others: list[WSClient] = []
+    try:
+        await sysop.connect_sequence()
+        await sysop.expect("active_users")
+        await sysop.drain(ACTIVE_USERS_INTERVAL_S + 0.3)
+        for _ in range(12):
+            others.append(await WSClient.connect(server.ws_url))
+            await others[-1].connect_sequence()
+        frames = await sysop.drain(ACTIVE_USERS_INTERVAL_S + 0.3)
+        pushes = [f for f in frames if f["type"] == "active_users"]
+        assert 1 <= len(pushes) <= 3, [len(p["users"]) for p in pushes]  # not one per connect
+        assert len(pushes[-1]["users"]) == 13  # the last push knows everyone
     finally:
         for client in [sysop, *others]:
             await client.close()

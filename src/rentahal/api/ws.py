@@ -36,9 +36,9 @@ async def _send_connect_sequence(session: Session, fresh_cookie: bool) -> bool:
     if user.is_banned:
         conn.send({"type": "error", "message": BANNED_MESSAGE})
         return False
-    for text in await broker.views.welcome_messages(user):
+    rows = await broker.views.recent_queries(user.guid, limit=10)  # one read for both
+    for text in await broker.views.welcome_messages(user, rows):
         conn.send({"type": "sysop_message", "message": text})
-    rows = await broker.views.recent_queries(user.guid, limit=10)
     conn.send({"type": "previous_queries", "data": rows})
     conn.send({"type": "worker_update", "workers": broker.views.workers()})
     conn.send({"type": "huggingface_update", "models": broker.views.hf_models()})

@@ -20,13 +20,17 @@ logger = logging.getLogger(__name__)
 
 MIN_INTERVAL_S = 0.1
 PERIOD_S = 1.0
+ACTIVE_USERS_INTERVAL_S = 1.0  # sysops' ``active_users``: at most one push per interval
 
 
 class QueueNotifier:
     """Tells clients how the queues move, at most every ``MIN_INTERVAL_S``.
 
-    ``queue_update`` goes to everyone when something changed (and at least
-    every second while it keeps changing); ``queue_position`` goes to the owner
+    ``active_users`` goes to sysops at most every ``ACTIVE_USERS_INTERVAL_S``
+    after someone connected or left (a connect storm costs one list per
+    interval, not one per connect). ``queue_update`` goes to everyone when
+    something changed (and at least every second while it keeps changing);
+    ``queue_position`` goes to the owner
     of each waiting job whose position moved, with an ETA from recent
     processing times. Jobs waiting longer than ``queue_timeout`` fail through
     ``finish``, like any other job.
@@ -55,6 +59,7 @@ class QueueNotifier:
         self._positions: dict[str, int] = {}
         self._avg_s: defaultdict[str, float] = defaultdict(lambda: 1.0)
         self._users_changed = False
+        self._users_pushed_at = -ACTIVE_USERS_INTERVAL_S
         self._queue_dirty = False
 
     def start(self) -> None:
@@ -100,8 +105,10 @@ class QueueNotifier:
             self._event.clear()
             queue_event, self._queue_dirty = self._queue_dirty, False
             try:
-                if self._users_changed:
-                    self._users_changed = False
+                now = time.monotonic()
+                if self._users_changed and now - self._users_pushed_at >= ACTIVE_USERS_INTERVAL_S:
+                    self._users_changed = False  # a change since waits for the next interval
+                    self._users_pushed_at = now
                     connections = self._connections
                     connections.broadcast(
                         {"type": "active_users", "users": connections.users()}, sysops_only=True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from rentahal.realms.service import RealmService
 from rentahal.realms.workers import WorkerRegistry
 from rentahal.storage.database import Storage
 
+WELCOME_CACHE_S = 2.0
 LEGACY_TYPES = ["chat", "vision", "imagine", "speech"]
 CONNECTED_LISTED = 20
 AVERAGE_TYPES = (
@@ -61,6 +63,8 @@ class BrokerViews:
         self._metrics = metrics
         self._realms = realms
         self._depth = depth
+        self._figures: tuple[float, dict[str, Any], dict[str, float]] | None = None
+        self._connected: tuple[float, tuple[str, ...], list[User]] | None = None
 
     # workers and models
 
@@ -128,21 +132,46 @@ class BrokerViews:
         """Every user (for sysops)."""
         return await self._storage.list_users()
 
-    async def welcome_messages(self, user: User) -> list[str]:
-        """The six ``sysop_message`` texts of the connect sequence."""
-        recent = await self.recent_queries(user.guid, limit=5)
+    async def _system_figures(self) -> tuple[dict[str, Any], dict[str, float]]:
+        """System totals and average times, read at most once per ``WELCOME_CACHE_S``."""
+        now = time.monotonic()
+        if self._figures is None or now - self._figures[0] >= WELCOME_CACHE_S:
+            stats = await self._storage.system_stats()
+            averages = await self._storage.average_times()
+            self._figures = (now, stats, averages)
+        return self._figures[1], self._figures[2]
+
+    async def _connected_users(self, guids: list[str]) -> list[User]:
+        """The listed connected users, read again when the list changed or is stale."""
+        now = time.monotonic()
+        key = tuple(guids)
+        cached = self._connected
+        if cached is None or cached[1] != key or now - cached[0] >= WELCOME_CACHE_S:
+            cached = self._connected = (now, key, await self._storage.users_by_guid(guids))
+        return cached[2]
+
+    async def welcome_messages(
+        self, user: User, recent: list[dict[str, Any]] | None = None
+    ) -> list[str]:
+        """The six ``sysop_message`` texts of the connect sequence.
+
+        ``recent``: the user's recent queries if read already (the first five are
+        listed). System-wide figures and the connected users come from a cache of
+        ``WELCOME_CACHE_S``, so a burst of connects costs no database reads for them.
+        """
+        if recent is None:
+            recent = await self.recent_queries(user.guid, limit=5)
         lines = ["Your recent queries:"]
-        for row in recent:
+        for row in recent[:5]:
             prompt = (row.get("prompt") or "")[:30]
             lines.append(f"Query: {prompt}... Time: {float(row.get('processing_time') or 0):.2f}s")
-        stats = await self._storage.system_stats()
-        averages = await self._storage.average_times()
+        stats, averages = await self._system_figures()
         avg_lines = ["Average service times:"] + [
             f"{label}: {averages.get(key, 0.0):.2f}s" for label, key in AVERAGE_TYPES
         ]
         guids = self._connections.users()
         # Name at most CONNECTED_LISTED users, so a connect costs the same at any load.
-        connected = await self._storage.users_by_guid(guids[:CONNECTED_LISTED])
+        connected = await self._connected_users(guids[:CONNECTED_LISTED])
         user_lines = ["Connected users:"] + [
             f"{u.nickname}: {u.query_count} queries, ${u.total_cost:.2f}" for u in connected
         ]
