@@ -533,9 +533,10 @@ class Broker:
                 result = result.model_copy(update={"user": user})
                 self._users.remember(user)
             payload = result.model_dump()
-            posted = await self._delivery.keep(job.user_guid, payload)
+            posted = await self._delivery.keep(job.user_guid, payload, finished=job.job_id)
         try:
-            await self._state.clear_running(job.job_id)
+            if not posted:  # a kept result left the running set with it
+                await self._state.clear_running(job.job_id)
             await self._bus.ack(job.realm, job.job_id)
         except BusError as exc:  # a Redis that restarted has forgotten both anyway
             logger.warning("could not clear job %s from the queue: %s", job.job_id, exc)

@@ -84,10 +84,15 @@ class Delivery:
             if not fut.done():
                 fut.cancel()
 
-    async def keep(self, user_guid: str, payload: dict[str, Any]) -> bool:
-        """Put a result in its user's mailbox; ``False`` when Redis cannot take it now."""
+    async def keep(
+        self, user_guid: str, payload: dict[str, Any], *, finished: str | None = None
+    ) -> bool:
+        """Put a result in its user's mailbox; ``False`` when Redis cannot take it now.
+
+        ``finished``: the job also leaves the running set in the same step.
+        """
         try:
-            await self._state.post_result(user_guid, payload)
+            await self._state.post_result(user_guid, payload, finished=finished)
             return True
         except BusError as exc:
             logger.warning(

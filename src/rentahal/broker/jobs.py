@@ -83,9 +83,12 @@ class JobBook:
 
     async def depth(self) -> int:
         """Waiting plus running jobs, all queues (all nodes in a cluster)."""
+        if self._distributed:  # asked at once: one round trip's wait, not one per count
+            counts = await asyncio.gather(
+                *(self._bus.depth(q) for q in self.queues()), self._state.running_count()
+            )
+            return sum(counts)
         waiting = sum([await self._bus.depth(q) for q in self.queues()])
-        if self._distributed:
-            return waiting + await self._state.running_count()
         return waiting + sum(p.in_flight for p in list(self._processors.values()))
 
     async def position_of(self, job_id: str) -> int | None:

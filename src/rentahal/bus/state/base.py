@@ -33,8 +33,14 @@ class ClusterState(Protocol):
         """Take or renew the lock of ``role``; True while this node holds it."""
         ...
 
-    async def post_result(self, user_guid: str, result: dict[str, Any]) -> None:
-        """Keep a result for delivery to the user's sockets, also after a reconnect."""
+    async def post_result(
+        self, user_guid: str, result: dict[str, Any], *, finished: str | None = None
+    ) -> None:
+        """Keep a result for delivery to the user's sockets, also after a reconnect.
+
+        ``finished``: also clear that job from the running set, in the same step
+        (one round trip; the result is kept no later than the job stops running).
+        """
         ...
 
     async def undelivered(self, user_guid: str) -> list[dict[str, Any]]:

@@ -35,8 +35,12 @@ class MemoryState:
         for job_id in [j for j, t in self._delivered.items() if now - t > MAILBOX_TTL_S]:
             del self._delivered[job_id]
 
-    async def post_result(self, user_guid: str, result: dict[str, Any]) -> None:
+    async def post_result(
+        self, user_guid: str, result: dict[str, Any], *, finished: str | None = None
+    ) -> None:
         self._mail[user_guid].append((time.monotonic(), result))
+        if finished is not None:
+            self._running.pop(finished, None)
 
     async def undelivered(self, user_guid: str) -> list[dict[str, Any]]:
         now = time.monotonic()

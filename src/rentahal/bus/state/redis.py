@@ -83,12 +83,16 @@ class RedisState:
         )
         return bool(got)
 
-    async def post_result(self, user_guid: str, result: dict[str, Any]) -> None:
+    async def post_result(
+        self, user_guid: str, result: dict[str, Any], *, finished: str | None = None
+    ) -> None:
         key = keys.mailbox_key(user_guid)
         pipe = self._redis.pipeline(transaction=True)
         pipe.rpush(key, orjson.dumps(result))
         pipe.ltrim(key, -MAILBOX_LENGTH, -1)
         pipe.expire(key, MAILBOX_TTL_S)
+        if finished is not None:
+            pipe.hdel(keys.running_key(), finished)
         await self._do("post_result", pipe.execute())
 
     async def undelivered(self, user_guid: str) -> list[dict[str, Any]]:
