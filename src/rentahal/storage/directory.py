@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from rentahal.errors import ConfigError
+from rentahal.nicknames import RESERVED_PREFIX
 from rentahal.storage import tables as t
 from rentahal.storage import totals
 from rentahal.storage.prefixes import ALL_PREFIXES, MAIN, OTHER, seed_shard
@@ -191,6 +192,16 @@ class DirectoryStore:
         base = have - rows
         await conn.execute(delete(t.totals_base))
         await conn.execute(insert(t.totals_base).values(id=1, **base.columns()))
+        if main_keeps_users:  # the indexes of unsharded days may lag behind the users
+            users = (await conn.execute(select(t.users.c.guid, t.users.c.nickname))).all()
+            await conn.execute(delete(t.nickname_index))
+            named = [{"nickname": u.nickname, "user_guid": u.guid} for u in users if u.nickname]
+            if named:
+                await conn.execute(insert(t.nickname_index), named)
+            if (await conn.execute(select(t.first_user.c.id))).first() is None:
+                people = [u for u in users if not (u.nickname or "").startswith(RESERVED_PREFIX)]
+                if people:
+                    await conn.execute(insert(t.first_user).values(id=1, guid=people[0].guid))
 
     async def begin_moves(self, moves: list[Move]) -> None:
         """Record moves (phase ``copying``); existing records of the same prefixes stay."""

@@ -28,7 +28,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from rentahal.config import Settings
@@ -92,6 +93,43 @@ class PrefixStorage(Storage):
             self._owner.suspect(name, exc)
             raise ShardUnavailable(name) from exc
 
+    async def get_or_create_user(self, guid: str) -> User:
+        """The user with ``guid``; created (with a nickname free in every shard) when unknown."""
+        user = await self.get_user(guid)
+        if user is not None:
+            return user
+        plain = guid.replace("-", "")
+        for nickname in (f"user_{guid[:8]}", f"user_{plain[:16]}", f"user_{plain}"):
+            if not await self._owner.claim_nickname(guid, nickname):
+                continue
+            try:
+                return await self._create_user(guid, nickname)
+            except IntegrityError:  # a concurrent connect created it
+                user = await self.get_user(guid)
+                if user is not None:
+                    if user.nickname != nickname:
+                        await self._owner.release_nickname(guid, nickname)
+                    return user
+                await self._owner.release_nickname(guid, nickname)
+        raise StorageError(f"no free nickname for user {guid[:8]}")
+
+    async def set_nickname(self, guid: str, nickname: str) -> bool:
+        """Rename a user; ``False`` when the nickname is taken in any shard."""
+        before = await self.get_user(guid)
+        if not await self._owner.claim_nickname(guid, nickname):
+            return False
+        try:
+            renamed = await super().set_nickname(guid, nickname)
+        except BaseException:
+            await self._owner.release_nickname(guid, nickname)
+            raise
+        if not renamed:
+            await self._owner.release_nickname(guid, nickname)
+            return False
+        if before is not None and before.nickname != nickname:
+            await self._owner.release_nickname(guid, before.nickname)
+        return True
+
     async def _create_user(self, guid: str, nickname: str) -> User:
         """Insert a user; the installation's very first one (main database) becomes sysop."""
         new = User(guid=guid, nickname=nickname, is_sysop=False)
@@ -119,9 +157,11 @@ class ShardedStorage(Storage):
         node_id: str = "",
         gather_timeout_s: float = GATHER_TIMEOUT_S,
         sync_interval_s: float = SYNC_INTERVAL_S,
+        serve: bool = True,
         echo: bool = False,
     ) -> None:
         super().__init__(url, echo=echo)
+        self.serve = serve  # False for the command line: no background upkeep
         self.realms_file = realms_file
         self.base_dir = realms_file.parent if realms_file is not None else Path()
         self.node_id = node_id
@@ -152,23 +192,44 @@ class ShardedStorage(Storage):
         await super().migrate()
         await self.open()
 
-    async def open(self, *, background: bool = True) -> None:
+    async def open(self) -> None:
         """Load the directory (creating it when sharding is configured) and the shards."""
         directory = await self.store.load()
         if directory is None:
             config = await self._configured()
             if not config.enabled:
                 return
-            for shard in config.shards:
-                await self.store.add_shard(shard.name, shard.connection_string)
-            await self._open_shards()
-            names = [s.name for s in config.shards]
-            directory = await self.store.create(names, config.shard_map, await self._main_users())
-        else:
-            await self._open_shards()
+            names = [(s.name, s.connection_string) for s in config.shards]
+            await self.enable(names, config.shard_map)
+            return
+        await self._open_shards()
         self.directory = directory
         await self._ensure_fences()
-        if background and self._task is None:
+        self._start()
+
+    async def enable(self, shards: list[tuple[str, str]], shard_map: dict[str, str]) -> None:
+        """Start sharding over ``shards`` (name, connection string): write the directory.
+
+        When the main database holds users already, every prefix stays there
+        (the main database is then shard ``main``) until moves are asked for.
+        """
+        for name, connection_string in shards:
+            await self.store.add_shard(name, connection_string)
+        await self._open_shards()
+        names = [name for name, _ in shards]
+        self.directory = await self.store.create(names, shard_map, await self._main_users())
+        await self._ensure_fences()
+        self._start()
+
+    async def add_shard(self, name: str, connection_string: str) -> None:
+        """Register (and migrate) a shard; it holds nothing until prefixes move to it."""
+        await self.store.add_shard(name, connection_string)
+        await self._open_shards()
+        if name in self._unmigrated:
+            raise ShardUnavailable(name)
+
+    def _start(self) -> None:
+        if self.serve and self._task is None:
             self._task = asyncio.create_task(self._run(), name="shard-sync")
 
     async def _configured(self) -> ShardingConfig:
@@ -198,7 +259,8 @@ class ShardedStorage(Storage):
                 url = shard_url(connection_string, self.base_dir)
                 self.shards[name] = Storage(url, connect_timeout_s=CONNECT_TIMEOUT_S)
                 fresh.append(name)
-        await asyncio.gather(*(self._migrate_shard(n) for n in fresh))
+        for name in fresh:  # one at a time: Alembic's context is process-global
+            await self._migrate_shard(name)
 
     async def _migrate_shard(self, name: str) -> bool:
         try:
@@ -255,6 +317,30 @@ class ShardedStorage(Storage):
         assert self.directory is not None
         name = self.directory.owner(prefix)
         return name, self.shards[name]
+
+    async def claim_nickname(self, guid: str, nickname: str) -> bool:
+        """Reserve ``nickname`` for ``guid`` across shards; ``False`` when another user has it."""
+        index = t.nickname_index.c
+        try:
+            async with self.begin() as conn:
+                await conn.execute(
+                    insert(t.nickname_index).values(nickname=nickname, user_guid=guid)
+                )
+        except IntegrityError:
+            async with self.begin() as conn:
+                holder = (
+                    await conn.execute(select(index.user_guid).where(index.nickname == nickname))
+                ).scalar()
+            return holder == guid
+        return True
+
+    async def release_nickname(self, guid: str, nickname: str) -> None:
+        """Free ``nickname`` if ``guid`` holds it."""
+        index = t.nickname_index.c
+        async with self.begin() as conn:
+            await conn.execute(
+                delete(t.nickname_index).where(index.nickname == nickname, index.user_guid == guid)
+            )
 
     def check_available(self, guid: str) -> None:
         """Raise ``ShardUnavailable`` when ``guid``'s shard is known to be down."""

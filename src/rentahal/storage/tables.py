@@ -220,6 +220,14 @@ api_key_index = Table(
     Column("user_guid", String, nullable=False),
 )
 
+# Main: nicknames are unique across shards (each shard's users table only sees its own).
+nickname_index = Table(
+    "nickname_index",
+    metadata,
+    Column("nickname", String, primary_key=True),
+    Column("user_guid", String, nullable=False),
+)
+
 # Main, one row (id 1): the user who became the sysop by the first-user rule.
 first_user = Table(
     "first_user",

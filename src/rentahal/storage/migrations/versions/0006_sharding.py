@@ -2,9 +2,10 @@
 
 Every database gets every table: the main database uses ``shards``,
 ``shard_directory``, ``shard_meta``, ``shard_moves``, ``shard_nodes``,
-``api_key_index``, ``first_user``, ``totals_applied`` and ``totals_base``; a
+``api_key_index``, ``nickname_index``, ``first_user``, ``totals_applied`` and ``totals_base``; a
 shard uses ``prefix_fences``, ``shard_totals`` and ``totals_outbox``. Existing
-API keys are entered in the index, and an existing first user is remembered.
+API keys and nicknames are entered in the indexes, and an existing first user
+is remembered.
 
 Revision ID: 0006
 """
@@ -71,6 +72,11 @@ def upgrade() -> None:
         sa.Column("user_guid", sa.String, nullable=False),
     )
     op.create_table(
+        "nickname_index",
+        sa.Column("nickname", sa.String, primary_key=True),
+        sa.Column("user_guid", sa.String, nullable=False),
+    )
+    op.create_table(
         "first_user",
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("guid", sa.String, nullable=False),
@@ -107,6 +113,12 @@ def upgrade() -> None:
             " SELECT key_hash, prefix, user_guid FROM api_keys"
         )
     )
+    bind.execute(
+        sa.text(
+            "INSERT INTO nickname_index (nickname, user_guid)"
+            " SELECT nickname, guid FROM users WHERE nickname IS NOT NULL"
+        )
+    )
     # The sysop of the first-user rule; with none, the oldest account stands in
     # (so that a later user never becomes sysop on an installation that has users).
     first = bind.execute(
@@ -130,6 +142,7 @@ def downgrade() -> None:
         "totals_base",
         "totals_applied",
         "first_user",
+        "nickname_index",
         "api_key_index",
         "shard_nodes",
         "shard_moves",
