@@ -216,6 +216,7 @@ class Ledger:
                 for key, (storage, entries) in self._by_storage(batch).items():
                     await self._write(key, storage, entries)
                 await self._apply_batches()
+                self._release_held()  # a busy ledger never leaves this loop
             if not self._held:
                 self._idle.set()
 
@@ -261,6 +262,11 @@ class Ledger:
                 continue
             if entry.held_since is not None:
                 self.holds.note(now - entry.held_since)
+                logger.debug(
+                    "job %s written after waiting %.3f s",
+                    entry.row["job_id"],
+                    now - entry.held_since,
+                )
             if not entry.done.done():
                 entry.done.set_result(outcome)
         if moving:
@@ -279,6 +285,7 @@ class Ledger:
                 continue
             if entry.held_since is None:
                 entry.held_since = now
+                logger.debug("job %s waits for prefix %s", entry.row["job_id"], prefix)
             if now - entry.held_since > HOLD_LIMIT_S:
                 late.append(entry)
                 continue
@@ -344,25 +351,33 @@ class Ledger:
         async with storage.begin() as conn:
             await conn.execute(insert(t.queries), rows)
             users, delta = await self._charge(conn, [r for r in rows if r["status"] == "done"])
-            await self._count(conn, storage, delta, {prefix_of(r["user_guid"]) for r in rows})
+            batch = await self._count(
+                conn, storage, delta, {prefix_of(r["user_guid"]) for r in rows}
+            )
+        if batch is not None:  # committed: the main database takes it after this round
+            self._batches.append(batch)
         return [(True, users.get(r["user_guid"]) if r["status"] == "done" else None) for r in rows]
 
     async def _count(
         self, conn: AsyncConnection, storage: Storage, delta: Delta, prefixes: set[str]
-    ) -> None:
-        """The system totals' part of a ledger transaction, and the fence check last."""
+    ) -> tuple[str, Delta] | None:
+        """The system totals' part of a ledger transaction, then the fence check.
+
+        Answers the outbox batch to apply to the main database once this commits.
+        """
         sharded = self._sharded()
         if sharded is None:
             await totals.add(conn, t.system_stats, delta)
-            return
+            return None
+        batch = None
         if storage is sharded.shards[MAIN]:  # the main database is a shard: one transaction
             await totals.add(conn, t.system_stats, delta)
             await totals.add(conn, t.shard_totals, delta)
         elif delta:
-            batch_id = uuid.uuid4().hex
-            await totals.add_to_outbox(conn, batch_id, delta)
-            self._batches.append((batch_id, delta))
+            batch = (uuid.uuid4().hex, delta)
+            await totals.add_to_outbox(conn, *batch)
         await fences.check(conn, prefixes)
+        return batch
 
     async def _charge(
         self, conn: AsyncConnection, charged: list[dict[str, Any]]
@@ -438,7 +453,9 @@ class Ledger:
                 },
             )
             delta = -Delta(1, float(row.processing_time or 0.0), float(row.cost or 0.0))
-            await self._count(conn, storage, delta, {prefix_of(user_guid)})
+            batch = await self._count(conn, storage, delta, {prefix_of(user_guid)})
+        if batch is not None:
+            self._batches.append(batch)
         await self._apply_batches()
         return True
 

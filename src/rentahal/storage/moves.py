@@ -213,8 +213,7 @@ class Mover:
                 )
         copying = [p for p in sorted(prefixes) if directory.owner(p) != target]
         await storage.store.begin_moves([Move(p, directory.owner(p), target, "") for p in copying])
-        await storage.sync(report=False)
-        directory = storage.directory
+        directory = await storage.store.load()
         assert directory is not None
         by_source: defaultdict[str, list[str]] = defaultdict(list)
         for prefix in copying:
@@ -266,10 +265,8 @@ class Mover:
         try:
             self._progress("catch up", 0, 1)
             report.caught_up += await self._copy_missing(src, dst, prefixes, guard)
-            report.users = await self._replace(src, dst, prefixes, t.users, t.users.c.guid)
-            report.keys = await self._replace(
-                src, dst, prefixes, t.api_keys, t.api_keys.c.user_guid
-            )
+            users = await self._replace(src, dst, prefixes, t.users, t.users.c.guid)
+            keys = await self._replace(src, dst, prefixes, t.api_keys, t.api_keys.c.user_guid)
             ours, theirs = await self._figures(src, prefixes), await self._figures(dst, prefixes)
             if not ours.same_as(theirs):
                 await self._sync_fields(src, dst, prefixes)
@@ -283,6 +280,8 @@ class Mover:
                 await fences.claim(conn, prefixes)
             report.version = await self.storage.store.switch(prefixes, report.target)
             switched = True
+            report.users += users
+            report.keys += keys
             report.held_s = max(report.held_s, time.monotonic() - started)
             self._progress("catch up", 1, 1)
         finally:

@@ -361,6 +361,7 @@ class ShardedStorage(Storage):
     def hold(self, prefix: str) -> None:
         """The prefix is frozen for a move: writes wait until its fence opens again."""
         if prefix not in self._held:
+            logger.debug("writes of prefix %s wait for a move", prefix)
             self._held[prefix] = asyncio.Event()
             self._wake.set()
 
@@ -436,6 +437,7 @@ class ShardedStorage(Storage):
                 fence = await fences.read(conn, [prefix])
                 now = await fences.db_now(conn)
             if fence and fence[0].open_at(now):
+                logger.debug("writes of prefix %s go to shard %s", prefix, name)
                 self._held.pop(prefix).set()
 
     async def _probe(self) -> None:
