@@ -116,7 +116,8 @@ class Importer:
                             f"{path} has no {table} table: not a RENT-A-HAL database"
                         )
                 await self._source_figures(src, present, report)
-                expected = await self._per_user(src, None)
+                has_status = "status" in present["queries"]
+                expected = await self._per_user(src, None, has_status=has_status)
                 for name in storage.directory.in_use():
                     await self._import_shard(src, present, name, fingerprint, report)
                 await self._globals(src, present, report)
@@ -139,7 +140,7 @@ class Importer:
     async def _source_figures(
         self, src: AsyncConnection, present: dict[str, set[str]], report: ImportReport
     ) -> None:
-        per_user = await self._per_user(src, None)
+        per_user = await self._per_user(src, None, has_status="status" in present["queries"])
         report.source_rows = sum(per_user.values(), Delta())
         if "system_stats" in present:
             row = (
@@ -177,15 +178,23 @@ class Importer:
             )
 
     @staticmethod
-    async def _per_user(conn: AsyncConnection, guids: list[str] | None) -> _PerUser:
-        """Charged rows per user GUID (of ``guids`` only, when given)."""
+    async def _per_user(
+        conn: AsyncConnection, guids: list[str] | None, *, has_status: bool = True
+    ) -> _PerUser:
+        """Charged rows per user GUID (of ``guids`` only, when given).
+
+        ``has_status``: the table has our ``status`` column (an original's has not:
+        every row of it was charged).
+        """
         q = t.queries.c
         query = select(
             q.user_guid,
             func.count().label("total_queries"),
             func.sum(q.processing_time).label("total_processing_time"),
             func.sum(q.cost).label("total_cost"),
-        ).where(totals.charged_rows())
+        )
+        if has_status:
+            query = query.where(totals.charged_rows())
         if guids is not None:
             query = query.where(q.user_guid.in_(guids))
         query = query.group_by(q.user_guid)

@@ -126,7 +126,9 @@ async def verify(storage: ShardedStorage) -> Report:
         row_guids = [*users, *(q.user_guid for q in queries), *(k.user_guid for k in keys)]
         _check_placement(report, name, directory.owners, moving, row_guids)
         _check_fences(report, name, directory.owners, moving, fence_rows, now)
-        jobs[name] = {q.job_id for q in queries if q.job_id}
+        jobs[name] = {
+            q.job_id for q in queries if q.job_id and prefix_of(q.user_guid or "") not in moving
+        }
         guids[name] = set(users)
         key_rows[name] = {(k.key_hash, k.user_guid) for k in keys}
     _check_duplicates(report, jobs, guids, moving)
