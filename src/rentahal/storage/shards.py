@@ -267,19 +267,20 @@ class ShardedStorage(Storage):
             async with asyncio.timeout(30):
                 await self.shards[name].migrate()
         except (StorageError, OSError, TimeoutError, ConfigError) as exc:
-            logger.error(
-                "shard %s is unavailable (%s); its users get errors until it is back", name, exc
-            )
+            if name not in self._down:
+                logger.error(
+                    "shard %s is unavailable (%s); its users get errors until it is back", name, exc
+                )
             self._down.setdefault(name, time.monotonic())
             self._unmigrated.add(name)
             return False
         self._unmigrated.discard(name)
         return True
 
-    async def _ensure_fences(self) -> None:
+    async def _ensure_fences(self, names: list[str] | None = None) -> None:
         """Fence rows for owned prefixes that have none (a fresh directory)."""
         assert self.directory is not None
-        for name in self.directory.in_use():
+        for name in names if names is not None else self.directory.in_use():
             if name in self._down:
                 continue
             owned = self.directory.owned_by(name)
@@ -447,11 +448,13 @@ class ShardedStorage(Storage):
             shard = self.shards.get(name)
             if shard is None:
                 continue
-            up = await shard.reachable(timeout_s=2.0)
-            if up and name in self._unmigrated:
+            if name in self._unmigrated:  # not migrated yet: its tables may not exist
                 up = await self._migrate_shard(name)
+            else:
+                up = await shard.reachable(timeout_s=2.0)
             if up and self._down.pop(name, None) is not None:
                 logger.info("shard %s answers again", name)
+                await self._ensure_fences([name])
             elif not up and name not in self._down:
                 logger.error("shard %s is down; its users get errors until it is back", name)
                 self._down[name] = time.monotonic()
