@@ -175,12 +175,12 @@ def add_db_commands(db_app: typer.Typer) -> None:
 
         async def work(
             storage: ShardedStorage, settings: Settings
-        ) -> tuple[MoveReport, dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+        ) -> tuple[MoveReport, dict[str, tuple[int, int]], dict[str, tuple[int, int]]] | None:
             if storage.directory is None:
+                # Nodes running now write without fences: nothing moves before they restart.
                 await storage.enable([(name, connection_string)], {})
-            else:
-                await storage.add_shard(name, connection_string)
-            assert storage.directory is not None
+                return None
+            await storage.add_shard(name, connection_string)
             before = await _counts(storage)
             plan = plan_reshard(storage.directory, name)
             with _bars() as bars:
@@ -194,8 +194,15 @@ def add_db_commands(db_app: typer.Typer) -> None:
                 report = await mover.move(plan, name)
             return report, before, await _counts(storage)
 
-        report, before, after = _run(config, work)
-        _print_move(report, before, after)
+        done = _run(config, work)
+        if done is None:
+            console.print(
+                f"sharding is on (shard {name} registered, the directory written; users already "
+                "in the main database stay there). Restart every node, then run this command "
+                "again to move prefixes."
+            )
+            return
+        _print_move(*done)
 
     @db_app.command("move")
     def db_move(

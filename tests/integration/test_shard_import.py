@@ -128,3 +128,17 @@ async def test_an_original_database_is_imported_into_three_shards(
     newcomer = await WSClient.connect(server.ws_url, guid_with("0c"))
     assert (await newcomer.connect_sequence())[0]["data"]["is_sysop"] is False
     await newcomer.close()
+
+    # verify finds what is wrong: a row in a shard the directory does not name, totals off.
+    with sqlite3.connect(home / "shards" / "b.db") as db:  # prefix 00 belongs to shard a
+        db.execute(
+            "INSERT INTO users (guid, nickname, is_sysop, total_query_time, total_cost,"
+            " is_banned, query_count) VALUES (?, 'stray', 0, 0, 0, 0, 0)",
+            (guid_with("00"),),
+        )
+    with sqlite3.connect(home / "llm_broker.db") as db:
+        db.execute("UPDATE system_stats SET total_queries = total_queries + 1")
+    broken = db_command(home, "verify")
+    assert broken.returncode == 1
+    assert "wrong shard" in broken.stdout and "prefix 00" in broken.stdout
+    assert "system totals" in broken.stdout

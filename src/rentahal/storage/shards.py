@@ -246,8 +246,12 @@ class ShardedStorage(Storage):
         return load_realms(self.realms_file).database_sharding
 
     async def _main_users(self) -> bool:
+        """Whether the main database holds user data already (users, or queries of any)."""
         async with self.begin() as conn:
-            return (await conn.execute(select(t.users.c.guid).limit(1))).first() is not None
+            for column in (t.users.c.guid, t.queries.c.id):
+                if (await conn.execute(select(column).limit(1))).first() is not None:
+                    return True
+        return False
 
     async def _open_shards(self) -> None:
         """Engines for registered shards not open yet; each is migrated (a down one later)."""
