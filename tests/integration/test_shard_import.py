@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import BrokerFactory
 from tests.support.client import WSClient
@@ -69,8 +72,17 @@ def _original(path: Path, guids: list[str]) -> list[tuple[str, str, float, float
     return made
 
 
+@pytest.fixture
+async def sockets() -> AsyncIterator[list[WSClient]]:
+    """Clients of a test, closed after it (also when it fails)."""
+    opened: list[WSClient] = []
+    yield opened
+    for client in opened:
+        await client.close()
+
+
 async def test_an_original_database_is_imported_into_three_shards(
-    tmp_path: Path, broker_factory: BrokerFactory
+    tmp_path: Path, broker_factory: BrokerFactory, sockets: list[WSClient]
 ) -> None:
     home = tmp_path / "broker0"
     write_installation(home, SHARDS)
@@ -118,16 +130,16 @@ async def test_an_original_database_is_imported_into_three_shards(
 
     server = broker_factory()  # the imported users are served from their shards
     client = await WSClient.connect(server.ws_url, guids[3])
+    sockets.append(client)
     sequence = await client.connect_sequence()
     assert sequence[0]["data"]["nickname"] == "dave3"
     previous = next(m for m in sequence if m["type"] == "previous_queries")["data"]
     assert [q["prompt"] for q in previous] == [f"{guids[3][:4]} q{k}" for k in (3, 2, 1, 0)]
     workers = next(m for m in sequence if m["type"] == "worker_update")["workers"]
     assert [w["name"] for w in workers] == ["old-sd"]
-    await client.close()
     newcomer = await WSClient.connect(server.ws_url, guid_with("0c"))
+    sockets.append(newcomer)
     assert (await newcomer.connect_sequence())[0]["data"]["is_sysop"] is False
-    await newcomer.close()
 
     # verify finds what is wrong: a row in a shard the directory does not name, totals off.
     with sqlite3.connect(home / "shards" / "b.db") as db:  # prefix 00 belongs to shard a

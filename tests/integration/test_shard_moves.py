@@ -7,6 +7,7 @@ import math
 import signal
 import sqlite3
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,15 @@ pytestmark = pytest.mark.timeout(120)
 FOUR = [(f"s{i}", f"shards/s{i}.db") for i in range(4)]
 
 
+@pytest.fixture
+async def sockets() -> AsyncIterator[list[WSClient]]:
+    """Clients of a test, closed after it (also when it fails)."""
+    opened: list[WSClient] = []
+    yield opened
+    for client in opened:
+        await client.close()
+
+
 async def _directory(home: Path) -> dict[str, str]:
     found = await rows(
         url_of(home, str(home / "llm_broker.db")), "SELECT prefix, shard FROM shard_directory"
@@ -38,7 +48,10 @@ async def _directory(home: Path) -> dict[str, str]:
 
 
 async def test_reshard_and_move_while_eight_clients_submit(
-    tmp_path: Path, broker_factory: BrokerFactory, ref_workers: dict[str, str]
+    tmp_path: Path,
+    broker_factory: BrokerFactory,
+    ref_workers: dict[str, str],
+    sockets: list[WSClient],
 ) -> None:
     home = tmp_path / "broker0"
     write_installation(home, FOUR)
@@ -46,6 +59,7 @@ async def test_reshard_and_move_while_eight_clients_submit(
     # ff..fc go to the new shard (the fullest shards give their highest prefixes); 05 is moved.
     prefixes = ["ff", "fe", "fd", "fc", "05", "06", "07", "08"]
     clients = [await WSClient.connect(server.ws_url, guid_with(p)) for p in prefixes]
+    sockets.extend(clients)
     for client in clients:
         await client.connect_sequence()
     results: dict[str, list[dict[str, Any]]] = {c.guid or "": [] for c in clients}
@@ -72,8 +86,6 @@ async def test_reshard_and_move_while_eight_clients_submit(
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-    for client in clients:
-        await client.close()
     print(out.decode(), out2.decode(), "ledger holds:", server.broker.ledger.holds)
 
     answers = [r for rs in results.values() for r in rs]
@@ -104,12 +116,12 @@ async def test_reshard_and_move_while_eight_clients_submit(
                 assert not [r for r in part if r[1] == guid]
     # A moved user's history reads back in order from the new shard.
     again = await WSClient.connect(server.ws_url, clients[0].guid)
+    sockets.append(again)
     previous = next(m for m in await again.connect_sequence() if m["type"] == "previous_queries")
     count = len(results[clients[0].guid or ""])
     assert [q["prompt"] for q in previous["data"]] == [
         f"{clients[0].guid} #{n}" for n in range(count - 1, max(-1, count - 11), -1)
     ]
-    await again.close()
     checked = db_command(home, "verify")
     assert checked.returncode == 0, checked.stdout + checked.stderr
 

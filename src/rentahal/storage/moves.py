@@ -250,14 +250,15 @@ class Mover:
         await self._name_rows(src, prefixes)
         guard = await self._copy_queries(src, dst, prefixes, report)
         for _attempt in range(_FREEZE_ATTEMPTS):
-            if await self._final(src, dst, prefixes, guard, report):
+            if await self._final(source, dst, prefixes, guard, report):
                 return
         raise MoveFailed(f"could not keep {source} frozen long enough; try a longer --hold-s")
 
     async def _final(
-        self, src: Storage, dst: Storage, prefixes: list[str], guard: int, report: MoveReport
+        self, source: str, dst: Storage, prefixes: list[str], guard: int, report: MoveReport
     ) -> bool:
         """Freeze, catch up, compare, switch; ``False`` when the freeze ran out (try again)."""
+        src = self.storage.shards[source]
         async with src.begin() as conn:
             until = await fences.freeze(conn, prefixes, self.hold_s)
         started = time.monotonic()
@@ -288,10 +289,9 @@ class Mover:
             if not switched:
                 async with src.begin() as conn:
                     await fences.thaw(conn, prefixes)
-        name = next(n for n, s in self.storage.shards.items() if s is src)
         async with src.begin() as conn:
             await fences.hand_on(conn, prefixes, report.target)
-        logger.info("prefixes %s switched from %s to %s", ",".join(prefixes), name, report.target)
+        logger.info("prefixes %s switched from %s to %s", ",".join(prefixes), source, report.target)
         return True
 
     async def _figures(self, storage: Storage, prefixes: list[str]) -> Figures:
