@@ -18,31 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from rentahal.config import Settings
 from rentahal.errors import ConfigError, ShardUnavailable, StorageError
 from rentahal.models import User
-from rentahal.nicknames import RESERVED_PREFIX
 from rentahal.realms.config import ShardingConfig, load_realms
-from rentahal.storage import fences, totals
+from rentahal.storage import fences, totals, views
 from rentahal.storage import tables as t
-from rentahal.storage.database import Storage, user_from_row
+from rentahal.storage.database import Storage
 from rentahal.storage.directory import Directory, DirectoryStore, shard_url
-from rentahal.storage.prefixes import MAIN, prefix_clause, prefix_of
-from rentahal.storage.scatter import GATHER_TIMEOUT_S, Gathered, gather
+from rentahal.storage.prefix_storage import PrefixStorage
+from rentahal.storage.prefixes import MAIN, prefix_of
+from rentahal.storage.scatter import GATHER_TIMEOUT_S
 
 logger = logging.getLogger(__name__)
 
@@ -53,97 +48,6 @@ RECOVER_INTERVAL_S = 10.0  # how often the totals outboxes are settled
 HOLD_POLL_S = 0.05  # how often a held prefix is looked at
 HOLD_LIMIT_S = 30.0  # the longest a write waits for a moving prefix
 CONNECT_TIMEOUT_S = 5.0
-
-
-class PrefixStorage(Storage):
-    """The ``Storage`` of one GUID prefix: each transaction goes to its current shard.
-
-    Writes commit only while that shard's fence lets them; while the prefix is
-    frozen for a move, a transaction first waits (at most ``HOLD_LIMIT_S``).
-    """
-
-    def __init__(self, owner: ShardedStorage, prefix: str) -> None:
-        self.url = owner.url
-        self.engine = owner.engine  # unused: every transaction resolves the shard
-        self._owns_engine = False
-        self._owner = owner
-        self.prefix = prefix
-
-    def for_user(self, guid: str) -> Storage:
-        """The storage holding ``guid``'s rows."""
-        return self._owner.for_user(guid)
-
-    async def migrate(self) -> None:
-        """Shards are migrated by their :class:`ShardedStorage`."""
-
-    @asynccontextmanager
-    async def begin(self) -> AsyncIterator[AsyncConnection]:
-        """A transaction on the prefix's shard, fenced; ``ShardUnavailable`` when it is down."""
-        await self._owner.wait_writable(self.prefix)
-        name, shard = self._owner.owner_of(self.prefix)
-        self._owner.raise_if_down(name)
-        try:
-            async with shard.begin() as conn:
-                yield conn
-                await fences.check(conn, [self.prefix])
-        except fences.PrefixMoving:
-            self._owner.hold(self.prefix)
-            raise
-        except (StorageError, OSError, TimeoutError) as exc:
-            self._owner.suspect(name, exc)
-            raise ShardUnavailable(name) from exc
-
-    async def get_or_create_user(self, guid: str) -> User:
-        """The user with ``guid``; created (with a nickname free in every shard) when unknown."""
-        user = await self.get_user(guid)
-        if user is not None:
-            return user
-        plain = guid.replace("-", "")
-        for nickname in (f"user_{guid[:8]}", f"user_{plain[:16]}", f"user_{plain}"):
-            if not await self._owner.claim_nickname(guid, nickname):
-                continue
-            try:
-                return await self._create_user(guid, nickname)
-            except IntegrityError:  # a concurrent connect created it
-                user = await self.get_user(guid)
-                if user is not None:
-                    if user.nickname != nickname:
-                        await self._owner.release_nickname(guid, nickname)
-                    return user
-                await self._owner.release_nickname(guid, nickname)
-        raise StorageError(f"no free nickname for user {guid[:8]}")
-
-    async def set_nickname(self, guid: str, nickname: str) -> bool:
-        """Rename a user; ``False`` when the nickname is taken in any shard."""
-        before = await self.get_user(guid)
-        if not await self._owner.claim_nickname(guid, nickname):
-            return False
-        try:
-            renamed = await super().set_nickname(guid, nickname)
-        except BaseException:
-            await self._owner.release_nickname(guid, nickname)
-            raise
-        if not renamed:
-            await self._owner.release_nickname(guid, nickname)
-            return False
-        if before is not None and before.nickname != nickname:
-            await self._owner.release_nickname(guid, before.nickname)
-        return True
-
-    async def _create_user(self, guid: str, nickname: str) -> User:
-        """Insert a user; the installation's very first one (main database) becomes sysop."""
-        new = User(guid=guid, nickname=nickname, is_sysop=False)
-        async with self.begin() as conn:
-            await conn.execute(insert(t.users).values(**new.model_dump()))
-        if nickname.startswith(RESERVED_PREFIX):
-            return new
-        if await self._owner.store.claim_first_user(guid):
-            async with self.begin() as conn:
-                await conn.execute(
-                    update(t.users).where(t.users.c.guid == guid).values(is_sysop=True)
-                )
-            new = new.model_copy(update={"is_sysop": True})
-        return new
 
 
 class ShardedStorage(Storage):
@@ -352,6 +256,10 @@ class ShardedStorage(Storage):
         if self.directory is not None:
             self.raise_if_down(self.directory.owner(prefix_of(guid)))
 
+    def down_shards(self) -> set[str]:
+        """The shards known to be down now."""
+        return set(self._down)
+
     def raise_if_down(self, name: str) -> None:
         """Fail fast while a shard is known to be down (probed every ``PROBE_INTERVAL_S``)."""
         if name in self._down:
@@ -501,78 +409,25 @@ class ShardedStorage(Storage):
             return await super().recent_queries(guid, limit)
         return await self.for_user(guid).recent_queries(guid, limit)
 
-    # sysop views: scatter-gather over the shards -----------------------------
-
-    async def _gather(self, work: Any) -> Gathered[Any]:
-        """``work(shard_storage, owned_prefixes)`` on every shard in use, within the limit."""
-        assert self.directory is not None
-        directory = self.directory
-        calls: dict[str, Callable[[], Awaitable[Any]]] = {}
-        for name in directory.in_use():
-            if name not in self._down:
-                calls[name] = functools.partial(work, self.shards[name], directory.owned_by(name))
-        result: Gathered[Any] = await gather(calls, self.gather_timeout_s)
-        result.missing += [n for n in directory.in_use() if n in self._down]
-        self.missing = sorted(result.missing)
-        return result
+    # sysop views: scatter-gather over the shards (rentahal.storage.views) -----
 
     async def list_users(self) -> list[User]:
         """Every user of every shard that answers, by nickname."""
         if self.directory is None:
             return await super().list_users()
-
-        async def users(shard: Storage, owned: list[str]) -> list[User]:
-            async with shard.begin() as conn:
-                rows = (
-                    await conn.execute(select(t.users).where(prefix_clause(t.users.c.guid, owned)))
-                ).all()
-            return [user_from_row(r) for r in rows]
-
-        found = await self._gather(users)
-        every = [u for part in found.answers.values() for u in part]
-        return sorted(every, key=lambda u: u.nickname)
+        return await views.list_users(self)
 
     async def users_by_guid(self, guids: list[str]) -> list[User]:
         """The users among ``guids`` that exist (each asked of its shard)."""
         if self.directory is None:
             return await super().users_by_guid(guids)
-        by_shard: defaultdict[str, list[str]] = defaultdict(list)
-        for guid in guids:
-            by_shard[self.directory.owner(prefix_of(guid))].append(guid)
-        calls: dict[str, Callable[[], Awaitable[list[User]]]] = {
-            name: functools.partial(self.shards[name].users_by_guid, wanted)
-            for name, wanted in by_shard.items()
-            if name not in self._down
-        }
-        found: Gathered[list[User]] = await gather(calls, self.gather_timeout_s)
-        self.missing = sorted(found.missing + [n for n in by_shard if n in self._down])
-        return [u for part in found.answers.values() for u in part]
+        return await views.users_by_guid(self, guids)
 
     async def average_times(self) -> dict[str, float]:
         """Average processing time of completed queries per type, over every shard."""
         if self.directory is None:
             return await super().average_times()
-        q = t.queries.c
-
-        async def sums(shard: Storage, owned: list[str]) -> list[tuple[str, float, int]]:
-            async with shard.begin() as conn:
-                rows = (
-                    await conn.execute(
-                        select(q.query_type, func.sum(q.processing_time), func.count())
-                        .where(totals.charged_rows(), prefix_clause(q.user_guid, owned))
-                        .group_by(q.query_type)
-                    )
-                ).all()
-            return [(str(r[0]), float(r[1] or 0.0), int(r[2])) for r in rows]
-
-        found = await self._gather(sums)
-        time_by_type: defaultdict[str, float] = defaultdict(float)
-        count_by_type: defaultdict[str, int] = defaultdict(int)
-        for part in found.answers.values():
-            for query_type, total, count in part:
-                time_by_type[query_type] += total
-                count_by_type[query_type] += count
-        return {k: time_by_type[k] / count_by_type[k] for k in time_by_type if count_by_type[k]}
+        return await views.average_times(self)
 
 
 def make_storage(settings: Settings) -> ShardedStorage:
