@@ -26,7 +26,7 @@ from rentahal.storage import tables as t
 from rentahal.storage.importer import Importer, ImportReport
 from rentahal.storage.moves import HOLD_S, Mover, MoveReport, plan_reshard
 from rentahal.storage.prefixes import ALL_PREFIXES
-from rentahal.storage.shards import SHARDS_CHANGED, ShardedStorage
+from rentahal.storage.shards import ShardedStorage
 from rentahal.storage.verify import Report, verify
 
 console = Console()
@@ -86,10 +86,10 @@ def _notifier(settings: Settings) -> Callable[[int], Awaitable[None]] | None:
         return None
 
     async def notify(version: int) -> None:
+        from rentahal.broker.control import CONTROL_CHANNEL, ShardsChanged
         from rentahal.bus.redis import publish_once
-        from rentahal.fleet import CONTROL_CHANNEL
 
-        await publish_once(url, CONTROL_CHANNEL, {"op": SHARDS_CHANGED, "version": version})
+        await publish_once(url, CONTROL_CHANNEL, ShardsChanged(version=version).model_dump())
 
     return notify
 

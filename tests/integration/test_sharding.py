@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from rentahal.storage.keys import KeyStore
 from tests.conftest import BrokerFactory
 from tests.support.client import WSClient
 from tests.support.postgres_server import PostgresServer
@@ -122,9 +121,10 @@ async def test_users_spread_over_six_shards_with_exact_totals(
     assert (await clients[1].expect("user_info"))["data"]["nickname"] == "hal"
     await clients[4].send({"type": "set_nickname", "nickname": "hal"})
     assert "taken" in (await clients[4].expect("error"))["message"]
-    keys = KeyStore(server.broker.storage)
-    created = server.call(keys.create(guids[4], "laptop"))
-    assert server.call(keys.lookup(created.key)) == guids[4]
+    await clients[4].send({"type": "create_api_key", "name": "laptop"})
+    key = (await clients[4].expect("api_key_created"))["key"]
+    owner = server.call(server.broker.user_of_key(key))
+    assert owner is not None and owner.guid == guids[4]
     assert len(await rows(urls["p0"], "SELECT 1 FROM api_keys")) == 1
     assert await rows(server.settings.database.url, "SELECT COUNT(*) FROM api_keys") == [(0,)]
     checked = db_command(home, "verify")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
@@ -17,8 +17,30 @@ from rentahal.storage import fences
 from rentahal.storage import tables as t
 from rentahal.storage.database import Storage
 
-if TYPE_CHECKING:
-    from rentahal.storage.shards import ShardedStorage
+
+class PrefixOwner(Protocol):
+    """What a :class:`PrefixStorage` asks of its sharded storage (``shards.ShardedStorage``)."""
+
+    url: str
+    engine: Any
+
+    def for_user(self, guid: str) -> Storage: ...
+
+    def owner_of(self, prefix: str) -> tuple[str, Storage]: ...
+
+    def raise_if_down(self, name: str) -> None: ...
+
+    def hold(self, prefix: str) -> None: ...
+
+    def suspect(self, name: str, exc: BaseException) -> None: ...
+
+    async def wait_writable(self, prefix: str) -> None: ...
+
+    async def claim_nickname(self, guid: str, nickname: str) -> bool: ...
+
+    async def release_nickname(self, guid: str, nickname: str) -> None: ...
+
+    async def claim_first_user(self, guid: str) -> bool: ...
 
 
 class PrefixStorage(Storage):
@@ -28,7 +50,7 @@ class PrefixStorage(Storage):
     frozen for a move, a transaction first waits (at most ``shards.HOLD_LIMIT_S``).
     """
 
-    def __init__(self, owner: ShardedStorage, prefix: str) -> None:
+    def __init__(self, owner: PrefixOwner, prefix: str) -> None:
         self.url = owner.url
         self.engine = owner.engine  # unused: every transaction resolves the shard
         self._owns_engine = False
@@ -103,7 +125,7 @@ class PrefixStorage(Storage):
             await conn.execute(insert(t.users).values(**new.model_dump()))
         if nickname.startswith(RESERVED_PREFIX):
             return new
-        if await self._owner.store.claim_first_user(guid):
+        if await self._owner.claim_first_user(guid):
             async with self.begin() as conn:
                 await conn.execute(
                     update(t.users).where(t.users.c.guid == guid).values(is_sysop=True)

@@ -30,7 +30,6 @@ from sqlalchemy.exc import IntegrityError
 from rentahal.config import Settings
 from rentahal.errors import ConfigError, ShardUnavailable, StorageError
 from rentahal.models import User
-from rentahal.realms.config import ShardingConfig, load_realms
 from rentahal.storage import fences, totals, views
 from rentahal.storage import tables as t
 from rentahal.storage.database import Storage
@@ -38,10 +37,10 @@ from rentahal.storage.directory import Directory, DirectoryStore, shard_url
 from rentahal.storage.prefix_storage import PrefixStorage
 from rentahal.storage.prefixes import MAIN, prefix_of
 from rentahal.storage.scatter import GATHER_TIMEOUT_S
+from rentahal.storage.shard_config import ShardingConfig, read_sharding
 
 logger = logging.getLogger(__name__)
 
-SHARDS_CHANGED = "shards_changed"  # control message (broker/control.py: ShardsChanged)
 SYNC_INTERVAL_S = 2.0  # how often a node compares its directory version (and reports it)
 PROBE_INTERVAL_S = 1.0  # how often a shard that failed is tried again
 RECOVER_INTERVAL_S = 10.0  # how often the totals outboxes are settled
@@ -147,7 +146,7 @@ class ShardedStorage(Storage):
             return ShardingConfig.model_validate(section)
         if self.realms_file is None:
             return ShardingConfig()
-        return load_realms(self.realms_file).database_sharding
+        return await asyncio.to_thread(read_sharding, self.realms_file)
 
     async def _main_users(self) -> bool:
         """Whether the main database holds user data already (users, or queries of any)."""
@@ -281,6 +280,10 @@ class ShardedStorage(Storage):
     def is_held(self, prefix: str) -> bool:
         """Whether writes of ``prefix`` wait for a move."""
         return prefix in self._held
+
+    async def claim_first_user(self, guid: str) -> bool:
+        """Whether ``guid`` is the installation's first user (then it becomes sysop)."""
+        return await self.store.claim_first_user(guid)
 
     async def wait_writable(self, prefix: str, limit_s: float = HOLD_LIMIT_S) -> None:
         """Wait (at most ``limit_s``) while ``prefix`` is held."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 
@@ -19,15 +19,24 @@ from rentahal.models import User
 from rentahal.storage import tables as t
 from rentahal.storage import totals
 from rentahal.storage.database import Storage, user_from_row
+from rentahal.storage.directory import Directory
 from rentahal.storage.prefixes import prefix_clause, prefix_of
 from rentahal.storage.scatter import Gathered, gather
 
-if TYPE_CHECKING:
-    from rentahal.storage.shards import ShardedStorage
+
+class ShardSet(Protocol):
+    """What the views read of a sharded storage (``shards.ShardedStorage``)."""
+
+    directory: Directory | None
+    shards: dict[str, Storage]
+    gather_timeout_s: float
+    missing: list[str]
+
+    def down_shards(self) -> set[str]: ...
 
 
 async def _each_shard(
-    storage: ShardedStorage, work: Callable[[Storage, list[str]], Awaitable[Any]]
+    storage: ShardSet, work: Callable[[Storage, list[str]], Awaitable[Any]]
 ) -> Gathered[Any]:
     """``work(shard, owned_prefixes)`` on every shard in use, within the time limit."""
     directory = storage.directory
@@ -44,7 +53,7 @@ async def _each_shard(
     return result
 
 
-async def list_users(storage: ShardedStorage) -> list[User]:
+async def list_users(storage: ShardSet) -> list[User]:
     """Every user of every shard that answers, by nickname."""
 
     async def users(shard: Storage, owned: list[str]) -> list[User]:
@@ -59,7 +68,7 @@ async def list_users(storage: ShardedStorage) -> list[User]:
     return sorted(every, key=lambda u: u.nickname)
 
 
-async def users_by_guid(storage: ShardedStorage, guids: list[str]) -> list[User]:
+async def users_by_guid(storage: ShardSet, guids: list[str]) -> list[User]:
     """The users among ``guids`` that exist, each asked of its own shard."""
     directory = storage.directory
     assert directory is not None
@@ -77,7 +86,7 @@ async def users_by_guid(storage: ShardedStorage, guids: list[str]) -> list[User]
     return [u for part in found.answers.values() for u in part]
 
 
-async def average_times(storage: ShardedStorage) -> dict[str, float]:
+async def average_times(storage: ShardSet) -> dict[str, float]:
     """Average processing time of completed queries per query type, over every shard."""
     q = t.queries.c
 
