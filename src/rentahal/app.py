@@ -36,7 +36,7 @@ from rentahal.federation.service import start_federation
 from rentahal.realms.registration import LeaseSweeper, Registrations
 from rentahal.realms.scaler import RealmScaler, ScalerCollector
 from rentahal.realms.scaler_book import ScalerBook
-from rentahal.storage.database import Storage
+from rentahal.storage.shards import make_storage
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            storage = Storage(settings.database.url)
+            storage = make_storage(settings)  # sharded when realms.yml says so
             stack.push_async_callback(_within, CLOSE_TIMEOUT_S, "database", storage.close)
             client = make_http_client(settings)
             stack.push_async_callback(_within, CLOSE_TIMEOUT_S, "http client", client.close)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rentahal.admin_cli import pools_app, realms_app, workers_app
 from rentahal.bench import bench_app
 from rentahal.config import Settings, load_settings
+from rentahal.db_cli import add_db_commands
 from rentahal.errors import ConfigError
 from rentahal.keys_cli import keys_app
 from rentahal.lifecycle import exit_on_signals
@@ -23,6 +24,7 @@ from rentahal.worker.cli import worker_command
 app = typer.Typer(help="RENT-A-HAL realm broker", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database maintenance", no_args_is_help=True)
 users_app = typer.Typer(help="User administration", no_args_is_help=True)
+add_db_commands(db_app)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
@@ -145,13 +147,14 @@ def demo(
 
 @db_app.command("upgrade")
 def db_upgrade(config: Path = ConfigOpt) -> None:
-    """Create or migrate the database (an original llm_broker.db is imported in place)."""
-    from rentahal.storage.database import Storage
+    """Create or migrate the database and its shards (an original llm_broker.db in place)."""
+    from rentahal.storage.shards import ShardedStorage
 
     settings = _settings(config)
 
     async def run() -> None:
-        storage = Storage(settings.database.url)
+        realms_file = Path(settings.broker.realms_file)
+        storage = ShardedStorage(settings.database.url, realms_file=realms_file, serve=False)
         try:
             await storage.migrate()
         finally:
@@ -168,12 +171,13 @@ def users_sysop(
     config: Path = ConfigOpt,
 ) -> None:
     """Grant (or revoke) sysop rights: the only way besides the first-user rule."""
-    from rentahal.storage.database import Storage
+    from rentahal.storage.shards import ShardedStorage
 
     settings = _settings(config)
 
     async def run() -> bool:
-        storage = Storage(settings.database.url)
+        realms_file = Path(settings.broker.realms_file)
+        storage = ShardedStorage(settings.database.url, realms_file=realms_file, serve=False)
         try:
             await storage.migrate()
             if not await storage.set_sysop(guid, not revoke):

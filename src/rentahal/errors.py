@@ -21,7 +21,9 @@ meets them; code above that layer only sees these types::
     ├── StaleVersion             a realm-config edit based on an older version
     ├── BusError                 the queue transport failed
     └── StorageError             the database refused a write
-        └── LedgerDeferred       ... and the ledger row waits in the local spool
+        ├── LedgerDeferred       ... and the ledger row waits in the local spool
+        ├── ShardUnavailable     the shard holding the user's data does not answer
+        └── PrefixMoving         the user's data is being moved between shards
 """
 
 from __future__ import annotations
@@ -141,3 +143,27 @@ class PeerLost(WorkerError):
 
 class LedgerDeferred(StorageError):
     """The database refused a ledger row; it is in the local spool and written later."""
+
+
+class ShardUnavailable(StorageError):
+    """The database shard that holds a user's data does not answer; ``str(exc)`` says so."""
+
+    def __init__(self, shard: str) -> None:
+        super().__init__(
+            "The database holding your account is unavailable right now; "
+            "please try again shortly (nothing you did is lost)"
+        )
+        self.shard = shard
+
+
+class PrefixMoving(StorageError):
+    """The user's data is being moved (or has moved) to another shard: try again soon.
+
+    ``prefixes`` are the GUID prefixes whose writes were refused.
+    """
+
+    def __init__(self, prefixes: list[str]) -> None:
+        super().__init__(
+            "Your account's data is being moved to another database; please try again in a moment"
+        )
+        self.prefixes = prefixes

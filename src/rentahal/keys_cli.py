@@ -16,6 +16,7 @@ from rentahal.errors import ConfigError
 from rentahal.models import is_valid_guid
 from rentahal.storage.database import Storage
 from rentahal.storage.keys import KeyStore
+from rentahal.storage.shards import ShardedStorage
 
 keys_app = typer.Typer(help="API keys for the HTTP API", no_args_is_help=True)
 console = Console()
@@ -26,7 +27,7 @@ T = TypeVar("T")
 
 
 def with_storage(config: Path, work: Callable[[Storage], Awaitable[T]]) -> T:
-    """Run ``work`` on a migrated storage of ``config``'s database."""
+    """Run ``work`` on a migrated storage of ``config``'s database (and its shards)."""
     try:
         settings = load_settings(config)
     except ConfigError as exc:
@@ -34,7 +35,8 @@ def with_storage(config: Path, work: Callable[[Storage], Awaitable[T]]) -> T:
         raise typer.Exit(2) from exc
 
     async def run() -> T:
-        storage = Storage(settings.database.url)
+        realms_file = Path(settings.broker.realms_file)
+        storage = ShardedStorage(settings.database.url, realms_file=realms_file, serve=False)
         try:
             await storage.migrate()
             return await work(storage)

@@ -75,7 +75,7 @@ async def test_migrate_twice_is_idempotent(storage: Storage) -> None:
                 )
             ).scalars()
         )
-    assert version == "0005"
+    assert version == "0006"
     assert stats_rows == 1
     assert {"users", "queries", "ai_workers", "huggingface_models", "system_stats"} <= tables
     assert {"api_keys", "realm_config", "federation_peers"} <= tables

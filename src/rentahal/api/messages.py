@@ -13,7 +13,13 @@ from pydantic import BaseModel, Field, ValidationError
 
 from rentahal.api.keys_ws import KEY_HANDLERS
 from rentahal.broker import Broker
-from rentahal.errors import BrokerError, QueryRejected, StorageError
+from rentahal.errors import (
+    BrokerError,
+    PrefixMoving,
+    QueryRejected,
+    ShardUnavailable,
+    StorageError,
+)
 from rentahal.media import decode_audio
 from rentahal.models import AIWorker, HuggingFaceModel, Job, Query, User, is_valid_guid
 from rentahal.realms.connections import Connection
@@ -60,6 +66,8 @@ def handle_error(session: Session, kind: str, exc: BaseException) -> None:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "message"
         text = f"Invalid {kind}: {where}: {first['msg']}"
+    elif isinstance(exc, (ShardUnavailable, PrefixMoving)):
+        text = str(exc)  # names no shard, only that the user's own data is affected
     elif isinstance(exc, StorageError):
         logger.error("storage error in %s: %s", kind, exc)
         text = "The database is unavailable; please try again later"

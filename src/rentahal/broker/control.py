@@ -112,6 +112,13 @@ class RealmsChanged(_Control):
     version: int = 0
 
 
+class ShardsChanged(_Control):
+    """A move switched shard prefixes (``rentahal db``): reload the directory now."""
+
+    op: Literal["shards_changed"] = "shards_changed"
+    version: int = 0
+
+
 ControlMessage = Annotated[
     Ban
     | Unban
@@ -123,7 +130,8 @@ ControlMessage = Annotated[
     | WorkersChanged
     | ModelsChanged
     | Health
-    | RealmsChanged,
+    | RealmsChanged
+    | ShardsChanged,
     Field(discriminator="op"),
 ]
 # mypy reads the annotated union as a value, not a type; pydantic takes it as the type.

@@ -22,7 +22,13 @@ from typing import Any
 
 from rentahal.admission import Admission
 from rentahal.backends import HttpClient
-from rentahal.broker.control import Cancel, ControlChannel, RealmsChanged, Terminate
+from rentahal.broker.control import (
+    Cancel,
+    ControlChannel,
+    RealmsChanged,
+    ShardsChanged,
+    Terminate,
+)
 from rentahal.broker.delivery import Delivery
 from rentahal.broker.direct import DirectCalls
 from rentahal.broker.fleet import Fleet
@@ -219,6 +225,7 @@ class Broker:
         self._control.on(Cancel, self._on_cancel)
         self._control.on(Terminate, self._on_terminate)
         self._control.on(RealmsChanged, self._on_realms_changed)
+        self._control.on(ShardsChanged, self._on_shards_changed)
 
     # lifecycle
 
@@ -348,6 +355,7 @@ class Broker:
         image or audio, bad image) or ``NoWorkerAvailable``; images come back
         preprocessed.
         """
+        self._storage.check_available(user_guid)  # the user's shard is down: a clear error
         user = await self._users.cached(user_guid)
         if user is None:
             raise QueryRejected("Unknown user")
@@ -465,6 +473,9 @@ class Broker:
 
     async def _on_realms_changed(self, message: RealmsChanged) -> None:
         self._queues.realms_changed()
+
+    async def _on_shards_changed(self, message: ShardsChanged) -> None:
+        self._storage.directory_changed()
 
     async def _on_cancel(self, message: Cancel) -> None:
         self._jobs.cancel_here(message.job_id)

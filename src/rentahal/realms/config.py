@@ -28,6 +28,7 @@ from pydantic import (
 from rentahal.errors import ConfigError
 from rentahal.models import QUERY_TYPES
 from rentahal.realms.strategies import STRATEGY_NAMES
+from rentahal.storage.shard_config import ShardingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -169,48 +170,6 @@ class DiscoveryConfig(BaseModel):
     advertise_interval: float = Field(
         default=300.0, gt=0, validation_alias=AliasChoices("advertise_interval", "interval_s")
     )
-
-
-class ShardConfig(BaseModel):
-    """One database shard: a name and a SQLAlchemy URL or a plain SQLite file path."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=64)
-    connection_string: str = Field(min_length=1)
-
-
-class ShardingConfig(BaseModel):
-    """User-data sharding by GUID prefix (the seed's ``database_sharding``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = False
-    shards: list[ShardConfig] = Field(default_factory=list)
-    shard_map: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("shards", mode="before")
-    @classmethod
-    def _plain_strings(cls, value: Any) -> Any:
-        # Our older form: a list of connection strings, named shard_0, shard_1, ...
-        if isinstance(value, list):
-            return [
-                {"name": f"shard_{i}", "connection_string": item} if isinstance(item, str) else item
-                for i, item in enumerate(value)
-            ]
-        return value
-
-    @model_validator(mode="after")
-    def _known_shards(self) -> ShardingConfig:
-        names = [shard.name for shard in self.shards]
-        if len(set(names)) != len(names):
-            raise ValueError("shard names must be unique")
-        for prefix, shard in self.shard_map.items():
-            if shard not in names:
-                raise ValueError(f"shard_map: prefix {prefix!r} names unknown shard {shard!r}")
-        if self.enabled and not self.shards:
-            raise ValueError("sharding is enabled but no shards are listed")
-        return self
 
 
 class FederationConfig(BaseModel):

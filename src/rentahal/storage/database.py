@@ -87,28 +87,50 @@ def user_from_row(row: Any) -> User:
 class Storage:
     """Users, queries, workers and totals in one database.
 
-    ``for_user(guid)`` is the sharding seam: today it answers ``self``; a shard
-    manager answers the storage that holds that user's data.
+    ``for_user(guid)`` is the sharding seam: here it answers ``self``;
+    :class:`~rentahal.storage.shards.ShardedStorage` answers the storage of
+    the shard that holds that user's data.
     """
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, connect_timeout_s: float | None = None
+    ) -> None:
         self.url = url
+        self._owns_engine = True
         kwargs: dict[str, Any] = {"echo": echo}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
         else:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+            if connect_timeout_s is not None:
+                kwargs["connect_args"] = {"timeout": connect_timeout_s}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+
+    @classmethod
+    def sharing(cls, other: Storage) -> Storage:
+        """A plain storage on ``other``'s engine (``other`` closes it)."""
+        view = cls.__new__(cls)
+        view.url = other.url
+        view.engine = other.engine
+        view._owns_engine = False
+        return view
 
     def for_user(self, guid: str) -> Storage:
         """The storage holding ``guid``'s rows."""
         return self
 
+    def check_available(self, guid: str) -> None:
+        """Raise ``ShardUnavailable`` when ``guid``'s shard is known to be down (never here)."""
+
+    def directory_changed(self) -> None:
+        """Another process changed the shard directory (nothing to do unsharded)."""
+
     async def close(self) -> None:
         """Dispose of the engine's connections."""
-        await self.engine.dispose()
+        if self._owns_engine:
+            await self.engine.dispose()
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:

@@ -69,10 +69,15 @@ class CreatedKey:
 
 
 class KeyStore:
-    """Creates, lists, revokes and looks up API keys in the ``api_keys`` table.
+    """Creates, lists, revokes and looks up API keys.
 
-    Keys live in the main database (not per user shard): a lookup starts from
-    the key alone, before the user is known.
+    A key's row (name, prefix, hash, revoked) lives with its user's data (the
+    user's shard when sharded); the main database keeps an index from the
+    key's hash and prefix to the user (``api_key_index``), because a lookup
+    starts from the key alone, before the user is known. Unsharded, both are
+    written in one transaction; sharded, the index entry comes first, so a key
+    is never usable without it, and an index entry whose row never came
+    points at no live key.
     """
 
     def __init__(self, storage: Storage) -> None:
@@ -86,35 +91,56 @@ class KeyStore:
         ``KeyLimitReached`` when the user already has ``max_keys`` live keys.
         """
         name = name.strip()[:MAX_NAME_CHARS]
+        home = self._storage.for_user(user_guid)
         for _ in range(_CREATE_ATTEMPTS):
             key = KEY_PREFIX + secrets.token_urlsafe(32)
             prefix = key[:PREFIX_CHARS]
             now = _utcnow()
+            row: dict[str, object] = {
+                "user_guid": user_guid,
+                "name": name,
+                "prefix": prefix,
+                "key_hash": hash_key(key),
+                "created_at": now,
+                "revoked": False,
+            }
+            index = {"key_hash": hash_key(key), "prefix": prefix, "user_guid": user_guid}
             try:
-                async with self._storage.begin() as conn:
+                if home is self._storage:
+                    async with self._storage.begin() as conn:
+                        if max_keys is not None:
+                            await self._check_limit(conn, user_guid, max_keys)
+                        if not await self._index(conn, index):
+                            continue
+                        await conn.execute(insert(t.api_keys).values(**row))
+                else:
                     if max_keys is not None:
-                        await self._check_limit(conn, user_guid, max_keys)
-                    taken = (
-                        await conn.execute(
-                            select(t.api_keys.c.id).where(t.api_keys.c.prefix == prefix)
-                        )
-                    ).first()
-                    if taken is not None:
-                        continue
-                    await conn.execute(
-                        insert(t.api_keys).values(
-                            user_guid=user_guid,
-                            name=name,
-                            prefix=prefix,
-                            key_hash=hash_key(key),
-                            created_at=now,
-                            revoked=False,
-                        )
-                    )
+                        async with home.begin() as conn:
+                            await self._check_limit(conn, user_guid, max_keys)
+                    async with self._storage.begin() as conn:
+                        if not await self._index(conn, index):
+                            continue
+                    async with home.begin() as conn:
+                        await conn.execute(insert(t.api_keys).values(**row))
             except IntegrityError:
                 continue
             return CreatedKey(key, ApiKeyInfo(prefix, name, now.isoformat(), False))
         raise RuntimeError("could not make a unique API key prefix")  # 48 random bits: never
+
+    @staticmethod
+    async def _index(conn: AsyncConnection, index: dict[str, str]) -> bool:
+        """Enter a key in the main index; ``False`` when its prefix is taken."""
+        taken = (
+            await conn.execute(
+                select(t.api_key_index.c.key_hash).where(
+                    t.api_key_index.c.prefix == index["prefix"]
+                )
+            )
+        ).first()
+        if taken is not None:
+            return False
+        await conn.execute(insert(t.api_key_index).values(**index))
+        return True
 
     @staticmethod
     async def _check_limit(conn: AsyncConnection, user_guid: str, max_keys: int) -> None:
@@ -136,7 +162,7 @@ class KeyStore:
 
     async def list_keys(self, user_guid: str) -> list[ApiKeyInfo]:
         """The user's keys (revoked ones too), oldest first."""
-        async with self._storage.begin() as conn:
+        async with self._storage.for_user(user_guid).begin() as conn:
             rows = (
                 await conn.execute(
                     select(t.api_keys)
@@ -154,25 +180,47 @@ class KeyStore:
 
         ``False`` when no such live key exists.
         """
-        condition = (t.api_keys.c.prefix == prefix) & (t.api_keys.c.revoked.is_(False))
+        index = t.api_key_index.c
+        condition = index.prefix == prefix
         if user_guid is not None:
-            condition = condition & (t.api_keys.c.user_guid == user_guid)
+            condition = condition & (index.user_guid == user_guid)
         async with self._storage.begin() as conn:
-            result = await conn.execute(update(t.api_keys).where(condition).values(revoked=True))
-        return result.rowcount > 0
+            owners: list[str] = sorted(
+                set((await conn.execute(select(index.user_guid).where(condition))).scalars())
+            )
+        revoked = False
+        for owner in owners:
+            keys = t.api_keys.c
+            async with self._storage.for_user(owner).begin() as conn:
+                result = await conn.execute(
+                    update(t.api_keys)
+                    .where(keys.prefix == prefix, keys.user_guid == owner, keys.revoked.is_(False))
+                    .values(revoked=True)
+                )
+            revoked = revoked or result.rowcount > 0
+        return revoked
 
     async def lookup(self, key: str) -> str | None:
         """The user GUID of a live (unrevoked) key, or ``None``."""
         if not key.startswith(KEY_PREFIX) or len(key) > MAX_KEY_CHARS:
             return None
+        digest = hash_key(key)
         async with self._storage.begin() as conn:
-            row = (
+            guid = (
                 await conn.execute(
-                    select(t.api_keys.c.user_guid, t.api_keys.c.revoked).where(
-                        t.api_keys.c.key_hash == hash_key(key)
+                    select(t.api_key_index.c.user_guid).where(t.api_key_index.c.key_hash == digest)
+                )
+            ).scalar()
+        if guid is None:
+            return None
+        async with self._storage.for_user(guid).begin() as conn:
+            revoked = (
+                await conn.execute(
+                    select(t.api_keys.c.revoked).where(
+                        t.api_keys.c.key_hash == digest, t.api_keys.c.user_guid == guid
                     )
                 )
             ).first()
-        if row is None or row.revoked:
+        if revoked is None or revoked[0]:
             return None
-        return str(row.user_guid)
+        return str(guid)

@@ -6,6 +6,13 @@ system totals, one commit), so a busy broker does not pay a commit per query.
 A batch the database refuses goes to the :class:`~rentahal.storage.spool.LedgerSpool`
 (when there is one) and is replayed in the background once the database takes
 writes again; ``job_id`` is unique, so a row replayed twice is counted once.
+
+Sharded (:class:`~rentahal.storage.shards.ShardedStorage`), a batch is
+grouped per shard: the query rows, the users' totals and the shard's counter
+commit in the user's shard, and the batch's charges reach the main
+database's ``system_stats`` through the shard's outbox, once per batch
+(:mod:`rentahal.storage.totals`). Rows of a prefix that is being moved wait
+(at most ``HOLD_LIMIT_S``) and are written to its new shard after the switch.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,9 +34,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from rentahal.config import CostSettings
 from rentahal.errors import LedgerDeferred, StorageError
 from rentahal.models import Job, Result, User
+from rentahal.storage import fences, totals
 from rentahal.storage import tables as t
 from rentahal.storage.database import Storage, user_from_row
+from rentahal.storage.prefixes import MAIN, prefix_of
+from rentahal.storage.shards import HOLD_LIMIT_S, HOLD_POLL_S, ShardedStorage
 from rentahal.storage.spool import LedgerSpool
+from rentahal.storage.totals import Delta
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +68,22 @@ def compute_cost(processing_time_s: float, costs: CostSettings) -> float:
 class _Entry:
     row: dict[str, Any]
     done: asyncio.Future[Outcome] = field(repr=False)
+    held_since: float | None = None  # when its prefix was first found moving
+
+
+@dataclass(slots=True)
+class HoldStats:
+    """Rows that waited for a moving prefix: how many, the longest and the total wait."""
+
+    held: int = 0
+    max_wait_s: float = 0.0
+    total_wait_s: float = 0.0
+
+    def note(self, wait_s: float) -> None:
+        """One row was written after waiting ``wait_s``."""
+        self.held += 1
+        self.max_wait_s = max(self.max_wait_s, wait_s)
+        self.total_wait_s += wait_s
 
 
 def _row(job: Job, result: Result, now: datetime) -> dict[str, Any]:
@@ -98,6 +127,9 @@ class Ledger:
         self.spool = spool
         self._replay_interval_s = replay_interval_s
         self._pending: list[_Entry] = []
+        self._held: list[_Entry] = []
+        self._batches: list[tuple[str, Delta]] = []  # outbox batches main has yet to take
+        self.holds = HoldStats()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -137,7 +169,10 @@ class Ledger:
         return await done
 
     async def close(self) -> None:
-        """Write what is pending, then stop the writer and the replay."""
+        """Write what is pending, then stop the writer and the replay.
+
+        Rows still waiting for a moving prefix after the limit are spooled.
+        """
         if self._task is not None and not self._task.done():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(10):
@@ -147,36 +182,134 @@ class Ledger:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        left, self._pending, self._held = self._pending + self._held, [], []
+        if left:
+            error = await self._defer(left, StorageError("the broker stopped before writing"))
+            for entry in left:
+                if not entry.done.done():
+                    entry.done.set_exception(error)
+
+    def _sharded(self) -> ShardedStorage | None:
+        storage = self._storage
+        return storage if isinstance(storage, ShardedStorage) and storage.sharded else None
+
+    def _placement(self, guid: str) -> tuple[str, Storage]:
+        """Where ``guid``'s rows go: a grouping key and the shard's storage."""
+        sharded = self._sharded()
+        if sharded is None:
+            storage = self._storage.for_user(guid)
+            return str(id(storage)), storage
+        return sharded.owner_of(prefix_of(guid))
 
     async def _run(self) -> None:
         while True:
-            await self._wakeup.wait()
+            if self._held:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(HOLD_POLL_S):
+                        await self._wakeup.wait()
+            else:
+                await self._wakeup.wait()
             self._wakeup.clear()
+            self._release_held()
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                for storage, entries in self._by_storage(batch):
-                    await self._write(storage, entries)
-            self._idle.set()
+                for key, (storage, entries) in self._by_storage(batch).items():
+                    await self._write(key, storage, entries)
+                await self._apply_batches()
+                self._release_held()  # a busy ledger never leaves this loop
+            if not self._held:
+                self._idle.set()
 
-    def _by_storage(self, entries: list[_Entry]) -> list[tuple[Storage, list[_Entry]]]:
-        groups: dict[int, tuple[Storage, list[_Entry]]] = {}
+    def _by_storage(self, entries: list[_Entry]) -> dict[str, tuple[Storage, list[_Entry]]]:
+        groups: dict[str, tuple[Storage, list[_Entry]]] = {}
         for entry in entries:
-            storage = self._storage.for_user(entry.row["user_guid"])
-            groups.setdefault(id(storage), (storage, []))[1].append(entry)
-        return list(groups.values())
+            key, storage = self._placement(entry.row["user_guid"])
+            groups.setdefault(key, (storage, []))[1].append(entry)
+        return groups
 
-    async def _write(self, storage: Storage, entries: list[_Entry]) -> None:
+    def _release_held(self) -> None:
+        """Rows whose prefix is writable again (or that waited too long) go back in line."""
+        sharded = self._sharded()
+        now, keep = time.monotonic(), []
+        for entry in self._held:
+            prefix = prefix_of(entry.row["user_guid"])
+            waited = now - (entry.held_since or now)
+            if sharded is None or not sharded.is_held(prefix) or waited > HOLD_LIMIT_S:
+                self._pending.append(entry)
+            else:
+                keep.append(entry)
+        self._held = keep
+
+    async def _write(self, key: str, storage: Storage, entries: list[_Entry]) -> None:
         try:
             outcomes = await self._write_rows(storage, [e.row for e in entries])
+        except fences.PrefixMoving as exc:
+            await self._hold(entries, set(exc.prefixes))
+            return
         except Exception as exc:
+            sharded = self._sharded()
+            if sharded is not None:
+                sharded.suspect(key, exc)
             error = await self._defer(entries, exc)
             for entry in entries:
                 if not entry.done.done():
                     entry.done.set_exception(error)
             return
+        now, moving = time.monotonic(), []
         for entry, outcome in zip(entries, outcomes, strict=True):
+            if outcome is None:
+                moving.append(entry)
+                continue
+            if entry.held_since is not None:
+                self.holds.note(now - entry.held_since)
+                logger.debug(
+                    "job %s written after waiting %.3f s",
+                    entry.row["job_id"],
+                    now - entry.held_since,
+                )
             if not entry.done.done():
                 entry.done.set_result(outcome)
+        if moving:
+            await self._hold(moving, {prefix_of(e.row["user_guid"]) for e in moving})
+
+    async def _hold(self, entries: list[_Entry], moving: set[str]) -> None:
+        """Rows of moving prefixes wait; the others of their batch go again at once."""
+        sharded = self._sharded()
+        now, late = time.monotonic(), []
+        if not any(prefix_of(e.row["user_guid"]) in moving for e in entries):
+            moving = {prefix_of(e.row["user_guid"]) for e in entries}
+        for entry in entries:
+            prefix = prefix_of(entry.row["user_guid"])
+            if prefix not in moving:
+                self._pending.append(entry)
+                continue
+            if entry.held_since is None:
+                entry.held_since = now
+                logger.debug("job %s waits for prefix %s", entry.row["job_id"], prefix)
+            if now - entry.held_since > HOLD_LIMIT_S:
+                late.append(entry)
+                continue
+            self._held.append(entry)
+            if sharded is not None:
+                sharded.hold(prefix)
+        if late:
+            error = await self._defer(late, StorageError("the account's data is still moving"))
+            for entry in late:
+                if not entry.done.done():
+                    entry.done.set_exception(error)
+
+    async def _apply_batches(self) -> None:
+        """Give the main database the charges the shards committed this round."""
+        if not self._batches:
+            return
+        batches, self._batches = self._batches, []
+        try:
+            async with asyncio.timeout(totals.APPLY_TIMEOUT_S):
+                await totals.apply_with(self._storage.begin, batches)
+        except Exception as exc:  # the shards' outboxes keep them; recovery applies them
+            logger.warning(
+                "system totals of %d batch(es) wait in the outbox: %s", len(batches), exc
+            )
 
     async def _defer(self, entries: list[_Entry], exc: Exception) -> Exception:
         """Spool rows the database refused; the error their callers get."""
@@ -195,32 +328,62 @@ class Ledger:
         )
         return LedgerDeferred(str(exc))
 
-    async def _write_rows(self, storage: Storage, rows: list[dict[str, Any]]) -> list[Outcome]:
+    async def _write_rows(
+        self, storage: Storage, rows: list[dict[str, Any]]
+    ) -> list[Outcome | None]:
+        """Outcomes per row; ``None`` for a row whose prefix turned out to be moving."""
         try:
-            return await self._write_batch(storage, rows)
+            return list(await self._write_batch(storage, rows))
         except IntegrityError:
             # Another node recorded one of these jobs meanwhile: one by one.
             return [await self._write_one(storage, row) for row in rows]
 
-    async def _write_one(self, storage: Storage, row: dict[str, Any]) -> Outcome:
+    async def _write_one(self, storage: Storage, row: dict[str, Any]) -> Outcome | None:
         try:
             return (await self._write_batch(storage, [row]))[0]
         except IntegrityError:
             return False, None
+        except fences.PrefixMoving:
+            return None
 
     async def _write_batch(self, storage: Storage, rows: list[dict[str, Any]]) -> list[Outcome]:
-        now = datetime.now(UTC).replace(tzinfo=None)
         # A job already recorded makes the INSERT fail: the caller then retries one by one.
         async with storage.begin() as conn:
             await conn.execute(insert(t.queries), rows)
-            users = await self._charge(conn, [r for r in rows if r["status"] == "done"], now)
+            users, delta = await self._charge(conn, [r for r in rows if r["status"] == "done"])
+            batch = await self._count(
+                conn, storage, delta, {prefix_of(r["user_guid"]) for r in rows}
+            )
+        if batch is not None:  # committed: the main database takes it after this round
+            self._batches.append(batch)
         return [(True, users.get(r["user_guid"]) if r["status"] == "done" else None) for r in rows]
 
+    async def _count(
+        self, conn: AsyncConnection, storage: Storage, delta: Delta, prefixes: set[str]
+    ) -> tuple[str, Delta] | None:
+        """The system totals' part of a ledger transaction, then the fence check.
+
+        Answers the outbox batch to apply to the main database once this commits.
+        """
+        sharded = self._sharded()
+        if sharded is None:
+            await totals.add(conn, t.system_stats, delta)
+            return None
+        batch = None
+        if storage is sharded.shards[MAIN]:  # the main database is a shard: one transaction
+            await totals.add(conn, t.system_stats, delta)
+            await totals.add(conn, t.shard_totals, delta)
+        elif delta:
+            batch = (uuid.uuid4().hex, delta)
+            await totals.add_to_outbox(conn, *batch)
+        await fences.check(conn, prefixes)
+        return batch
+
     async def _charge(
-        self, conn: AsyncConnection, charged: list[dict[str, Any]], now: datetime
-    ) -> dict[str, User]:
+        self, conn: AsyncConnection, charged: list[dict[str, Any]]
+    ) -> tuple[dict[str, User], Delta]:
         if not charged:
-            return {}
+            return {}, Delta()
         per_user: defaultdict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
         for row in charged:
             sums = per_user[row["user_guid"]]
@@ -240,19 +403,12 @@ class Ledger:
                 await conn.execute(select(t.users).where(t.users.c.guid.in_(list(per_user))))
             ).all()
         users = {row.guid: user_from_row(row) for row in rows}
-        stats = t.system_stats.c
-        await conn.execute(
-            update(t.system_stats)
-            .where(stats.id == 1)
-            .values(
-                total_queries=stats.total_queries + len(charged),
-                total_processing_time=stats.total_processing_time
-                + sum(r["processing_time"] for r in charged),
-                total_cost=stats.total_cost + sum(r["cost"] for r in charged),
-                last_updated=now,
-            )
+        delta = Delta(
+            len(charged),
+            sum(r["processing_time"] for r in charged),
+            sum(r["cost"] for r in charged),
         )
-        return users
+        return users, delta
 
     async def refund(self, job_id: str, user_guid: str, reason: str) -> bool:
         """Mark a charged job as failed with ``reason`` and take its charge back, once.
@@ -260,9 +416,20 @@ class Ledger:
         For a result that was charged but could never be handed out. ``False``
         when the job has no charged row (never recorded, or refunded already).
         """
-        storage = self._storage.for_user(user_guid)
-        q, stats = t.queries.c, t.system_stats.c
-        now = datetime.now(UTC).replace(tzinfo=None)
+        deadline = time.monotonic() + HOLD_LIMIT_S
+        while True:
+            try:
+                return await self._refund(job_id, user_guid, reason)
+            except fences.PrefixMoving:
+                sharded = self._sharded()
+                if sharded is None or time.monotonic() > deadline:
+                    raise
+                await sharded.wait_writable(prefix_of(user_guid))
+                await asyncio.sleep(HOLD_POLL_S)
+
+    async def _refund(self, job_id: str, user_guid: str, reason: str) -> bool:
+        _key, storage = self._placement(user_guid)
+        q = t.queries.c
         async with storage.begin() as conn:
             row = (
                 await conn.execute(
@@ -285,16 +452,11 @@ class Ledger:
                     "b_count": -1,
                 },
             )
-            await conn.execute(
-                update(t.system_stats)
-                .where(stats.id == 1)
-                .values(
-                    total_queries=stats.total_queries - 1,
-                    total_processing_time=stats.total_processing_time - row.processing_time,
-                    total_cost=stats.total_cost - row.cost,
-                    last_updated=now,
-                )
-            )
+            delta = -Delta(1, float(row.processing_time or 0.0), float(row.cost or 0.0))
+            batch = await self._count(conn, storage, delta, {prefix_of(user_guid)})
+        if batch is not None:
+            self._batches.append(batch)
+        await self._apply_batches()
         return True
 
     # the spool
@@ -319,12 +481,16 @@ class Ledger:
         try:
             for start in range(0, len(rows), MAX_BATCH):
                 chunk = rows[start : start + MAX_BATCH]
-                groups: dict[int, tuple[Storage, list[dict[str, Any]]]] = {}
+                groups: dict[str, tuple[Storage, list[dict[str, Any]]]] = {}
                 for row in chunk:
-                    storage = self._storage.for_user(row["user_guid"])
-                    groups.setdefault(id(storage), (storage, []))[1].append(row)
+                    key, storage = self._placement(row["user_guid"])
+                    groups.setdefault(key, (storage, []))[1].append(row)
                 for storage, group in groups.values():
-                    new += sum(first for first, _user in await self._write_rows(storage, group))
+                    outcomes = await self._write_rows(storage, group)
+                    await self._apply_batches()
+                    if any(outcome is None for outcome in outcomes):
+                        raise fences.PrefixMoving([])
+                    new += sum(1 for outcome in outcomes if outcome is not None and outcome[0])
         except Exception as exc:  # the database is still down (StorageError, or a raw OSError)
             logger.warning(
                 "database still refuses writes (%s); %d row(s) stay spooled", exc, len(rows)

@@ -161,3 +161,128 @@ scaler_workers = Table(
     Column("address", String(300), nullable=False),
     Column("node_id", String(64), nullable=False),
 )
+
+# Sharding (docs/deployment.md, "Sharding"). Every database gets every table;
+# the main database uses the directory side, each shard the fence/totals side.
+
+# Main: the shards (connection strings as written), the prefix directory and its version.
+shards = Table(
+    "shards",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("connection_string", Text, nullable=False),
+    Column("added_at", DateTime, nullable=False),
+)
+
+shard_directory = Table(
+    "shard_directory",
+    metadata,
+    Column("prefix", String(8), primary_key=True),
+    Column("shard", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+)
+
+# One row (id 1): the directory's version, raised by every switch.
+shard_meta = Table(
+    "shard_meta",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
+
+# Moves in progress: phase "copying" (the source owns the prefix) or "switched" (the target does).
+shard_moves = Table(
+    "shard_moves",
+    metadata,
+    Column("prefix", String(8), primary_key=True),
+    Column("source", String(64), nullable=False),
+    Column("target", String(64), nullable=False),
+    Column("phase", String(16), nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+# The directory version each node runs (a move waits for every live node to know it).
+shard_nodes = Table(
+    "shard_nodes",
+    metadata,
+    Column("node_id", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("seen_at", Float, nullable=False),
+)
+
+# Main: which user an API key belongs to (the key rows live in the user's shard).
+api_key_index = Table(
+    "api_key_index",
+    metadata,
+    Column("key_hash", String(128), primary_key=True),
+    Column("prefix", String(16), nullable=False, index=True),
+    Column("user_guid", String, nullable=False),
+)
+
+# Main: nicknames are unique across shards (each shard's users table only sees its own).
+nickname_index = Table(
+    "nickname_index",
+    metadata,
+    Column("nickname", String, primary_key=True),
+    Column("user_guid", String, nullable=False),
+)
+
+# Main, one row (id 1): the user who became the sysop by the first-user rule.
+first_user = Table(
+    "first_user",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("guid", String, nullable=False),
+)
+
+# Main: ledger batches of shards already added to system_stats (applied once each).
+totals_applied = Table(
+    "totals_applied",
+    metadata,
+    Column("batch_id", String(96), primary_key=True),
+    Column("applied_at", Float, nullable=False),
+)
+
+# Main, one row (id 1): what system_stats held beyond the rows of the shards when
+# sharding began (an imported original's own figures), so the sum can be checked.
+totals_base = Table(
+    "totals_base",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("total_queries", Integer, nullable=False),
+    Column("total_processing_time", Float, nullable=False),
+    Column("total_cost", Float, nullable=False),
+)
+
+# Shard: one row per prefix this shard owns (moved_to NULL) or handed on (moved_to set).
+# A write of a prefix's user data commits only while the row says owned and not frozen.
+prefix_fences = Table(
+    "prefix_fences",
+    metadata,
+    Column("prefix", String(8), primary_key=True),
+    Column("frozen_until", Float),
+    Column("moved_to", String(64)),
+)
+
+# Shard, one row (id 1): the charged rows of the prefixes it owns (count, time, cost).
+shard_totals = Table(
+    "shard_totals",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("total_queries", Integer, nullable=False),
+    Column("total_processing_time", Float, nullable=False),
+    Column("total_cost", Float, nullable=False),
+)
+
+# Shard: charges committed here that the main database's system_stats has to take
+# (a transactional outbox; applied once per batch_id, then deleted).
+totals_outbox = Table(
+    "totals_outbox",
+    metadata,
+    Column("batch_id", String(96), primary_key=True),
+    Column("total_queries", Integer, nullable=False),
+    Column("total_processing_time", Float, nullable=False),
+    Column("total_cost", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+)

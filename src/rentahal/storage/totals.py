@@ -1,0 +1,237 @@
+"""System totals under sharding: a counter per shard and an outbox to the main database.
+
+Each shard keeps ``shard_totals`` (its charged rows: count, time, cost) in
+the same transaction as the rows, and writes the same figures as one
+``totals_outbox`` row per ledger batch. After the shard commits, the writer
+adds the batch to the main database's ``system_stats`` and marks its id in
+``totals_applied``, in one main transaction; a batch id already marked is
+skipped, so each batch counts once. A batch whose writer died (or whose main
+database was away) stays in the outbox: :func:`recover` applies it after
+``RECOVER_AFTER_S`` and deletes outbox rows and marks of applied batches.
+So ``system_stats`` = ``totals_base`` + the sum of the shard counters, minus
+the batches still waiting in an outbox, exactly (``rentahal db verify``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from rentahal.storage import tables as t
+from rentahal.storage.prefixes import prefix_clause
+
+logger = logging.getLogger(__name__)
+
+# Outbox rows younger than this belong to a writer that may still apply them itself.
+RECOVER_AFTER_S = 60.0
+# A writer gives up applying its batch after this (recovery applies it later).
+APPLY_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """Charged queries: how many, their processing time and their cost."""
+
+    queries: int = 0
+    processing_time: float = 0.0
+    cost: float = 0.0
+
+    def __add__(self, other: Delta) -> Delta:
+        return Delta(
+            self.queries + other.queries,
+            self.processing_time + other.processing_time,
+            self.cost + other.cost,
+        )
+
+    def __sub__(self, other: Delta) -> Delta:
+        return Delta(
+            self.queries - other.queries,
+            self.processing_time - other.processing_time,
+            self.cost - other.cost,
+        )
+
+    def __neg__(self) -> Delta:
+        return Delta(-self.queries, -self.processing_time, -self.cost)
+
+    def __bool__(self) -> bool:
+        return bool(self.queries or self.processing_time or self.cost)
+
+    def columns(self) -> dict[str, Any]:
+        """As the ``total_*`` columns of the totals tables."""
+        return {
+            "total_queries": self.queries,
+            "total_processing_time": self.processing_time,
+            "total_cost": self.cost,
+        }
+
+    def close_to(self, other: Delta) -> bool:
+        """Equal counts, and sums equal up to floating-point summation order."""
+        return (
+            self.queries == other.queries
+            and math.isclose(self.processing_time, other.processing_time, abs_tol=1e-6)
+            and math.isclose(self.cost, other.cost, abs_tol=1e-6)
+        )
+
+    @classmethod
+    def of_row(cls, row: Any) -> Delta:
+        """From a row with the ``total_*`` columns (``None`` as zero)."""
+        if row is None:
+            return cls()
+        return cls(
+            int(row.total_queries or 0),
+            float(row.total_processing_time or 0.0),
+            float(row.total_cost or 0.0),
+        )
+
+
+def charged_rows() -> ColumnElement[bool]:
+    """SQL: a query row that was charged (original rows have no status)."""
+    return t.queries.c.status.is_(None) | (t.queries.c.status == "done")
+
+
+async def charged(conn: AsyncConnection, prefixes: Iterable[str] | None) -> Delta:
+    """The charged rows of this database (of ``prefixes`` only, when given)."""
+    q = t.queries.c
+    condition = charged_rows()
+    if prefixes is not None:
+        condition = condition & prefix_clause(q.user_guid, list(prefixes))
+    row = (
+        await conn.execute(
+            select(
+                func.count().label("total_queries"),
+                func.sum(q.processing_time).label("total_processing_time"),
+                func.sum(q.cost).label("total_cost"),
+            ).where(condition)
+        )
+    ).one()
+    return Delta.of_row(row)
+
+
+async def read(conn: AsyncConnection, table: Any) -> Delta:
+    """The one totals row (id 1) of ``table`` (``shard_totals``, ``system_stats``, ...)."""
+    row = (await conn.execute(select(table).where(table.c.id == 1))).first()
+    return Delta.of_row(row)
+
+
+async def add(conn: AsyncConnection, table: Any, delta: Delta) -> None:
+    """Add ``delta`` to the totals row of ``table``."""
+    if not delta:
+        return
+    c = table.c
+    values: dict[str, Any] = {
+        "total_queries": c.total_queries + delta.queries,
+        "total_processing_time": c.total_processing_time + delta.processing_time,
+        "total_cost": c.total_cost + delta.cost,
+    }
+    if table is t.system_stats:
+        values["last_updated"] = datetime.now(UTC).replace(tzinfo=None)
+    await conn.execute(update(table).where(c.id == 1).values(**values))
+
+
+async def add_to_outbox(conn: AsyncConnection, batch_id: str, delta: Delta) -> None:
+    """Charge this shard's counter and queue ``delta`` for the main database."""
+    await add(conn, t.shard_totals, delta)
+    await conn.execute(
+        insert(t.totals_outbox).values(batch_id=batch_id, created_at=time.time(), **delta.columns())
+    )
+
+
+async def apply(main_conn: AsyncConnection, batches: list[tuple[str, Delta]]) -> Delta:
+    """Add to ``system_stats`` the batches not applied yet; what was added.
+
+    Run in a transaction of the main database; a batch applied meanwhile by
+    another process makes it fail with ``IntegrityError`` (nothing added):
+    call again.
+    """
+    if not batches:
+        return Delta()
+    ids = [batch_id for batch_id, _ in batches]
+    done: set[str] = set(
+        (
+            await main_conn.execute(
+                select(t.totals_applied.c.batch_id).where(t.totals_applied.c.batch_id.in_(ids))
+            )
+        ).scalars()
+    )
+    fresh = [(batch_id, delta) for batch_id, delta in batches if batch_id not in done]
+    if not fresh:
+        return Delta()
+    now = time.time()
+    await main_conn.execute(
+        insert(t.totals_applied), [{"batch_id": b, "applied_at": now} for b, _ in fresh]
+    )
+    total = sum((d for _, d in fresh), Delta())
+    await add(main_conn, t.system_stats, total)
+    return total
+
+
+async def apply_with(main_begin: Any, batches: list[tuple[str, Delta]]) -> Delta:
+    """:func:`apply` in its own main transaction (``main_begin``), once more on a race."""
+    for attempt in range(2):
+        try:
+            async with main_begin() as conn:
+                return await apply(conn, batches)
+        except IntegrityError:
+            if attempt:
+                raise
+    return Delta()
+
+
+async def recover(main_begin: Any, shard_begins: dict[str, Any]) -> int:
+    """Apply outbox batches older than ``RECOVER_AFTER_S`` and clear applied ones.
+
+    ``shard_begins`` maps shard names to their ``begin``; a shard that fails is
+    skipped (its batches wait). The number of batches applied here.
+    """
+    applied = 0
+    cutoff = time.time() - RECOVER_AFTER_S
+    for name, begin in shard_begins.items():
+        try:
+            async with begin() as conn:
+                rows = (
+                    await conn.execute(
+                        select(t.totals_outbox).where(t.totals_outbox.c.created_at < cutoff)
+                    )
+                ).all()
+            if not rows:
+                continue
+            batches = [(r.batch_id, Delta.of_row(r)) for r in rows]
+            added = await apply_with(main_begin, batches)
+            applied += len(batches) if added else 0
+            ids = [b for b, _ in batches]
+            async with begin() as conn:
+                await conn.execute(
+                    delete(t.totals_outbox).where(t.totals_outbox.c.batch_id.in_(ids))
+                )
+            async with main_begin() as conn:
+                await conn.execute(
+                    delete(t.totals_applied).where(t.totals_applied.c.batch_id.in_(ids))
+                )
+        except Exception as exc:  # that shard (or main) is away: next time
+            logger.warning("could not settle the totals outbox of shard %s: %s", name, exc)
+    return applied
+
+
+async def pending(conn: AsyncConnection, main_conn: AsyncConnection) -> Delta:
+    """The outbox batches of a shard (``conn``) that the main database has not applied."""
+    rows = (await conn.execute(select(t.totals_outbox))).all()
+    if not rows:
+        return Delta()
+    ids = [r.batch_id for r in rows]
+    done: set[str] = set(
+        (
+            await main_conn.execute(
+                select(t.totals_applied.c.batch_id).where(t.totals_applied.c.batch_id.in_(ids))
+            )
+        ).scalars()
+    )
+    return sum((Delta.of_row(r) for r in rows if r.batch_id not in done), Delta())
