@@ -134,8 +134,7 @@ ControlMessage = Annotated[
     | ShardsChanged,
     Field(discriminator="op"),
 ]
-# mypy reads the annotated union as a value, not a type; pydantic takes it as the type.
-_MESSAGE: TypeAdapter[ControlMessage] = TypeAdapter(ControlMessage)  # type: ignore[arg-type]
+_MESSAGE: TypeAdapter[ControlMessage] = TypeAdapter(ControlMessage)
 _M = TypeVar("_M", bound=_Control)
 
 
