@@ -13,12 +13,9 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-from redis import exceptions as rexc
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
-from rentahal.errors import BusError
+from rentahal.bus.redis_client import bus_call, retrying_client
 
 _ACQUIRE = """
 local now = redis.call('TIME')
@@ -138,27 +135,13 @@ class RedisCounters:
     """Share counters shared by every node of one Redis."""
 
     def __init__(self, url: str, connect_timeout_s: float = 5.0) -> None:
-        # A restarted Redis leaves dead connections in the pool: retry those calls
-        # on a fresh connection with back-off, as RedisState does. Every call is
-        # idempotent (a lease taken twice by one holder is one lease).
-        self._redis: Redis = Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=connect_timeout_s,
-            socket_timeout=connect_timeout_s,
-            health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 6),
-            retry_on_error=[rexc.ConnectionError, rexc.TimeoutError],
-        )
+        self._redis: Redis = retrying_client(url, connect_timeout_s)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._renew = self._redis.register_script(_RENEW)
         self._count = self._redis.register_script(_COUNT)
 
     async def _do(self, what: str, coro: Any) -> Any:
-        try:
-            return await coro
-        except (rexc.RedisError, OSError) as exc:
-            raise BusError(f"redis {what} failed: {exc}") from exc
+        return await bus_call(what, coro)
 
     async def acquire(self, holder: str, caps: dict[str, int], lease_s: float) -> str | None:
         names = list(caps)

@@ -5,14 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from redis import exceptions as rexc
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from rentahal.bus import keys
+from rentahal.bus.redis_client import bus_call, retrying_client
 from rentahal.bus.state.base import MAILBOX_LENGTH, MAILBOX_TTL_S
-from rentahal.errors import BusError
 
 _ACQUIRE = """
 local now = redis.call('TIME')
@@ -44,17 +41,7 @@ class RedisState:
     """State shared by every node of one Redis."""
 
     def __init__(self, url: str, connect_timeout_s: float = 5.0) -> None:
-        # A restarted Redis leaves dead connections in the pool: retry those calls
-        # on a fresh connection with back-off (about 3 s in all) before failing.
-        self._redis: Redis = Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=connect_timeout_s,
-            socket_timeout=connect_timeout_s,
-            health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 6),
-            retry_on_error=[rexc.ConnectionError, rexc.TimeoutError],
-        )
+        self._redis: Redis = retrying_client(url, connect_timeout_s)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._lead = self._redis.register_script(_LEAD)
 
@@ -62,10 +49,7 @@ class RedisState:
         await self._redis.aclose()
 
     async def _do(self, what: str, coro: Any) -> Any:
-        try:
-            return await coro
-        except (rexc.RedisError, OSError) as exc:
-            raise BusError(f"redis {what} failed: {exc}") from exc
+        return await bus_call(what, coro)
 
     async def acquire_slot(self, worker: str, cap: int, holder: str, lease_s: float) -> bool:
         got = await self._do(
