@@ -17,15 +17,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import ColumnElement, delete, insert, literal_column, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    bindparam,
+    delete,
+    insert,
+    literal_column,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from rentahal.errors import PrefixMoving, StorageError
 from rentahal.storage import tables as t
 from rentahal.storage import totals
 
-__all__ = ["Fence", "PrefixMoving", "check", "claim", "freeze", "hand_on", "thaw"]
+__all__ = ["Fence", "PrefixMoving", "check", "check_sync", "claim", "freeze", "hand_on", "thaw"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +54,7 @@ class Fence:
 
 async def db_now(conn: AsyncConnection) -> float:
     """The database server's clock, in seconds since the epoch (one clock for every node)."""
-    if conn.dialect.name == "postgresql":
-        sql = "extract(epoch from clock_timestamp())"
-    else:
-        sql = "(julianday('now') - 2440587.5) * 86400.0"
-    expression: ColumnElement[float] = literal_column(sql)
+    expression: ColumnElement[float] = literal_column(_now_sql(conn.dialect.name))
     return float((await conn.execute(select(expression))).scalar_one())
 
 
@@ -64,19 +71,44 @@ async def read(conn: AsyncConnection, prefixes: Iterable[str], *, lock: str = ""
     return [Fence(r.prefix, r.frozen_until, r.moved_to) for r in rows]
 
 
-async def check(conn: AsyncConnection, prefixes: Iterable[str]) -> None:
+def _now_sql(dialect: str) -> str:
+    if dialect == "postgresql":
+        return "extract(epoch from clock_timestamp())"
+    return "(julianday('now') - 2440587.5) * 86400.0"
+
+
+def _check_statement(dialect: str) -> Select[Any]:
+    """The fence rows of some prefixes with the database's clock, share-locked, in order."""
+    c = t.prefix_fences.c
+    return (
+        select(c.prefix, c.frozen_until, c.moved_to, literal_column(_now_sql(dialect)).label("now"))
+        .where(c.prefix.in_(bindparam("prefixes", expanding=True)))
+        .order_by(c.prefix)
+        .with_for_update(read=True)
+    )
+
+
+_CHECK = {dialect: _check_statement(dialect) for dialect in ("postgresql", "sqlite")}
+
+
+def check_sync(conn: Connection, prefixes: Iterable[str]) -> None:
     """Raise :class:`PrefixMoving` unless this shard takes writes of every prefix now.
 
-    Call it last in the writing transaction.
+    Call it last in the writing transaction (one statement: the rows and the clock).
     """
     wanted = sorted(set(prefixes))
     if not wanted:
         return
-    fences = {f.prefix: f for f in await read(conn, wanted, lock="share")}
-    now = await db_now(conn)
-    refused = [p for p in wanted if p not in fences or not fences[p].open_at(now)]
+    rows = conn.execute(_CHECK[conn.dialect.name], {"prefixes": wanted}).all()
+    open_ = {r.prefix for r in rows if Fence(r.prefix, r.frozen_until, r.moved_to).open_at(r.now)}
+    refused = [p for p in wanted if p not in open_]
     if refused:
         raise PrefixMoving(refused)
+
+
+async def check(conn: AsyncConnection, prefixes: Iterable[str]) -> None:
+    """:func:`check_sync` on an async connection."""
+    await conn.run_sync(check_sync, list(prefixes))
 
 
 async def claim(conn: AsyncConnection, prefixes: list[str]) -> None:

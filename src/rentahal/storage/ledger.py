@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from rentahal.config import CostSettings
 from rentahal.errors import LedgerDeferred, StorageError
@@ -57,6 +56,70 @@ _CHARGE_USER = (
         query_count=t.users.c.query_count + bindparam("b_count"),
     )
 )
+
+
+_CHARGE_ONE = _CHARGE_USER.returning(*t.users.c)
+_USERS_AMONG = select(t.users).where(t.users.c.guid.in_(bindparam("b_guids", expanding=True)))
+_INSERT_QUERY = insert(t.queries)
+_CHARGED_JOB = select(t.queries.c.processing_time, t.queries.c.cost).where(
+    t.queries.c.job_id == bindparam("b_job"), t.queries.c.status == "done"
+)
+_REFUND_JOB = (
+    update(t.queries)
+    .where(t.queries.c.job_id == bindparam("b_job"), t.queries.c.status == "done")
+    .values(status="failed", error=bindparam("b_error"), cost=0.0)
+)
+
+
+def _charge(conn: Connection, charged: list[dict[str, Any]]) -> tuple[dict[str, User], Delta]:
+    """Charge the users of completed rows; their updated rows and the batch's delta."""
+    if not charged:
+        return {}, Delta()
+    per_user: defaultdict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
+    for row in charged:
+        sums = per_user[row["user_guid"]]
+        sums[0] += row["processing_time"]
+        sums[1] += row["cost"]
+        sums[2] += 1
+    params = [
+        {"b_guid": guid, "b_time": v[0], "b_cost": v[1], "b_count": int(v[2])}
+        for guid, v in per_user.items()
+    ]
+    if len(params) == 1:
+        rows = conn.execute(_CHARGE_ONE, params[0]).all()
+    else:
+        conn.execute(_CHARGE_USER, params)
+        rows = conn.execute(_USERS_AMONG, {"b_guids": list(per_user)}).all()
+    users = {row.guid: user_from_row(row) for row in rows}
+    delta = Delta(
+        len(charged),
+        sum(r["processing_time"] for r in charged),
+        sum(r["cost"] for r in charged),
+    )
+    return users, delta
+
+
+def _count(
+    conn: Connection, main: bool | None, delta: Delta, prefixes: set[str]
+) -> tuple[str, Delta] | None:
+    """The system totals' part of a ledger transaction, then the fence check.
+
+    ``main`` is ``None`` unsharded, else whether this shard is the main
+    database. Answers the outbox batch to apply to the main database once
+    this commits.
+    """
+    if main is None:
+        totals.add_sync(conn, t.system_stats, delta)
+        return None
+    batch = None
+    if main:  # the main database is a shard: one transaction
+        totals.add_sync(conn, t.system_stats, delta)
+        totals.add_sync(conn, t.shard_totals, delta)
+    elif delta:
+        batch = (uuid.uuid4().hex, delta)
+        totals.add_to_outbox_sync(conn, *batch)
+    fences.check_sync(conn, prefixes)
+    return batch
 
 
 def compute_cost(processing_time_s: float, costs: CostSettings) -> float:
@@ -305,7 +368,7 @@ class Ledger:
         batches, self._batches = self._batches, []
         try:
             async with asyncio.timeout(totals.APPLY_TIMEOUT_S):
-                await totals.apply_with(self._storage.begin, batches)
+                await totals.apply_written(self._storage.write, batches)
         except Exception as exc:  # the shards' outboxes keep them; recovery applies them
             logger.warning(
                 "system totals of %d batch(es) wait in the outbox: %s", len(batches), exc
@@ -348,67 +411,24 @@ class Ledger:
 
     async def _write_batch(self, storage: Storage, rows: list[dict[str, Any]]) -> list[Outcome]:
         # A job already recorded makes the INSERT fail: the caller then retries one by one.
-        async with storage.begin() as conn:
-            await conn.execute(insert(t.queries), rows)
-            users, delta = await self._charge(conn, [r for r in rows if r["status"] == "done"])
-            batch = await self._count(
-                conn, storage, delta, {prefix_of(r["user_guid"]) for r in rows}
-            )
+        charged = [r for r in rows if r["status"] == "done"]
+        prefixes = {prefix_of(r["user_guid"]) for r in rows}
+        main = self._main_of(storage)
+
+        def write(conn: Connection) -> tuple[dict[str, User], tuple[str, Delta] | None]:
+            conn.execute(_INSERT_QUERY, rows)
+            users, delta = _charge(conn, charged)
+            return users, _count(conn, main, delta, prefixes)
+
+        users, batch = await storage.write(write)
         if batch is not None:  # committed: the main database takes it after this round
             self._batches.append(batch)
         return [(True, users.get(r["user_guid"]) if r["status"] == "done" else None) for r in rows]
 
-    async def _count(
-        self, conn: AsyncConnection, storage: Storage, delta: Delta, prefixes: set[str]
-    ) -> tuple[str, Delta] | None:
-        """The system totals' part of a ledger transaction, then the fence check.
-
-        Answers the outbox batch to apply to the main database once this commits.
-        """
+    def _main_of(self, storage: Storage) -> bool | None:
+        """``None`` unsharded, else whether ``storage`` is the main database (a shard too)."""
         sharded = self._sharded()
-        if sharded is None:
-            await totals.add(conn, t.system_stats, delta)
-            return None
-        batch = None
-        if storage is sharded.shards[MAIN]:  # the main database is a shard: one transaction
-            await totals.add(conn, t.system_stats, delta)
-            await totals.add(conn, t.shard_totals, delta)
-        elif delta:
-            batch = (uuid.uuid4().hex, delta)
-            await totals.add_to_outbox(conn, *batch)
-        await fences.check(conn, prefixes)
-        return batch
-
-    async def _charge(
-        self, conn: AsyncConnection, charged: list[dict[str, Any]]
-    ) -> tuple[dict[str, User], Delta]:
-        if not charged:
-            return {}, Delta()
-        per_user: defaultdict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
-        for row in charged:
-            sums = per_user[row["user_guid"]]
-            sums[0] += row["processing_time"]
-            sums[1] += row["cost"]
-            sums[2] += 1
-        # Statements with bound parameters only, so SQLAlchemy compiles each once.
-        params = [
-            {"b_guid": guid, "b_time": v[0], "b_cost": v[1], "b_count": int(v[2])}
-            for guid, v in per_user.items()
-        ]
-        if len(params) == 1:
-            rows = (await conn.execute(_CHARGE_USER.returning(*t.users.c), params[0])).all()
-        else:
-            await conn.execute(_CHARGE_USER, params)
-            rows = (
-                await conn.execute(select(t.users).where(t.users.c.guid.in_(list(per_user))))
-            ).all()
-        users = {row.guid: user_from_row(row) for row in rows}
-        delta = Delta(
-            len(charged),
-            sum(r["processing_time"] for r in charged),
-            sum(r["cost"] for r in charged),
-        )
-        return users, delta
+        return None if sharded is None else storage is sharded.shards[MAIN]
 
     async def refund(self, job_id: str, user_guid: str, reason: str) -> bool:
         """Mark a charged job as failed with ``reason`` and take its charge back, once.
@@ -429,35 +449,23 @@ class Ledger:
 
     async def _refund(self, job_id: str, user_guid: str, reason: str) -> bool:
         _key, storage = self._placement(user_guid)
-        q = t.queries.c
-        async with storage.begin() as conn:
-            row = (
-                await conn.execute(
-                    select(q.processing_time, q.cost).where(q.job_id == job_id, q.status == "done")
-                )
-            ).one_or_none()
+        main = self._main_of(storage)
+        charge = {"b_guid": user_guid, "b_time": 0.0, "b_cost": 0.0, "b_count": -1}
+
+        def write(conn: Connection) -> tuple[bool, tuple[str, Delta] | None]:
+            row = conn.execute(_CHARGED_JOB, {"b_job": job_id}).one_or_none()
             if row is None:
-                return False
-            await conn.execute(
-                update(t.queries)
-                .where(q.job_id == job_id, q.status == "done")
-                .values(status="failed", error=reason, cost=0.0)
-            )
-            await conn.execute(
-                _CHARGE_USER,
-                {
-                    "b_guid": user_guid,
-                    "b_time": -row.processing_time,
-                    "b_cost": -row.cost,
-                    "b_count": -1,
-                },
-            )
-            delta = -Delta(1, float(row.processing_time or 0.0), float(row.cost or 0.0))
-            batch = await self._count(conn, storage, delta, {prefix_of(user_guid)})
+                return False, None
+            conn.execute(_REFUND_JOB, {"b_job": job_id, "b_error": reason})
+            time_s, cost = float(row.processing_time or 0.0), float(row.cost or 0.0)
+            conn.execute(_CHARGE_USER, charge | {"b_time": -time_s, "b_cost": -cost})
+            return True, _count(conn, main, -Delta(1, time_s, cost), {prefix_of(user_guid)})
+
+        refunded, batch = await storage.write(write)
         if batch is not None:
             self._batches.append(batch)
         await self._apply_batches()
-        return True
+        return refunded
 
     # the spool
 

@@ -17,12 +17,22 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Update,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -122,30 +132,64 @@ async def read(conn: AsyncConnection, table: Any) -> Delta:
     return Delta.of_row(row)
 
 
-async def add(conn: AsyncConnection, table: Any, delta: Delta) -> None:
-    """Add ``delta`` to the totals row of ``table``."""
-    if not delta:
-        return
+def _add_statement(table: Any) -> Update:
     c = table.c
     values: dict[str, Any] = {
-        "total_queries": c.total_queries + delta.queries,
-        "total_processing_time": c.total_processing_time + delta.processing_time,
-        "total_cost": c.total_cost + delta.cost,
+        "total_queries": c.total_queries + bindparam("d_queries"),
+        "total_processing_time": c.total_processing_time + bindparam("d_time"),
+        "total_cost": c.total_cost + bindparam("d_cost"),
     }
     if table is t.system_stats:
-        values["last_updated"] = datetime.now(UTC).replace(tzinfo=None)
-    await conn.execute(update(table).where(c.id == 1).values(**values))
+        values["last_updated"] = bindparam("d_now")
+    return update(table).where(c.id == 1).values(**values)
+
+
+# Built once: the ledger adds to these in every batch.
+_ADD = {table: _add_statement(table) for table in (t.system_stats, t.shard_totals)}
+_OUTBOX = insert(t.totals_outbox)
+
+
+def add_sync(conn: Connection, table: Any, delta: Delta) -> None:
+    """Add ``delta`` to the totals row of ``table`` (on a sync connection)."""
+    if not delta:
+        return
+    statement = _ADD.get(table)
+    if statement is None:
+        statement = _ADD[table] = _add_statement(table)
+    params: dict[str, Any] = {
+        "d_queries": delta.queries,
+        "d_time": delta.processing_time,
+        "d_cost": delta.cost,
+    }
+    if table is t.system_stats:
+        params["d_now"] = datetime.now(UTC).replace(tzinfo=None)
+    conn.execute(statement, params)
+
+
+async def add(conn: AsyncConnection, table: Any, delta: Delta) -> None:
+    """:func:`add_sync` on an async connection."""
+    if delta:
+        await conn.run_sync(add_sync, table, delta)
+
+
+def add_to_outbox_sync(conn: Connection, batch_id: str, delta: Delta) -> None:
+    """Charge this shard's counter and queue ``delta`` for the main database."""
+    add_sync(conn, t.shard_totals, delta)
+    conn.execute(_OUTBOX, {"batch_id": batch_id, "created_at": time.time(), **delta.columns()})
 
 
 async def add_to_outbox(conn: AsyncConnection, batch_id: str, delta: Delta) -> None:
-    """Charge this shard's counter and queue ``delta`` for the main database."""
-    await add(conn, t.shard_totals, delta)
-    await conn.execute(
-        insert(t.totals_outbox).values(batch_id=batch_id, created_at=time.time(), **delta.columns())
-    )
+    """:func:`add_to_outbox_sync` on an async connection."""
+    await conn.run_sync(add_to_outbox_sync, batch_id, delta)
 
 
-async def apply(main_conn: AsyncConnection, batches: list[tuple[str, Delta]]) -> Delta:
+_APPLIED_AMONG = select(t.totals_applied.c.batch_id).where(
+    t.totals_applied.c.batch_id.in_(bindparam("ids", expanding=True))
+)
+_MARK_APPLIED = insert(t.totals_applied)
+
+
+def apply_sync(main_conn: Connection, batches: list[tuple[str, Delta]]) -> Delta:
     """Add to ``system_stats`` the batches not applied yet; what was added.
 
     Run in a transaction of the main database; a batch applied meanwhile by
@@ -155,31 +199,41 @@ async def apply(main_conn: AsyncConnection, batches: list[tuple[str, Delta]]) ->
     if not batches:
         return Delta()
     ids = [batch_id for batch_id, _ in batches]
-    done: set[str] = set(
-        (
-            await main_conn.execute(
-                select(t.totals_applied.c.batch_id).where(t.totals_applied.c.batch_id.in_(ids))
-            )
-        ).scalars()
-    )
+    done: set[str] = set(main_conn.execute(_APPLIED_AMONG, {"ids": ids}).scalars())
     fresh = [(batch_id, delta) for batch_id, delta in batches if batch_id not in done]
     if not fresh:
         return Delta()
     now = time.time()
-    await main_conn.execute(
-        insert(t.totals_applied), [{"batch_id": b, "applied_at": now} for b, _ in fresh]
-    )
+    main_conn.execute(_MARK_APPLIED, [{"batch_id": b, "applied_at": now} for b, _ in fresh])
     total = sum((d for _, d in fresh), Delta())
-    await add(main_conn, t.system_stats, total)
+    add_sync(main_conn, t.system_stats, total)
     return total
+
+
+async def apply(main_conn: AsyncConnection, batches: list[tuple[str, Delta]]) -> Delta:
+    """:func:`apply_sync` on an async connection."""
+    return await main_conn.run_sync(apply_sync, batches)
+
+
+Write = Callable[[Callable[[Connection], Delta]], Awaitable[Delta]]
 
 
 async def apply_with(main_begin: Any, batches: list[tuple[str, Delta]]) -> Delta:
     """:func:`apply` in its own main transaction (``main_begin``), once more on a race."""
+
+    async def write(fn: Callable[[Connection], Delta]) -> Delta:
+        async with main_begin() as conn:
+            delta: Delta = await conn.run_sync(fn)
+        return delta
+
+    return await apply_written(write, batches)
+
+
+async def apply_written(write: Write, batches: list[tuple[str, Delta]]) -> Delta:
+    """:func:`apply_sync` through ``write`` (``Storage.write`` of main), once more on a race."""
     for attempt in range(2):
         try:
-            async with main_begin() as conn:
-                return await apply(conn, batches)
+            return await write(lambda conn: apply_sync(conn, batches))
         except IntegrityError:
             if attempt:
                 raise
