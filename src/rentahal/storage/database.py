@@ -17,8 +17,6 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
     Connection,
-    Engine,
-    create_engine,
     delete,
     event,
     func,
@@ -34,16 +32,13 @@ from rentahal.errors import StorageError
 from rentahal.models import AIWorker, HuggingFaceModel, User
 from rentahal.nicknames import RESERVED_PREFIX
 from rentahal.storage import tables as t
+from rentahal.storage.direct import DirectSQLite, Locked, sqlite_file_writer
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 MIGRATE_LOCK = 0x52454E54  # "RENT": the advisory lock key of schema migrations
 FIRST_USER_LOCK = 0x52454E55  # the advisory lock key of user creation (first-user rule)
-# How long a write on the event loop's own SQLite connection waits for the write lock
-# before it hands the transaction to the async engine (the loop never blocks longer).
-DIRECT_BUSY_TIMEOUT_MS = 10
-
 T = TypeVar("T")
 
 
@@ -51,39 +46,16 @@ def _utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def _pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
-    def set_pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
-        except Exception:  # a read-only file cannot switch to WAL; reads still work
-            logger.warning("could not set SQLite pragmas (read-only database?)")
-        finally:
-            cursor.close()
-
-    return set_pragmas
-
-
-def _direct_engine(engine: AsyncEngine) -> Engine | None:
-    """A sync pysqlite engine on the same SQLite file (``None`` for PostgreSQL or memory)."""
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    if "mode=memory" in str(url.database) or url.query.get("mode") == "memory":
-        return None
-    direct = create_engine(
-        url.set(drivername="sqlite+pysqlite"),
-        connect_args={"timeout": DIRECT_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-    )
-    event.listen(direct, "connect", _pragmas(DIRECT_BUSY_TIMEOUT_MS))
-    return direct
-
-
-def _locked(exc: OperationalError) -> bool:
-    """SQLite's "another connection holds the write lock" (busy timeout ran out)."""
-    return "locked" in str(exc.orig) or "busy" in str(exc.orig)
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+    except Exception:  # a read-only file cannot switch to WAL; reads still work
+        logger.warning("could not set SQLite pragmas (read-only database?)")
+    finally:
+        cursor.close()
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
@@ -131,7 +103,7 @@ class Storage:
     the shard that holds that user's data.
     """
 
-    _direct: Engine | None = None  # a SQLite file's sync engine for :meth:`write`
+    direct: DirectSQLite | None = None  # a SQLite file's writes on the loop (:meth:`write`)
 
     def __init__(
         self, url: str, *, echo: bool = False, connect_timeout_s: float | None = None
@@ -147,8 +119,8 @@ class Storage:
                 kwargs["connect_args"] = {"timeout": connect_timeout_s}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if url.startswith("sqlite"):
-            event.listen(self.engine.sync_engine, "connect", _pragmas(5000))
-            self._direct = _direct_engine(self.engine)
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            self.direct = sqlite_file_writer(self.engine.url)
 
     @classmethod
     def sharing(cls, other: Storage) -> Storage:
@@ -156,7 +128,7 @@ class Storage:
         view = cls.__new__(cls)
         view.url = other.url
         view.engine = other.engine
-        view._direct = other._direct
+        view.direct = other.direct
         view._owns_engine = False
         return view
 
@@ -174,8 +146,8 @@ class Storage:
         """Dispose of the engine's connections."""
         if self._owns_engine:
             await self.engine.dispose()
-            if self._direct is not None:
-                self._direct.dispose()
+            if self.direct is not None:
+                await self.direct.close()
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:
@@ -188,27 +160,22 @@ class Storage:
         except (OperationalError, DBAPIError) as exc:
             raise StorageError(f"database error: {exc.orig}") from exc
 
-    async def write(self, fn: Callable[[Connection], T]) -> T:
+    async def write(self, fn: Callable[[Connection], T], *, inline: bool = True) -> T:
         """Run ``fn`` in one transaction and commit; its answer once committed.
 
-        On a SQLite file ``fn`` runs on the event loop's thread, on a sync
-        connection whose busy timeout is ``DIRECT_BUSY_TIMEOUT_MS`` (a short
-        transaction costs less CPU than the thread hand-offs of the async
-        driver); when another connection holds the write lock that long, it
-        runs again on the async engine, which waits as every write does.
-        Elsewhere it is ``run_sync`` in :meth:`begin`. ``fn`` may run twice:
+        On a SQLite file ``fn`` runs on the event loop's thread
+        (:mod:`rentahal.storage.direct`); when another connection holds the
+        write lock, it runs again on the async engine, which waits as every
+        write does. Elsewhere it is ``run_sync`` in :meth:`begin`. ``fn`` may run twice:
         it must have no effect outside the transaction. Errors as :meth:`begin`.
         """
-        if self._direct is not None:
+        if self.direct is not None and inline:
             try:
-                with self._direct.begin() as conn:
-                    return fn(conn)
+                return self.direct.run(fn)
+            except Locked:
+                logger.debug("SQLite write lock taken; the write goes to the async engine")
             except IntegrityError:
                 raise
-            except OperationalError as exc:
-                if not _locked(exc):
-                    raise StorageError(f"database error: {exc.orig}") from exc
-                logger.debug("SQLite write lock busy; the write goes to the async engine")
             except DBAPIError as exc:
                 raise StorageError(f"database error: {exc.orig}") from exc
         async with self.begin() as conn:

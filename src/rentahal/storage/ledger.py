@@ -44,6 +44,10 @@ from rentahal.storage.totals import Delta
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 256
+# One row after a pause is written on the event loop itself (SQLite: no thread
+# hand-off, the lowest latency); rows that come faster go through the async
+# engine, whose slower transactions let the next batch gather meanwhile.
+INLINE_AFTER_S = 0.001
 REPLAY_INTERVAL_S = 5.0
 Outcome = tuple[bool, User | None]
 
@@ -192,6 +196,7 @@ class Ledger:
         self._pending: list[_Entry] = []
         self._held: list[_Entry] = []
         self._batches: list[tuple[str, Delta]] = []  # outbox batches main has yet to take
+        self._last_write = 0.0  # when the last batch was written (monotonic)
         self.holds = HoldStats()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -420,7 +425,11 @@ class Ledger:
             users, delta = _charge(conn, charged)
             return users, _count(conn, main, delta, prefixes)
 
-        users, batch = await storage.write(write)
+        inline = len(rows) == 1 and time.monotonic() - self._last_write >= INLINE_AFTER_S
+        try:
+            users, batch = await storage.write(write, inline=inline)
+        finally:
+            self._last_write = time.monotonic()
         if batch is not None:  # committed: the main database takes it after this round
             self._batches.append(batch)
         return [(True, users.get(r["user_guid"]) if r["status"] == "done" else None) for r in rows]

@@ -1,0 +1,112 @@
+"""Short write transactions on a SQLite file, run on the event loop's own thread.
+
+The async driver (aiosqlite) runs every statement in its thread: each
+cursor, execute, fetch and commit is a thread hand-off, and under load each
+waits for the GIL. A ledger batch is a fraction of a millisecond of CPU, so
+:class:`DirectSQLite` runs it on a sync pysqlite connection of the same file
+(same pragmas) on the loop itself, with a short busy timeout so the loop
+never waits long for another connection's write lock (the caller then uses
+the async engine). Its connections do not checkpoint on commit (a
+checkpoint writes and fsyncs the database file): every
+``CHECKPOINT_EVERY`` commits a passive checkpoint runs in a thread instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
+
+logger = logging.getLogger(__name__)
+
+# How long a write waits for another connection's write lock before it gives up here.
+BUSY_TIMEOUT_MS = 10
+CHECKPOINT_EVERY = 200  # commits between two background checkpoints
+
+T = TypeVar("T")
+
+
+class Locked(Exception):
+    """Another connection held the write lock for ``BUSY_TIMEOUT_MS``; nothing was written."""
+
+
+def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA journal_mode=WAL")
+    except Exception:  # a read-only file: writes fail with a clear error later
+        logger.debug("could not set SQLite pragmas (read-only database?)")
+    finally:
+        cursor.close()
+
+
+def sqlite_file_writer(url: URL) -> DirectSQLite | None:
+    """A :class:`DirectSQLite` for a SQLite file URL; ``None`` for anything else."""
+    database = str(url.database or "")
+    if url.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if url.query.get("mode") == "memory" or "mode=memory" in database:
+        return None
+    return DirectSQLite(url.set(drivername="sqlite+pysqlite"))
+
+
+class DirectSQLite:
+    """A sync engine on a SQLite file for short writes on the loop (see the module doc)."""
+
+    def __init__(self, url: URL) -> None:
+        self.engine: Engine = create_engine(
+            url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        )
+        event.listen(self.engine, "connect", _set_pragmas)
+        self.commits = 0
+        self.locked = 0  # writes that found the lock taken (and went elsewhere)
+        self._since_checkpoint = 0
+        self._checkpoint: asyncio.Task[None] | None = None
+
+    def run(self, fn: Callable[[Connection], T]) -> T:
+        """``fn`` in one transaction, committed, on the calling (the loop's) thread.
+
+        Raises :class:`Locked` when another connection kept the write lock.
+        """
+        try:
+            with self.engine.begin() as conn:
+                answer = fn(conn)
+        except OperationalError as exc:
+            if "locked" not in str(exc.orig) and "busy" not in str(exc.orig):
+                raise
+            self.locked += 1
+            raise Locked(str(exc.orig)) from exc
+        self.commits += 1
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY and self._checkpoint is None:
+            self._since_checkpoint = 0
+            self._checkpoint = asyncio.get_running_loop().create_task(
+                self._checkpoint_in_thread(), name="sqlite-checkpoint"
+            )
+        return answer
+
+    async def _checkpoint_in_thread(self) -> None:
+        try:
+            await asyncio.to_thread(self._checkpoint_now)
+        except Exception as exc:  # the next one tries again; the WAL only grows meanwhile
+            logger.warning("SQLite checkpoint failed: %s", exc)
+        finally:
+            self._checkpoint = None
+
+    def _checkpoint_now(self) -> None:
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    async def close(self) -> None:
+        """Wait for a running checkpoint, then close the connections."""
+        if self._checkpoint is not None:
+            await asyncio.gather(self._checkpoint, return_exceptions=True)
+        self.engine.dispose()
