@@ -163,11 +163,12 @@ class Storage:
     async def write(self, fn: Callable[[Connection], T], *, inline: bool = True) -> T:
         """Run ``fn`` in one transaction and commit; its answer once committed.
 
-        On a SQLite file ``fn`` runs on the event loop's thread
-        (:mod:`rentahal.storage.direct`); when another connection holds the
-        write lock, it runs again on the async engine, which waits as every
-        write does. Elsewhere it is ``run_sync`` in :meth:`begin`. ``fn`` may run twice:
-        it must have no effect outside the transaction. Errors as :meth:`begin`.
+        On a SQLite file and ``inline``, ``fn`` runs on the event loop's
+        thread (:mod:`rentahal.storage.direct`); when another connection holds
+        the write lock, it runs again on the async engine, which waits as
+        every write does. Otherwise (PostgreSQL, in-memory, ``inline=False``)
+        it is ``run_sync`` in :meth:`begin`. ``fn`` may run twice: it must
+        have no effect outside the transaction. Errors as :meth:`begin`.
         """
         if self.direct is not None and inline:
             try:

@@ -6,6 +6,10 @@ system totals, one commit), so a busy broker does not pay a commit per query.
 A batch the database refuses goes to the :class:`~rentahal.storage.spool.LedgerSpool`
 (when there is one) and is replayed in the background once the database takes
 writes again; ``job_id`` is unique, so a row replayed twice is counted once.
+A batch is one sync function run by ``Storage.write``: a lone row after a
+pause on the event loop itself (on SQLite, no thread hand-offs), rows that
+come faster on the async engine, whose transaction lets the next batch gather.
+The answer always follows the commit.
 
 Sharded (:class:`~rentahal.storage.shards.ShardedStorage`), a batch is
 grouped per shard: the query rows, the users' totals and the shard's counter
