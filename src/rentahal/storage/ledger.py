@@ -48,9 +48,9 @@ from rentahal.storage.totals import Delta
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 256
-# One row after a pause is written on the event loop itself (SQLite: no thread
-# hand-off, the lowest latency); rows that come faster go through the async
-# engine, whose slower transactions let the next batch gather meanwhile.
+# One row after a pause (and after a batch of one) is written on the event loop
+# itself (SQLite: no thread hand-off, the lowest latency); rows that come faster
+# go through the async engine, whose slower transactions let the next batch gather.
 INLINE_AFTER_S = 0.001
 REPLAY_INTERVAL_S = 5.0
 Outcome = tuple[bool, User | None]
@@ -201,6 +201,7 @@ class Ledger:
         self._held: list[_Entry] = []
         self._batches: list[tuple[str, Delta]] = []  # outbox batches main has yet to take
         self._last_write = 0.0  # when the last batch was written (monotonic)
+        self._last_rows = 1  # how many rows it had
         self.holds = HoldStats()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -429,11 +430,15 @@ class Ledger:
             users, delta = _charge(conn, charged)
             return users, _count(conn, main, delta, prefixes)
 
-        inline = len(rows) == 1 and time.monotonic() - self._last_write >= INLINE_AFTER_S
+        inline = (
+            len(rows) == 1
+            and self._last_rows == 1
+            and time.monotonic() - self._last_write >= INLINE_AFTER_S
+        )
         try:
             users, batch = await storage.write(write, inline=inline)
         finally:
-            self._last_write = time.monotonic()
+            self._last_write, self._last_rows = time.monotonic(), len(rows)
         if batch is not None:  # committed: the main database takes it after this round
             self._batches.append(batch)
         return [(True, users.get(r["user_guid"]) if r["status"] == "done" else None) for r in rows]
