@@ -1,7 +1,9 @@
-"""A child process that holds idle WebSocket clients (``python -m rentahal.bench.holder``).
+"""A child process that holds idle WebSocket clients (``python .../bench/holder.py``).
 
 Run by the ``connections`` scenario so that the clients' own memory and file
-descriptors are not the measuring process's. It speaks JSON lines on stdout:
+descriptors are not the measuring process's. It is started as a script, not as
+``-m rentahal.bench.holder``, and imports nothing of ``rentahal``: the package
+import (the whole broker) cost each holder ~1.4 s of CPU while the clock ran. It speaks JSON lines on stdout:
 ``{"event": "progress", "connected": n}``, then ``{"event": "ready", ...}``; it
 then records when each client receives the ``sysop_message`` carrying the marker,
 prints ``{"event": "received", "times": [...]}`` and holds on until stdin closes.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import resource
 import sys
 import time
 
@@ -19,7 +22,13 @@ import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from rentahal.bench.procs import raise_nofile_limit
+
+def _raise_nofile_limit() -> None:
+    """Open-file limit up to the hard limit (as ``rentahal.bench.procs`` does)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _emit(event: str, **fields: object) -> None:
@@ -64,7 +73,7 @@ async def _listen(ws: ClientConnection, marker: bytes, times: list[float]) -> No
 
 async def main(args: argparse.Namespace) -> None:
     """Open the clients, report, wait for the broadcast, hold until stdin closes."""
-    raise_nofile_limit()
+    _raise_nofile_limit()
     gate = asyncio.Semaphore(args.parallel)
     clients: list[ClientConnection] = []
     failures: list[str] = []

@@ -17,6 +17,7 @@ import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from rentahal.bench import holder
 from rentahal.bench.procs import BenchSetupError, BrokerConfig, Cluster
 from rentahal.bench.report import ScenarioReport
 from rentahal.bench.scenarios._common import Phases, fmt, ws_url
@@ -68,7 +69,8 @@ async def _sysop(url: str, guid: str, drain: _SysopDrain) -> Any:
 async def _start_holder(
     url: str, count: int, marker: str, opts: ConnectionsOptions
 ) -> asyncio.subprocess.Process:
-    cmd = [sys.executable, "-m", "rentahal.bench.holder", "--url", url, "--count", str(count)]
+    # As a script: ``-m rentahal.bench.holder`` would import the whole package first.
+    cmd = [sys.executable, "-P", holder.__file__, "--url", url, "--count", str(count)]
     cmd += ["--marker", marker, "--parallel", str(opts.parallel)]
     cmd += ["--connect-timeout-s", str(opts.connect_timeout_s)]
     cmd += ["--wait-s", str(opts.fanout_timeout_s + opts.connect_timeout_s)]
