@@ -36,7 +36,8 @@ async def _send_connect_sequence(session: Session, fresh_cookie: bool) -> bool:
     if user.is_banned:
         conn.send({"type": "error", "message": BANNED_MESSAGE})
         return False
-    rows = await broker.views.recent_queries(user.guid, limit=10)  # one read for both
+    # One read for both; a GUID made for this socket has no queries yet.
+    rows = [] if fresh_cookie else await broker.views.recent_queries(user.guid, limit=10)
     for text in await broker.views.welcome_messages(user, rows):
         conn.send({"type": "sysop_message", "message": text})
     conn.send({"type": "previous_queries", "data": rows})
@@ -147,7 +148,7 @@ async def _serve(
         await _refuse(websocket, "Too many connections")
         return
     try:
-        user = await broker.connect_user(guid)
+        user = await broker.connect_user(guid, fresh=fresh)
     except Exception as exc:
         logger.error("cannot register user: %s", exc)
         await websocket.send_text(
@@ -165,7 +166,7 @@ async def _serve(
     broker.sockets.attach(conn)
     try:
         if await _send_connect_sequence(session, fresh):
-            await broker.sockets.welcome(conn)
+            await broker.sockets.welcome(conn, fresh=fresh)
             await _reader(session)
     except WebSocketDisconnect:
         pass

@@ -285,9 +285,9 @@ class Broker:
 
     # users
 
-    async def connect_user(self, guid: str) -> User:
-        """The user behind a connecting socket (created on first sight)."""
-        return await self._users.connect(guid)
+    async def connect_user(self, guid: str, *, fresh: bool = False) -> User:
+        """The user behind a connecting socket (created on first sight; ``fresh``: new GUID)."""
+        return await self._users.connect(guid, fresh=fresh)
 
     async def get_user(self, guid: str) -> User | None:
         """A user by GUID (read from the database)."""

@@ -55,9 +55,13 @@ class Sockets:
         """Register a socket (before its connect sequence, which counts it)."""
         self._connections.add(conn)
 
-    async def welcome(self, conn: Connection) -> None:
-        """The user's results missed while offline; sysops hear of the new user."""
-        await self._deliver_pending(conn)
+    async def welcome(self, conn: Connection, *, fresh: bool = False) -> None:
+        """The user's results missed while offline; sysops hear of the new user.
+
+        ``fresh``: the user's GUID was made for this socket, so no result waits.
+        """
+        if not fresh:
+            await self._deliver_pending(conn)
         self._users_changed()
 
     def detach(self, conn: Connection) -> None:
