@@ -108,6 +108,7 @@ class RealmConnectionManager:
         self._by_user: defaultdict[str, set[Connection]] = defaultdict(set)
         self._by_realm: defaultdict[str, set[Connection]] = defaultdict(set)
         self._per_address: dict[str, int] = {}
+        self._count = 0  # open sockets, kept by add/remove (a sum per connect was O(n))
         self.peak = 0
         self.peak_users = 0
 
@@ -130,7 +131,7 @@ class RealmConnectionManager:
     @property
     def count(self) -> int:
         """Open sockets."""
-        return sum(len(c) for c in self._by_user.values())
+        return self._count
 
     def of_user(self, guid: str) -> list[Connection]:
         """The open sockets of one user."""
@@ -142,17 +143,22 @@ class RealmConnectionManager:
 
     def add(self, conn: Connection) -> None:
         """Register a socket."""
-        self._by_user[conn.user_guid].add(conn)
+        conns = self._by_user[conn.user_guid]
+        if conn in conns:
+            return
+        conns.add(conn)
+        self._count += 1
         if conn.realm:
             self._by_realm[conn.realm].add(conn)
-        self.peak = max(self.peak, self.count)
+        self.peak = max(self.peak, self._count)
         self.peak_users = max(self.peak_users, len(self._by_user))
 
     def remove(self, conn: Connection) -> None:
         """Unregister a socket."""
         conns = self._by_user.get(conn.user_guid)
-        if conns is not None:
+        if conns is not None and conn in conns:
             conns.discard(conn)
+            self._count -= 1
             if not conns:
                 del self._by_user[conn.user_guid]
         if conn.realm and conn.realm in self._by_realm:
