@@ -280,13 +280,14 @@ class Storage:
             new = User(guid=guid, nickname=nickname, is_sysop=False)
             await conn.execute(insert(t.users).values(**new.model_dump()))
             # Other installations' accounts (reserved nicknames) are not people.
-            count = (
-                await conn.execute(
-                    select(func.count())
-                    .select_from(t.users)
-                    .where(t.users.c.nickname.not_like(f"{RESERVED_PREFIX}%"))
-                )
-            ).scalar()
+            # Two rows answer "is it alone?"; a count of all users grew with each one.
+            people = (
+                select(t.users.c.guid)
+                .where(t.users.c.nickname.not_like(f"{RESERVED_PREFIX}%"))
+                .limit(2)
+                .subquery()
+            )
+            count = (await conn.execute(select(func.count()).select_from(people))).scalar()
             if count == 1:
                 await conn.execute(
                     update(t.users).where(t.users.c.guid == guid).values(is_sysop=True)
