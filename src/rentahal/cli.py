@@ -58,6 +58,19 @@ def _logging(debug: bool) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+class _QuietSockets(logging.Filter):
+    """Drops uvicorn's INFO lines of every WebSocket (accepted, open, closed).
+
+    Three lines per socket were ~5% of a connect's CPU; they go with the access
+    log (``[Server] access_log``), which is off by default.
+    """
+
+    LINES = frozenset({'%s - "WebSocket %s" [accepted]', "connection open", "connection closed"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.LINES
+
+
 def server_stack() -> tuple[str, str]:
     """uvicorn's ``(loop, http)``: uvloop and httptools where installed, else asyncio and h11.
 
@@ -72,6 +85,8 @@ def _run_server(settings: Settings) -> None:
     from rentahal.app import create_app
 
     loop, http = server_stack()
+    if not settings.server.access_log:
+        logging.getLogger("uvicorn.error").addFilter(_QuietSockets())
     uvicorn.run(
         create_app(settings),
         host=settings.server.host,
