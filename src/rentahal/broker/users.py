@@ -54,7 +54,7 @@ class UserDirectory:
     async def connect(self, guid: str, *, fresh: bool = False) -> User:
         """The user behind a connecting socket (created on first sight).
 
-        ``fresh``: the GUID was made for this socket, so it is not looked up first.
+        ``fresh``: the GUID was made for this socket, so it is not looked up.
         Creations on this node take turns: concurrent SQLite writers wait for the
         write lock in sleeps (its busy handler), which capped a connect storm of new
         users at ~65/s; one at a time they go ~1.7x faster (PostgreSQL takes an
@@ -66,7 +66,7 @@ class UserDirectory:
             if user is not None:
                 return user
         async with self._creating:
-            return await storage.get_or_create_user(guid)
+            return await storage.get_or_create_user(guid, new=fresh)
 
     async def get(self, guid: str) -> User | None:
         """A user by GUID (read from the database)."""

@@ -250,9 +250,13 @@ class Storage:
             row = (await conn.execute(select(t.users).where(t.users.c.guid == guid))).first()
         return user_from_row(row) if row else None
 
-    async def get_or_create_user(self, guid: str) -> User:
-        """The user with ``guid``; created (sysop if the very first) when unknown."""
-        user = await self.get_user(guid)
+    async def get_or_create_user(self, guid: str, *, new: bool = False) -> User:
+        """The user with ``guid``; created (sysop if the very first) when unknown.
+
+        ``new``: the GUID was just made, so it is not looked up first (a clash still
+        ends in the stored user).
+        """
+        user = None if new else await self.get_user(guid)
         if user is not None:
             return user
         try:

@@ -81,9 +81,9 @@ class PrefixStorage(Storage):
             self._owner.suspect(name, exc)
             raise ShardUnavailable(name) from exc
 
-    async def get_or_create_user(self, guid: str) -> User:
+    async def get_or_create_user(self, guid: str, *, new: bool = False) -> User:
         """The user with ``guid``; created (with a nickname free in every shard) when unknown."""
-        user = await self.get_user(guid)
+        user = None if new else await self.get_user(guid)
         if user is not None:
             return user
         plain = guid.replace("-", "")

@@ -382,11 +382,11 @@ class ShardedStorage(Storage):
             return await super().get_user(guid)
         return await self.for_user(guid).get_user(guid)
 
-    async def get_or_create_user(self, guid: str) -> User:
-        """The user with ``guid``, created in its shard when unknown."""
+    async def get_or_create_user(self, guid: str, *, new: bool = False) -> User:
+        """The user with ``guid``, created in its shard when unknown (``new``: not looked up)."""
         if self.directory is None:
-            return await super().get_or_create_user(guid)
-        return await self.for_user(guid).get_or_create_user(guid)
+            return await super().get_or_create_user(guid, new=new)
+        return await self.for_user(guid).get_or_create_user(guid, new=new)
 
     async def set_nickname(self, guid: str, nickname: str) -> bool:
         """Rename a user (in its shard)."""
