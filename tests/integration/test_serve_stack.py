@@ -11,6 +11,7 @@ import pytest
 
 from rentahal.cli import server_stack
 from tests.support.broker_process import BrokerProcess
+from tests.support.client import WSClient
 
 
 def test_server_stack_prefers_uvloop_and_httptools() -> None:
@@ -37,3 +38,19 @@ def test_access_log_only_when_asked(tmp_path: Path, access_log: bool) -> None:
         broker.stop()
         log = broker.log.read_text(errors="replace")
     assert ("GET /debug/system_status" in log) is access_log
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+async def test_websocket_lines_only_with_the_access_log(tmp_path: Path, access_log: bool) -> None:
+    env = {"SERVER__ACCESS_LOG": str(access_log).lower()}
+    with BrokerProcess(tmp_path, env=env) as broker:
+        for _ in range(3):
+            client = await WSClient.connect(broker.ws_url)
+            sequence = await client.connect_sequence()
+            await client.close()
+            assert sequence[-1]["type"] == "huggingface_update"
+        broker.stop()
+        log = broker.log.read_text(errors="replace")
+    assert log.count('"WebSocket /ws" [accepted]') == (3 if access_log else 0)
+    assert ("connection open" in log) is access_log
+    assert "Application startup complete" in log  # other uvicorn lines stay
