@@ -3,10 +3,11 @@
 Run by the ``connections`` scenario so that the clients' own memory and file
 descriptors are not the measuring process's. It is started as a script, not as
 ``-m rentahal.bench.holder``, and imports nothing of ``rentahal``: the package
-import (the whole broker) cost each holder ~1.4 s of CPU while the clock ran. It speaks JSON lines on stdout:
-``{"event": "progress", "connected": n}``, then ``{"event": "ready", ...}``; it
-then records when each client receives the ``sysop_message`` carrying the marker,
-prints ``{"event": "received", "times": [...]}`` and holds on until stdin closes.
+import (the whole broker) cost each holder ~1.4 s of CPU while the clock ran.
+It speaks JSON lines on stdout: ``{"event": "progress", "connected": n}``, then
+``{"event": "ready", ...}``; it then records when each client receives the
+``sysop_message`` carrying the marker, prints ``{"event": "received", "times": [...]}``
+and holds on until stdin closes.
 """
 
 from __future__ import annotations

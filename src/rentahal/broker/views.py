@@ -169,21 +169,21 @@ class BrokerViews:
         avg_lines = ["Average service times:"] + [
             f"{label}: {averages.get(key, 0.0):.2f}s" for label, key in AVERAGE_TYPES
         ]
-        guids = self._connections.users()
         # Name at most CONNECTED_LISTED users, so a connect costs the same at any load.
-        connected = await self._connected_users(guids[:CONNECTED_LISTED])
+        online = self._connections.user_count
+        connected = await self._connected_users(self._connections.first_users(CONNECTED_LISTED))
         user_lines = ["Connected users:"] + [
             f"{u.nickname}: {u.query_count} queries, ${u.total_cost:.2f}" for u in connected
         ]
-        if len(guids) > CONNECTED_LISTED:
-            user_lines.append(f"... and {len(guids) - CONNECTED_LISTED} more")
+        if online > CONNECTED_LISTED:
+            user_lines.append(f"... and {online - CONNECTED_LISTED} more")
         most = self._connections.peak_users
         return [
             "\n".join(lines),
             f"Your total lifetime costs: ${user.total_cost:.2f}",
             f"System-wide total lifetime costs: ${float(stats.get('total_cost') or 0):.2f}",
             "\n".join(avg_lines),
-            f"Connected users: {len(guids)} (most ever: {most})",
+            f"Connected users: {online} (most ever: {most})",
             "\n".join(user_lines),
         ]
 

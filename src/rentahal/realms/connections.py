@@ -141,6 +141,15 @@ class RealmConnectionManager:
         """GUIDs with at least one open socket."""
         return list(self._by_user)
 
+    @property
+    def user_count(self) -> int:
+        """Users with at least one open socket."""
+        return len(self._by_user)
+
+    def first_users(self, limit: int) -> list[str]:
+        """The first ``limit`` GUIDs of :meth:`users` (without copying them all)."""
+        return list(itertools.islice(self._by_user, limit))
+
     def add(self, conn: Connection) -> None:
         """Register a socket."""
         conns = self._by_user[conn.user_guid]
