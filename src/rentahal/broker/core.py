@@ -23,6 +23,7 @@ from typing import Any
 from rentahal.admission import Admission
 from rentahal.backends import HttpClient
 from rentahal.broker.control import (
+    CONTROL_CHANNEL,
     Cancel,
     ControlChannel,
     RealmsChanged,
@@ -152,6 +153,11 @@ class Broker:
                 "health", self.node_id, settings.workers.health_check_interval * 3
             ),
             distributed=distributed,
+            alone=(
+                (lambda: bus.alone_on(CONTROL_CHANNEL))
+                if isinstance(bus, RedisBus)
+                else (lambda: False)
+            ),
         )
         if distributed:
             self._registry.cluster = self._state
@@ -544,6 +550,9 @@ class Broker:
                 result = result.model_copy(update={"user": user})
                 self._users.remember(user)
             payload = result.model_dump()
+            if await self._delivery.keep_and_publish(job.realm, job.job_id, payload):
+                self._queue_changed()
+                return result
             posted = await self._delivery.keep(job.user_guid, payload, finished=job.job_id)
         try:
             if not posted:  # a kept result left the running set with it

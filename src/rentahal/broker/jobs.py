@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from rentahal.bus import keys
 from rentahal.bus.base import Bus
+from rentahal.bus.redis import RedisBus
 from rentahal.bus.state import ClusterState
 from rentahal.models import Job, QueryState
 from rentahal.realms.processor import QueryProcessor
@@ -83,6 +85,8 @@ class JobBook:
 
     async def depth(self) -> int:
         """Waiting plus running jobs, all queues (all nodes in a cluster)."""
+        if self._distributed and isinstance(self._bus, RedisBus):  # one round trip
+            return await self._bus.total_depth(self.queues(), keys.running_key())
         if self._distributed:  # asked at once: one round trip's wait, not one per count
             counts = await asyncio.gather(
                 *(self._bus.depth(q) for q in self.queues()), self._state.running_count()

@@ -62,6 +62,8 @@ WAITING_CAP = 1000  # most jobs :meth:`RedisBus.waiting` returns and ``take`` sc
 # ``take`` reads the fair order in pages: the first acceptable job is nearly always in
 # the first one, and a long queue is not read (and parsed) whole on every look.
 HEAD_PAGE = 16
+# How long a publish that only this node heard stands for "no other node listens".
+ALONE_S = 1.0
 _CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
 
 # Start-time fair queuing (the rules of :mod:`rentahal.bus.fair`), shared by the
@@ -314,6 +316,34 @@ return n
 """
 )
 
+# Finish a job in one step: keep its result in the user's mailbox, clear it
+# from the running set, forget its entry (as _ACK) and publish the result. One
+# script, so the result is kept no later than the job leaves queue and running set.
+# KEYS: stream, index, jobs, fair x4, mailbox, running, results channel.
+# ARGV: group, job_id, entry id or '', result JSON, mailbox length, mailbox ttl s.
+_FINISH = (
+    _FAIR_LIB
+    + """
+local F = fair_keys(4)
+redis.call('RPUSH', KEYS[8], ARGV[4])
+redis.call('LTRIM', KEYS[8], -tonumber(ARGV[5]), -1)
+redis.call('EXPIRE', KEYS[8], tonumber(ARGV[6]))
+redis.call('HDEL', KEYS[9], ARGV[2])
+local id = ARGV[3]
+if id == '' then id = redis.call('HGET', KEYS[2], ARGV[2]) or '' end
+if id ~= '' then
+  redis.pcall('XACK', KEYS[1], ARGV[1], id)
+  redis.call('XDEL', KEYS[1], id)
+  if redis.call('HGET', KEYS[2], ARGV[2]) == id then
+    redis.call('HDEL', KEYS[2], ARGV[2])
+    redis.call('HDEL', KEYS[3], ARGV[2], 'rev:' .. ARGV[2])
+    fair_forget(F, ARGV[2])
+  end
+end
+return redis.call('PUBLISH', KEYS[10], ARGV[4])
+"""
+)
+
 # ``count`` waiting jobs from ``start`` in fair order as [job_id, entry id, revision, ...]:
 # ``take`` fetches only bodies it has not parsed yet (jobs may carry large images).
 # KEYS: fair order, index, jobs. ARGV: start, count.
@@ -484,6 +514,7 @@ class RedisBus:
                 ("reclaim", _RECLAIM),
                 ("remove", _REMOVE),
                 ("ack", _ACK),
+                ("finish", _FINISH),
                 ("fair_head", _FAIR_HEAD),
                 ("fair_take", _FAIR_TAKE),
                 ("fair_repair", _FAIR_REPAIR),
@@ -493,6 +524,7 @@ class RedisBus:
         self._queues: dict[str, _QueueState] = {}
         self._handlers: dict[str, list[MessageHandler]] = {keys.WAKE_CHANNEL: [self._on_wake]}
         self._listening = asyncio.Event()
+        self._heard: dict[str, tuple[int, float]] = {}  # channel -> (receivers, loop time)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -869,6 +901,40 @@ class RedisBus:
         args = [self.group, job_id, entry]
         await self._call(lambda: self._scripts["ack"](keys=keys_, args=args), "ack")
 
+    async def finish(
+        self,
+        queue: str,
+        job_id: str,
+        result: dict[str, Any],
+        *,
+        mailbox: tuple[str, int, int],
+        running_key: str,
+        channel: str,
+    ) -> None:
+        """Keep, clear, ack and publish a finished job's result in one atomic step.
+
+        ``mailbox`` is (key, length, ttl s) of the user's mailbox; the job leaves
+        ``running_key``'s hash and ``queue`` and the result goes out on ``channel``,
+        as :meth:`ack` + :meth:`publish` with the mailbox kept first would. Nothing
+        is done when it raises :class:`BusError`: the caller may take the steps one
+        by one.
+        """
+        q = self._state(queue)
+        entry = q.inflight.get(job_id, "")
+        keys_ = [
+            keys.stream_key(queue),
+            keys.job_index_key(queue),
+            keys.jobs_key(queue),
+            *_fair_keys(queue),
+            mailbox[0],
+            running_key,
+            keys.channel_key(channel),
+        ]
+        data = orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS)
+        args: list[str | bytes | int] = [self.group, job_id, entry, data, mailbox[1], mailbox[2]]
+        await self._call(lambda: self._scripts["finish"](keys=keys_, args=args), "finish")
+        q.inflight.pop(job_id, None)
+
     async def requeue(self, queue: str, job: Job) -> None:
         """Hand a taken job back, at its place in the fair order, with ``job``'s new state.
 
@@ -924,6 +990,20 @@ class RedisBus:
         key = keys.fair_order_key(queue)
         return int(await self._call(lambda: self._redis.zcard(key), "depth"))
 
+    async def total_depth(self, queues: list[str], running_key: str) -> int:
+        """Waiting jobs of ``queues`` plus the entries of the hash ``running_key``, in one
+        round trip (queues known to be empty are not asked)."""
+        asked = [q for q in queues if not (q in self._queues and self._queues[q].known_empty)]
+
+        async def _counts() -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            for queue in asked:
+                pipe.zcard(keys.fair_order_key(queue))
+            pipe.hlen(running_key)
+            return await pipe.execute()
+
+        return sum(int(n) for n in await self._call(_counts, "depth"))
+
     async def holding(self, queue: str, job_ids: list[str]) -> set[str]:
         """The ids among ``job_ids`` that ``queue`` holds (waiting or taken, not yet acked)."""
         if not job_ids:
@@ -960,7 +1040,14 @@ class RedisBus:
         """Send ``message`` (as JSON) to every subscriber of ``channel`` on every node."""
         data = orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS)
         key = keys.channel_key(channel)
-        await self._call(lambda: self._redis.publish(key, data), "publish")
+        heard = await self._call(lambda: self._redis.publish(key, data), "publish")
+        self._heard[channel] = (int(heard), asyncio.get_running_loop().time())
+
+    def alone_on(self, channel: str) -> bool:
+        """Whether the last publish on ``channel``, less than :data:`ALONE_S` ago, reached
+        only this node's own subscriber (so a message only other nodes need can wait)."""
+        heard, at = self._heard.get(channel, (2, 0.0))
+        return heard <= 1 and asyncio.get_running_loop().time() - at < ALONE_S
 
     def subscribe(self, channel: str, handler: MessageHandler) -> None:
         """Call ``handler`` for each message on ``channel``.
