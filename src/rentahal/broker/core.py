@@ -401,6 +401,17 @@ class Broker:
         serves both: a WebSocket submit tells it in ``query_queued``).
         """
         query = await self.validate(user_guid, query)
+        if self._jobs.one_step():  # Redis: depth check, share and enqueue in one script
+            queue = await self.route(query)
+            job = Job(user_guid=user_guid, query=query, realm=queue, origin_node=self.node_id)
+            if want_result:
+                self._delivery.expect(job.job_id)
+            try:
+                depth = await self._jobs.add_queued(job, self.settings.queue.max_queue_size)
+            except BaseException:
+                self._delivery.drop(job.job_id)
+                raise
+            return self._queued(job), depth
         depth = await self._jobs.depth()
         if depth >= self.settings.queue.max_queue_size:
             raise QueueFull("Queue is full, please try again later")
@@ -415,10 +426,14 @@ class Broker:
             self._delivery.drop(job.job_id)
             await self._jobs.drop(job.job_id)
             raise
+        return self._queued(job), depth + 1
+
+    def _queued(self, job: Job) -> Job:
+        """``job`` is in its queue: watch it (Redis mode) and schedule a ``queue_update``."""
         if self._sweeper is not None:
             self._sweeper.watch(job)
         self._queue_changed()
-        return job, depth + 1
+        return job
 
     def stream(self, user_guid: str, query: Query) -> QueryStream:
         """Stream a chat ``query`` straight from a worker (see :mod:`rentahal.streaming`)."""
@@ -550,9 +565,13 @@ class Broker:
                 result = result.model_copy(update={"user": user})
                 self._users.remember(user)
             payload = result.model_dump()
-            if await self._delivery.keep_and_publish(job.realm, job.job_id, payload):
+            # The job's share leases, when they are in Redis too, go in the same step.
+            shares = self._shares.take_over(job.job_id) if self._jobs.one_step() else []
+            if await self._delivery.keep_and_publish(job.realm, job.job_id, payload, shares):
                 self._queue_changed()
                 return result
+            if shares:
+                self._shares.adopt(job.job_id, shares)  # released as before, on delivery
             posted = await self._delivery.keep(job.user_guid, payload, finished=job.job_id)
         try:
             if not posted:  # a kept result left the running set with it

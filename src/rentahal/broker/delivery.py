@@ -104,8 +104,11 @@ class Delivery:
             )
             return False
 
-    async def keep_and_publish(self, queue: str, job_id: str, payload: dict[str, Any]) -> bool:
-        """Keep, clear from queue and running set, and publish a result in one Redis step.
+    async def keep_and_publish(
+        self, queue: str, job_id: str, payload: dict[str, Any], shares: list[str]
+    ) -> bool:
+        """Keep, clear from queue and running set, and publish a result in one Redis step
+        (dropping the job's leases on the ``shares`` counters in it).
 
         ``False`` (nothing done) on a single node or when Redis cannot take it
         now: then :meth:`keep`, the ack and :meth:`publish` go one by one.
@@ -120,6 +123,7 @@ class Delivery:
                 mailbox=(keys.mailbox_key(payload["user_guid"]), MAILBOX_LENGTH, MAILBOX_TTL_S),
                 running_key=keys.running_key(),
                 channel=RESULTS_CHANNEL,
+                shares=shares,
             )
             return True
         except BusError as exc:

@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from pydantic import ValidationError
@@ -109,6 +109,7 @@ local function fair_stamp(F, job_id, flow, cost)
     fair_num(start) .. '|' .. fair_num(cost) .. '|' .. seq .. '|' .. flow)
   redis.call('ZADD', F.order, fair_num(start), seq .. ':' .. job_id)
   redis.call('HINCRBY', F.flows, 'n:' .. flow, 1)
+  return seq .. ':' .. job_id
 end
 -- The job waits (again) with its tag, or a new tag when it has none. True if filed now.
 local function fair_file(F, jobs, job_id)
@@ -159,30 +160,68 @@ end
 
 # Add the entry and hand it to held at once (every waiting job is held), with
 # its fair tag; legacy undelivered entries found on the way are filed too.
+# Answers the job's 1-based place in the fair order.
 # KEYS: stream, index, jobs, fair x4, wake channel.
 # ARGV: group, job_id, job JSON, held, user, cost, wake message.
-_ENQUEUE = (
-    _FAIR_LIB
-    + """
-local F = fair_keys(4)
-redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
-fair_forget(F, ARGV[2])
-local id = redis.call('XADD', KEYS[1], '*', 'job_id', ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[2], id)
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[4], 'STREAMS', KEYS[1], '>')
-if got then
-  for _, e in ipairs(got[1][2]) do
-    if e[1] == id then
-      fair_stamp(F, ARGV[2], ARGV[5], tonumber(ARGV[6]))
-    else
-      local job_id = entry_job(KEYS[1], e[1])
-      if job_id then fair_file(F, KEYS[3], job_id) end
+_ENQUEUE_LIB = """
+local function enqueue()
+  local F = fair_keys(4)
+  redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+  fair_forget(F, ARGV[2])
+  local id = redis.call('XADD', KEYS[1], '*', 'job_id', ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[2], id)
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+  local member = nil
+  local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[4], 'STREAMS', KEYS[1], '>')
+  if got then
+    for _, e in ipairs(got[1][2]) do
+      if e[1] == id then
+        member = fair_stamp(F, ARGV[2], ARGV[5], tonumber(ARGV[6]))
+      else
+        local job_id = entry_job(KEYS[1], e[1])
+        if job_id then fair_file(F, KEYS[3], job_id) end
+      end
     end
   end
+  redis.call('PUBLISH', KEYS[8], ARGV[7])
+  if not member then return 0 end
+  return (redis.call('ZRANK', F.order, member) or -1) + 1
 end
-redis.call('PUBLISH', KEYS[8], ARGV[7])
-return id
+"""
+_ENQUEUE = _FAIR_LIB + _ENQUEUE_LIB + "return enqueue()\n"
+
+# A new job in one step: the depth check (waiting jobs of every queue plus the
+# running set against ``max depth``), the share leases (as bus/counters.py's
+# acquire: every cap checked, then every lease taken) and the enqueue.
+# Answers {0, depth with the job, place} or {-1, depth} (queue full) or {-2, i}
+# (share key i full); nothing is changed unless it answers 0.
+# KEYS: as _ENQUEUE (8), running, n fair orders (depth), m share keys.
+# ARGV: as _ENQUEUE (7), max depth, n, lease ms, m, m caps.
+_SUBMIT = (
+    _FAIR_LIB
+    + _ENQUEUE_LIB
+    + """
+local nq, ns = tonumber(ARGV[9]), tonumber(ARGV[11])
+local depth = redis.call('HLEN', KEYS[9])
+for i = 10, 9 + nq do depth = depth + redis.call('ZCARD', KEYS[i]) end
+if depth >= tonumber(ARGV[8]) then return {-1, depth} end
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local lease = tonumber(ARGV[10])
+for j = 1, ns do
+  local key = KEYS[9 + nq + j]
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ms)
+  if not redis.call('ZSCORE', key, ARGV[2])
+     and redis.call('ZCARD', key) >= tonumber(ARGV[11 + j]) then
+    return {-2, j}
+  end
+end
+for j = 1, ns do
+  local key = KEYS[9 + nq + j]
+  redis.call('ZADD', key, ms + lease, ARGV[2])
+  if redis.call('PTTL', key) < lease then redis.call('PEXPIRE', key, lease) end
+end
+return {0, depth + 1, enqueue()}
 """
 )
 
@@ -319,7 +358,8 @@ return n
 # Finish a job in one step: keep its result in the user's mailbox, clear it
 # from the running set, forget its entry (as _ACK) and publish the result. One
 # script, so the result is kept no later than the job leaves queue and running set.
-# KEYS: stream, index, jobs, fair x4, mailbox, running, results channel.
+# The job id's leases on the share counters go too (the node that queued it finishes it).
+# KEYS: stream, index, jobs, fair x4, mailbox, running, results channel, share keys.
 # ARGV: group, job_id, entry id or '', result JSON, mailbox length, mailbox ttl s.
 _FINISH = (
     _FAIR_LIB
@@ -340,6 +380,7 @@ if id ~= '' then
     fair_forget(F, ARGV[2])
   end
 end
+for i = 11, #KEYS do redis.call('ZREM', KEYS[i], ARGV[2]) end
 return redis.call('PUBLISH', KEYS[10], ARGV[4])
 """
 )
@@ -429,6 +470,19 @@ def _fair_keys(queue: str) -> list[str]:
     ]
 
 
+QUEUE_FULL = "\x00queue"  # :attr:`Submitted.full` when the depth check refused
+
+
+class Submitted(NamedTuple):
+    """What :meth:`RedisBus.submit` did: ``full`` names what refused the job (the share
+    key, or :data:`QUEUE_FULL`), None when it was queued; ``depth`` counts it, and
+    ``position`` is its 1-based place in the fair order then."""
+
+    full: str | None
+    depth: int
+    position: int
+
+
 class _QueueState:
     """What this node knows of one queue.
 
@@ -509,6 +563,7 @@ class RedisBus:
             name: self._redis.register_script(src)
             for name, src in (
                 ("enqueue", _ENQUEUE),
+                ("submit", _SUBMIT),
                 ("move", _MOVE),
                 ("heartbeat", _HEARTBEAT),
                 ("reclaim", _RECLAIM),
@@ -679,8 +734,8 @@ class RedisBus:
 
     # queues
 
-    async def enqueue(self, queue: str, job: Job) -> None:
-        """Queue ``job`` at its user's place in the fair order, and wake every node."""
+    def _enqueue_call(self, queue: str, job: Job) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of :data:`_ENQUEUE` (which :data:`_SUBMIT` begins with)."""
         keys_ = [
             keys.stream_key(queue),
             keys.job_index_key(queue),
@@ -688,7 +743,7 @@ class RedisBus:
             *_fair_keys(queue),
             keys.channel_key(keys.WAKE_CHANNEL),
         ]
-        args = [
+        args: list[str | int] = [
             self.group,
             job.job_id,
             job.model_dump_json(),
@@ -697,11 +752,51 @@ class RedisBus:
             repr(job_cost(self._weight, job)),
             self._wake_message(queue),
         ]
-        await self._call(lambda: self._scripts["enqueue"](keys=keys_, args=args), "enqueue")
+        return keys_, args
+
+    def _enqueued(self, queue: str, job: Job) -> None:
         q = self._state(queue)
         # This node need not fetch and parse the body again to take it (revision 0: new).
         q.parsed[job.job_id, "0"] = job
         q.arrived()
+
+    async def enqueue(self, queue: str, job: Job) -> None:
+        """Queue ``job`` at its user's place in the fair order, and wake every node."""
+        keys_, args = self._enqueue_call(queue, job)
+        await self._call(lambda: self._scripts["enqueue"](keys=keys_, args=args), "enqueue")
+        self._enqueued(queue, job)
+
+    async def submit(
+        self,
+        queue: str,
+        job: Job,
+        *,
+        depth_of: list[str],
+        running_key: str,
+        max_depth: int,
+        shares: dict[str, int],
+        lease_s: float,
+    ) -> Submitted:
+        """Check the depth, take the share leases and enqueue ``job``, in one atomic step.
+
+        The depth counts the waiting jobs of ``depth_of`` and the entries of the hash
+        ``running_key``; ``shares`` maps each share counter to its cap, and the job id
+        holds a lease of ``lease_s`` on each (as :class:`~rentahal.bus.counters.
+        RedisCounters`). Nothing changes unless :attr:`Submitted.full` is None.
+        """
+        keys_, args = self._enqueue_call(queue, job)
+        names = list(shares)
+        keys_ += [running_key, *(keys.fair_order_key(q) for q in depth_of), *names]
+        args += [max_depth, len(depth_of), int(lease_s * 1000), len(names)]
+        args += [shares[k] for k in names]
+        got = await self._call(lambda: self._scripts["submit"](keys=keys_, args=args), "submit")
+        code, figure = int(got[0]), int(got[1])
+        if code == -1:
+            return Submitted(QUEUE_FULL, figure, 0)
+        if code == -2:
+            return Submitted(names[figure - 1], 0, 0)
+        self._enqueued(queue, job)
+        return Submitted(None, figure, int(got[2]))
 
     async def take(
         self, queue: str, *, accept: JobFilter | None = None, timeout_s: float = 1.0
@@ -910,12 +1005,14 @@ class RedisBus:
         mailbox: tuple[str, int, int],
         running_key: str,
         channel: str,
+        shares: list[str] | None = None,
     ) -> None:
         """Keep, clear, ack and publish a finished job's result in one atomic step.
 
         ``mailbox`` is (key, length, ttl s) of the user's mailbox; the job leaves
         ``running_key``'s hash and ``queue`` and the result goes out on ``channel``,
-        as :meth:`ack` + :meth:`publish` with the mailbox kept first would. Nothing
+        as :meth:`ack` + :meth:`publish` with the mailbox kept first would; the job
+        id's leases on the ``shares`` counters are dropped. Nothing
         is done when it raises :class:`BusError`: the caller may take the steps one
         by one.
         """
@@ -929,6 +1026,7 @@ class RedisBus:
             mailbox[0],
             running_key,
             keys.channel_key(channel),
+            *(shares or ()),
         ]
         data = orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS)
         args: list[str | bytes | int] = [self.group, job_id, entry, data, mailbox[1], mailbox[2]]
