@@ -43,6 +43,7 @@ from rentahal.bus.base import Bus
 from rentahal.bus.counters import MemoryCounters, ShareCounters
 from rentahal.bus.redis import RedisBus
 from rentahal.bus.state import ClusterState, MemoryState
+from rentahal.bus.state.redis import RedisState
 from rentahal.config import Settings
 from rentahal.errors import BusError, LedgerDeferred, QueryRejected, QueueFull, StorageError
 from rentahal.lost_jobs import LostJobSweeper, SweeperParts
@@ -227,6 +228,7 @@ class Broker:
                 ),
                 settings.broker.lost_job_check_s,
             )
+        self._running_on_take = isinstance(bus, RedisBus) and isinstance(self._state, RedisState)
         self._housekeeping: asyncio.Task[None] | None = None
         self._control.on(Cancel, self._on_cancel)
         self._control.on(Terminate, self._on_terminate)
@@ -532,8 +534,12 @@ class Broker:
     # finishing
 
     async def _job_started(self, job: Job) -> None:
-        """A processor of this node started ``job`` (so cancels can find it)."""
-        await self._state.set_running(job.job_id, self.node_id, job.user_guid)
+        """A processor of this node started ``job`` (so cancels can find it).
+
+        The Redis bus noted it in the running set when it was taken (same step).
+        """
+        if not self._running_on_take:
+            await self._state.set_running(job.job_id, self.node_id, job.user_guid)
 
     async def finish(self, job: Job, result: Result) -> Result:
         """Price, record, meter and publish a finished job, once (runs shielded).

@@ -226,8 +226,9 @@ return {0, depth + 1, enqueue()}
 )
 
 # Hand a pending entry from one consumer to another, only if ``from`` owns it;
-# a job handed to held waits again at its place in the fair order.
-# KEYS: stream, jobs, fair x4, wake channel.
+# a job handed to held waits again at its place in the fair order (and is not
+# running any more).
+# KEYS: stream, jobs, fair x4, wake channel, running.
 # ARGV: group, entry id, from, to, job_id, new job JSON or '', held, wake message.
 _MOVE = (
     _FAIR_LIB
@@ -245,6 +246,7 @@ end
 if job_id then
   if ARGV[4] == ARGV[7] then
     fair_file(F, KEYS[2], job_id)
+    redis.call('HDEL', KEYS[8], job_id)
     redis.call('PUBLISH', KEYS[7], ARGV[8])
   elseif ARGV[3] == ARGV[7] then
     fair_unfile(F, job_id, true)
@@ -333,12 +335,14 @@ return body
 """
 )
 
-# Finish a job: forget its entry and, if the index still points there, the job.
-# KEYS: stream, index, jobs, fair x4. ARGV: group, job_id, entry id or ''.
+# Finish a job: forget its entry and, if the index still points there, the job;
+# it leaves the running set.
+# KEYS: stream, index, jobs, fair x4, running. ARGV: group, job_id, entry id or ''.
 _ACK = (
     _FAIR_LIB
     + """
 local F = fair_keys(4)
+redis.call('HDEL', KEYS[8], ARGV[2])
 local id = ARGV[3]
 if id == '' then
   id = redis.call('HGET', KEYS[2], ARGV[2])
@@ -401,8 +405,9 @@ return out
 """
 
 # Take a waiting job (a held entry) for a node, atomically against every other
-# take and remove. Stale members of the fair order are dropped on the way.
-# KEYS: stream, index, fair x4. ARGV: group, held, node, job_id, entry id.
+# take and remove, and note it in the running set as the node's (``node|user``).
+# Stale members of the fair order are dropped on the way.
+# KEYS: stream, index, fair x4, running. ARGV: group, held, node, job_id, entry id.
 _FAIR_TAKE = (
     _FAIR_LIB
     + """
@@ -419,9 +424,11 @@ if #p == 0 then
   if #redis.call('XRANGE', KEYS[1], id, id) == 0 then fair_forget(F, ARGV[4]) end
   return 0
 end
+local tag = fair_tag(F, ARGV[4])
 fair_unfile(F, ARGV[4], true)
 if p[1][2] ~= ARGV[2] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, id, 'JUSTID')
+if tag then redis.call('HSET', KEYS[7], ARGV[4], ARGV[3] .. '|' .. tag.flow) end
 return 1
 """
 )
@@ -703,6 +710,7 @@ class RedisBus:
             keys.jobs_key(queue),
             *_fair_keys(queue),
             keys.channel_key(keys.WAKE_CHANNEL),
+            keys.running_key(),
         ]
         args = [self.group, entry, src, dst, job_id, body, keys.HELD_CONSUMER]
         args.append(self._wake_message(queue))
@@ -970,7 +978,12 @@ class RedisBus:
         q.inflight[job_id] = entry  # from here a cancellation must hand the entry back
         try:
             taken = await self._scripts["fair_take"](
-                keys=[keys.stream_key(queue), keys.job_index_key(queue), *_fair_keys(queue)],
+                keys=[
+                    keys.stream_key(queue),
+                    keys.job_index_key(queue),
+                    *_fair_keys(queue),
+                    keys.running_key(),
+                ],
                 args=[self.group, keys.HELD_CONSUMER, self.node_id, job_id, entry],
             )
         except BaseException:
@@ -985,13 +998,15 @@ class RedisBus:
         self._state(queue).woken.set()
 
     async def ack(self, queue: str, job_id: str) -> None:
-        """The job is finished: delete its entry and its JSON (``XACK`` + ``XDEL``)."""
+        """The job is finished: delete its entry and its JSON (``XACK`` + ``XDEL``); it
+        leaves the running set."""
         entry = self._state(queue).inflight.pop(job_id, "")
         keys_ = [
             keys.stream_key(queue),
             keys.job_index_key(queue),
             keys.jobs_key(queue),
             *_fair_keys(queue),
+            keys.running_key(),
         ]
         args = [self.group, job_id, entry]
         await self._call(lambda: self._scripts["ack"](keys=keys_, args=args), "ack")
