@@ -14,6 +14,7 @@ from tests.support.redis_server import RedisServer
 
 from rentahal.bus import keys
 from rentahal.bus.redis import QUEUE_FULL, RedisBus
+from rentahal.bus.state.redis import RedisState
 from rentahal.models import Job, Query
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
@@ -152,3 +153,24 @@ async def test_a_taken_job_is_running_until_handed_back_or_acked(
     assert again is not None and again.job_id == first.job_id
     await bus.ack(queue, first.job_id)
     assert not await raw.hexists(keys.running_key(), first.job_id)
+
+
+async def test_state_calls_of_one_turn_share_a_pipeline_and_keep_their_replies(
+    redis_server: RedisServer, raw: Redis
+) -> None:
+    state = RedisState(redis_server.url)
+    try:
+        ids = [f"job-{uuid.uuid4().hex[:8]}" for _ in range(20)]
+        first = await asyncio.gather(*(state.mark_delivered(j) for j in ids))
+        again = await asyncio.gather(
+            *(state.mark_delivered(j) for j in [*ids[:5], "new-" + ids[0]])
+        )
+        assert first == [True] * 20
+        assert again == [False] * 5 + [True]
+        worker = f"w-{uuid.uuid4().hex[:8]}"
+        holders = [f"h{i}" for i in range(6)]
+        assert all([await state.acquire_slot(worker, 10, h, 60) for h in holders])
+        await asyncio.gather(*(state.release_slot(worker, h) for h in holders[:4]))
+        assert sorted(await raw.zrange(keys.slots_key(worker), 0, -1)) == holders[4:]
+    finally:
+        await state.close()
