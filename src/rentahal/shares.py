@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from contextvars import ContextVar
 
 from rentahal.bus import keys
@@ -65,21 +66,40 @@ class Shares:
 
     async def admit(self, job_id: str, user_guid: str, address: str | None = None) -> None:
         """Take ``job_id``'s leases; ``QueueFull`` (nothing taken) when a share is used up."""
+        caps = self.caps(user_guid, address)
+        full = await self.counters.acquire(job_id, caps, LEASE_S)
+        if full is None:
+            self.adopt(job_id, caps)
+            return
+        raise self.refusal(full, caps, user_guid)
+
+    def caps(self, user_guid: str, address: str | None = None) -> dict[str, int]:
+        """The counters a query of ``user_guid`` takes a lease on, with their caps
+        (the client address is the request's unless given)."""
         address = address if address is not None else client_address.get()
         caps = {user_key(user_guid): self.queue.max_queued_per_user}
         if address:
             caps[address_key(address)] = address_cap(self.queue)
-        full = await self.counters.acquire(job_id, caps, LEASE_S)
-        if full is None:
-            self._held[job_id] = (time.monotonic(), list(caps))
-            return
+        return caps
+
+    def adopt(self, job_id: str, counters: Iterable[str]) -> None:
+        """``job_id`` holds leases on ``counters`` (taken in one step elsewhere)."""
+        self._held[job_id] = (time.monotonic(), list(counters))
+
+    def take_over(self, job_id: str) -> list[str]:
+        """Stop holding ``job_id``'s leases here: the caller drops them (the counters it had)."""
+        held = self._held.pop(job_id, None)
+        return held[1] if held is not None else []
+
+    def refusal(self, full: str, caps: dict[str, int], user_guid: str) -> BrokerError:
+        """The error for a query refused because counter ``full`` is at its cap."""
         if full == user_key(user_guid):
             # HTTP callers wait for their own share to free up (rentahal.admission).
-            raise ShareFull(
+            return ShareFull(
                 f"You already have {self.queue.max_queued_per_user} queries waiting; "
                 "please wait for them to finish"
             )
-        raise QueueFull(
+        return QueueFull(
             f"Too many queries waiting from your network address (limit {caps[full]}); "
             "please wait for them to finish"
         )

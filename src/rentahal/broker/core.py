@@ -23,6 +23,7 @@ from typing import Any
 from rentahal.admission import Admission
 from rentahal.backends import HttpClient
 from rentahal.broker.control import (
+    CONTROL_CHANNEL,
     Cancel,
     ControlChannel,
     RealmsChanged,
@@ -42,6 +43,7 @@ from rentahal.bus.base import Bus
 from rentahal.bus.counters import MemoryCounters, ShareCounters
 from rentahal.bus.redis import RedisBus
 from rentahal.bus.state import ClusterState, MemoryState
+from rentahal.bus.state.redis import RedisState
 from rentahal.config import Settings
 from rentahal.errors import BusError, LedgerDeferred, QueryRejected, QueueFull, StorageError
 from rentahal.lost_jobs import LostJobSweeper, SweeperParts
@@ -152,6 +154,11 @@ class Broker:
                 "health", self.node_id, settings.workers.health_check_interval * 3
             ),
             distributed=distributed,
+            alone=(
+                (lambda: bus.alone_on(CONTROL_CHANNEL))
+                if isinstance(bus, RedisBus)
+                else (lambda: False)
+            ),
         )
         if distributed:
             self._registry.cluster = self._state
@@ -221,6 +228,7 @@ class Broker:
                 ),
                 settings.broker.lost_job_check_s,
             )
+        self._running_on_take = isinstance(bus, RedisBus) and isinstance(self._state, RedisState)
         self._housekeeping: asyncio.Task[None] | None = None
         self._control.on(Cancel, self._on_cancel)
         self._control.on(Terminate, self._on_terminate)
@@ -395,6 +403,17 @@ class Broker:
         serves both: a WebSocket submit tells it in ``query_queued``).
         """
         query = await self.validate(user_guid, query)
+        if self._jobs.one_step():  # Redis: depth check, share and enqueue in one script
+            queue = await self.route(query)
+            job = Job(user_guid=user_guid, query=query, realm=queue, origin_node=self.node_id)
+            if want_result:
+                self._delivery.expect(job.job_id)
+            try:
+                depth = await self._jobs.add_queued(job, self.settings.queue.max_queue_size)
+            except BaseException:
+                self._delivery.drop(job.job_id)
+                raise
+            return self._queued(job), depth
         depth = await self._jobs.depth()
         if depth >= self.settings.queue.max_queue_size:
             raise QueueFull("Queue is full, please try again later")
@@ -409,10 +428,14 @@ class Broker:
             self._delivery.drop(job.job_id)
             await self._jobs.drop(job.job_id)
             raise
+        return self._queued(job), depth + 1
+
+    def _queued(self, job: Job) -> Job:
+        """``job`` is in its queue: watch it (Redis mode) and schedule a ``queue_update``."""
         if self._sweeper is not None:
             self._sweeper.watch(job)
         self._queue_changed()
-        return job, depth + 1
+        return job
 
     def stream(self, user_guid: str, query: Query) -> QueryStream:
         """Stream a chat ``query`` straight from a worker (see :mod:`rentahal.streaming`)."""
@@ -511,8 +534,12 @@ class Broker:
     # finishing
 
     async def _job_started(self, job: Job) -> None:
-        """A processor of this node started ``job`` (so cancels can find it)."""
-        await self._state.set_running(job.job_id, self.node_id, job.user_guid)
+        """A processor of this node started ``job`` (so cancels can find it).
+
+        The Redis bus noted it in the running set when it was taken (same step).
+        """
+        if not self._running_on_take:
+            await self._state.set_running(job.job_id, self.node_id, job.user_guid)
 
     async def finish(self, job: Job, result: Result) -> Result:
         """Price, record, meter and publish a finished job, once (runs shielded).
@@ -544,6 +571,13 @@ class Broker:
                 result = result.model_copy(update={"user": user})
                 self._users.remember(user)
             payload = result.model_dump()
+            # The job's share leases, when they are in Redis too, go in the same step.
+            shares = self._shares.take_over(job.job_id) if self._jobs.one_step() else []
+            if await self._delivery.keep_and_publish(job.realm, job.job_id, payload, shares):
+                self._queue_changed()
+                return result
+            if shares:
+                self._shares.adopt(job.job_id, shares)  # released as before, on delivery
             posted = await self._delivery.keep(job.user_guid, payload, finished=job.job_id)
         try:
             if not posted:  # a kept result left the running set with it

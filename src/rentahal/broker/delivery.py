@@ -7,8 +7,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from rentahal.bus import keys
 from rentahal.bus.base import Bus
+from rentahal.bus.redis import RedisBus
 from rentahal.bus.state import ClusterState
+from rentahal.bus.state.base import MAILBOX_LENGTH, MAILBOX_TTL_S
+from rentahal.bus.state.redis import RedisState
 from rentahal.errors import BusError
 from rentahal.models import Result, User
 from rentahal.realms.connections import Connection, RealmConnectionManager
@@ -98,6 +102,32 @@ class Delivery:
             logger.warning(
                 "could not keep the result of %s in a mailbox: %s", payload["job_id"], exc
             )
+            return False
+
+    async def keep_and_publish(
+        self, queue: str, job_id: str, payload: dict[str, Any], shares: list[str]
+    ) -> bool:
+        """Keep, clear from queue and running set, and publish a result in one Redis step
+        (dropping the job's leases on the ``shares`` counters in it).
+
+        ``False`` (nothing done) on a single node or when Redis cannot take it
+        now: then :meth:`keep`, the ack and :meth:`publish` go one by one.
+        """
+        if not isinstance(self._bus, RedisBus) or not isinstance(self._state, RedisState):
+            return False
+        try:
+            await self._bus.finish(
+                queue,
+                job_id,
+                payload,
+                mailbox=(keys.mailbox_key(payload["user_guid"]), MAILBOX_LENGTH, MAILBOX_TTL_S),
+                running_key=keys.running_key(),
+                channel=RESULTS_CHANNEL,
+                shares=shares,
+            )
+            return True
+        except BusError as exc:
+            logger.warning("could not finish %s in one step: %s", job_id, exc)
             return False
 
     async def publish(self, payload: dict[str, Any]) -> bool:

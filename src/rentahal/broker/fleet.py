@@ -90,6 +90,7 @@ class Fleet:
         client: HttpClient,
         is_leader: Callable[[], Awaitable[bool]],
         distributed: bool,
+        alone: Callable[[], bool] = lambda: False,
     ) -> None:
         self._settings = settings
         self._storage = storage
@@ -98,6 +99,7 @@ class Fleet:
         self._broadcast = broadcast
         self._queue_changed = queue_changed
         self._distributed = distributed
+        self._alone = alone
         self.hf_models: list[HuggingFaceModel] = []
         # Probes run on the node that holds the "health" lease; others learn by message.
         self._health = HealthMonitor(
@@ -153,9 +155,14 @@ class Fleet:
         self._registry.changed()
 
     async def announce_slot_free(self, worker: str) -> None:
-        """Tell every node (this one first) that a cluster slot of ``worker`` was released."""
+        """Tell every node (this one first) that a cluster slot of ``worker`` was released.
+
+        Not sent while no other node listens (``alone``: the last control message,
+        within a second, reached this node only); one a second still goes out to look.
+        """
         self._registry.slot_freed(worker)
-        await self._control.publish(SlotFree(worker=worker))
+        if not self._alone():
+            await self._control.publish(SlotFree(worker=worker))
 
     async def reload_workers(self) -> None:
         """Make the registry match the database (keeping live state of unchanged workers)."""

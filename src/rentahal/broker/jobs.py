@@ -6,11 +6,15 @@ import asyncio
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from rentahal.bus import keys
 from rentahal.bus.base import Bus
+from rentahal.bus.counters import RedisCounters
+from rentahal.bus.redis import QUEUE_FULL, RedisBus
 from rentahal.bus.state import ClusterState
+from rentahal.errors import QueueFull
 from rentahal.models import Job, QueryState
 from rentahal.realms.processor import QueryProcessor
-from rentahal.shares import Shares
+from rentahal.shares import LEASE_S, Shares
 
 _ACTIVE = (QueryState.QUEUED, QueryState.DISPATCHED, QueryState.RUNNING)
 
@@ -46,6 +50,9 @@ class JobBook:
         self._shares = shares
         self._distributed = distributed
         self._queued: dict[str, _Place] = {}
+        # Place in the fair order of a job just queued in one step (read once, by the
+        # ``query_queued`` answer; gone when read or when the job settles).
+        self._placed: dict[str, int] = {}
 
     async def add(self, job: Job) -> None:
         """Take a share for ``job`` and note it as queued from this node.
@@ -55,6 +62,47 @@ class JobBook:
         """
         await self._shares.admit(job.job_id, job.user_guid)
         self._queued[job.job_id] = _Place(job.realm, job.user_guid)
+
+    def one_step(self) -> bool:
+        """Whether :meth:`add_queued` can admit and queue in one Redis step."""
+        return (
+            self._distributed
+            and isinstance(self._bus, RedisBus)
+            and isinstance(self._shares.counters, RedisCounters)
+        )
+
+    async def add_queued(self, job: Job, max_depth: int) -> int:
+        """:meth:`add` and enqueue ``job``, the depth check first, in one Redis step.
+
+        Answers the depth with ``job`` counted; ``QueueFull`` (nothing taken) when the
+        queues hold ``max_depth`` jobs, ``ShareFull`` / ``QueueFull`` as :meth:`add`.
+        Only when :meth:`one_step`.
+        """
+        assert isinstance(self._bus, RedisBus)
+        caps = self._shares.caps(job.user_guid)
+        self._queued[job.job_id] = _Place(job.realm, job.user_guid)
+        try:
+            got = await self._bus.submit(
+                job.realm,
+                job,
+                depth_of=self.queues(),
+                running_key=keys.running_key(),
+                max_depth=max_depth,
+                shares=caps,
+                lease_s=LEASE_S,
+            )
+        except BaseException:
+            self._queued.pop(job.job_id, None)
+            raise
+        if got.full is not None:
+            self._queued.pop(job.job_id, None)
+            if got.full == QUEUE_FULL:
+                raise QueueFull("Queue is full, please try again later")
+            raise self._shares.refusal(got.full, caps, job.user_guid)
+        self._shares.adopt(job.job_id, caps)
+        if got.position:
+            self._placed[job.job_id] = got.position
+        return got.depth
 
     async def drop(self, job_id: str) -> None:
         """Undo :meth:`add` (the job never reached its queue)."""
@@ -68,6 +116,7 @@ class JobBook:
 
     async def settle(self, job_id: str) -> bool:
         """The job's result is out (or it was lost): free its share; whether it was ours."""
+        self._placed.pop(job_id, None)
         if self._shares.holds(job_id):
             await self._shares.release(job_id)
         return self._queued.pop(job_id, None) is not None
@@ -83,6 +132,8 @@ class JobBook:
 
     async def depth(self) -> int:
         """Waiting plus running jobs, all queues (all nodes in a cluster)."""
+        if self._distributed and isinstance(self._bus, RedisBus):  # one round trip
+            return await self._bus.total_depth(self.queues(), keys.running_key())
         if self._distributed:  # asked at once: one round trip's wait, not one per count
             counts = await asyncio.gather(
                 *(self._bus.depth(q) for q in self.queues()), self._state.running_count()
@@ -96,6 +147,9 @@ class JobBook:
         queue = self.queue_of(job_id)
         if queue is None:
             return None
+        placed = self._placed.pop(job_id, None)
+        if placed is not None:
+            return placed
         for index, waiting in enumerate(await self._bus.waiting(queue), start=1):
             if waiting.job_id == job_id:
                 return index

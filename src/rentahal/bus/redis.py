@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 from pydantic import ValidationError
@@ -62,6 +62,8 @@ WAITING_CAP = 1000  # most jobs :meth:`RedisBus.waiting` returns and ``take`` sc
 # ``take`` reads the fair order in pages: the first acceptable job is nearly always in
 # the first one, and a long queue is not read (and parsed) whole on every look.
 HEAD_PAGE = 16
+# How long a publish that only this node heard stands for "no other node listens".
+ALONE_S = 1.0
 _CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
 
 # Start-time fair queuing (the rules of :mod:`rentahal.bus.fair`), shared by the
@@ -107,6 +109,7 @@ local function fair_stamp(F, job_id, flow, cost)
     fair_num(start) .. '|' .. fair_num(cost) .. '|' .. seq .. '|' .. flow)
   redis.call('ZADD', F.order, fair_num(start), seq .. ':' .. job_id)
   redis.call('HINCRBY', F.flows, 'n:' .. flow, 1)
+  return seq .. ':' .. job_id
 end
 -- The job waits (again) with its tag, or a new tag when it has none. True if filed now.
 local function fair_file(F, jobs, job_id)
@@ -157,36 +160,75 @@ end
 
 # Add the entry and hand it to held at once (every waiting job is held), with
 # its fair tag; legacy undelivered entries found on the way are filed too.
+# Answers the job's 1-based place in the fair order.
 # KEYS: stream, index, jobs, fair x4, wake channel.
 # ARGV: group, job_id, job JSON, held, user, cost, wake message.
-_ENQUEUE = (
-    _FAIR_LIB
-    + """
-local F = fair_keys(4)
-redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
-fair_forget(F, ARGV[2])
-local id = redis.call('XADD', KEYS[1], '*', 'job_id', ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[2], id)
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[4], 'STREAMS', KEYS[1], '>')
-if got then
-  for _, e in ipairs(got[1][2]) do
-    if e[1] == id then
-      fair_stamp(F, ARGV[2], ARGV[5], tonumber(ARGV[6]))
-    else
-      local job_id = entry_job(KEYS[1], e[1])
-      if job_id then fair_file(F, KEYS[3], job_id) end
+_ENQUEUE_LIB = """
+local function enqueue()
+  local F = fair_keys(4)
+  redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], '0', 'MKSTREAM')
+  fair_forget(F, ARGV[2])
+  local id = redis.call('XADD', KEYS[1], '*', 'job_id', ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[2], id)
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+  local member = nil
+  local got = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[4], 'STREAMS', KEYS[1], '>')
+  if got then
+    for _, e in ipairs(got[1][2]) do
+      if e[1] == id then
+        member = fair_stamp(F, ARGV[2], ARGV[5], tonumber(ARGV[6]))
+      else
+        local job_id = entry_job(KEYS[1], e[1])
+        if job_id then fair_file(F, KEYS[3], job_id) end
+      end
     end
   end
+  redis.call('PUBLISH', KEYS[8], ARGV[7])
+  if not member then return 0 end
+  return (redis.call('ZRANK', F.order, member) or -1) + 1
 end
-redis.call('PUBLISH', KEYS[8], ARGV[7])
-return id
+"""
+_ENQUEUE = _FAIR_LIB + _ENQUEUE_LIB + "return enqueue()\n"
+
+# A new job in one step: the depth check (waiting jobs of every queue plus the
+# running set against ``max depth``), the share leases (as bus/counters.py's
+# acquire: every cap checked, then every lease taken) and the enqueue.
+# Answers {0, depth with the job, place} or {-1, depth} (queue full) or {-2, i}
+# (share key i full); nothing is changed unless it answers 0.
+# KEYS: as _ENQUEUE (8), running, n fair orders (depth), m share keys.
+# ARGV: as _ENQUEUE (7), max depth, n, lease ms, m, m caps.
+_SUBMIT = (
+    _FAIR_LIB
+    + _ENQUEUE_LIB
+    + """
+local nq, ns = tonumber(ARGV[9]), tonumber(ARGV[11])
+local depth = redis.call('HLEN', KEYS[9])
+for i = 10, 9 + nq do depth = depth + redis.call('ZCARD', KEYS[i]) end
+if depth >= tonumber(ARGV[8]) then return {-1, depth} end
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local lease = tonumber(ARGV[10])
+for j = 1, ns do
+  local key = KEYS[9 + nq + j]
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ms)
+  if not redis.call('ZSCORE', key, ARGV[2])
+     and redis.call('ZCARD', key) >= tonumber(ARGV[11 + j]) then
+    return {-2, j}
+  end
+end
+for j = 1, ns do
+  local key = KEYS[9 + nq + j]
+  redis.call('ZADD', key, ms + lease, ARGV[2])
+  if redis.call('PTTL', key) < lease then redis.call('PEXPIRE', key, lease) end
+end
+return {0, depth + 1, enqueue()}
 """
 )
 
 # Hand a pending entry from one consumer to another, only if ``from`` owns it;
-# a job handed to held waits again at its place in the fair order.
-# KEYS: stream, jobs, fair x4, wake channel.
+# a job handed to held waits again at its place in the fair order (and is not
+# running any more).
+# KEYS: stream, jobs, fair x4, wake channel, running.
 # ARGV: group, entry id, from, to, job_id, new job JSON or '', held, wake message.
 _MOVE = (
     _FAIR_LIB
@@ -204,6 +246,7 @@ end
 if job_id then
   if ARGV[4] == ARGV[7] then
     fair_file(F, KEYS[2], job_id)
+    redis.call('HDEL', KEYS[8], job_id)
     redis.call('PUBLISH', KEYS[7], ARGV[8])
   elseif ARGV[3] == ARGV[7] then
     fair_unfile(F, job_id, true)
@@ -292,12 +335,14 @@ return body
 """
 )
 
-# Finish a job: forget its entry and, if the index still points there, the job.
-# KEYS: stream, index, jobs, fair x4. ARGV: group, job_id, entry id or ''.
+# Finish a job: forget its entry and, if the index still points there, the job;
+# it leaves the running set.
+# KEYS: stream, index, jobs, fair x4, running. ARGV: group, job_id, entry id or ''.
 _ACK = (
     _FAIR_LIB
     + """
 local F = fair_keys(4)
+redis.call('HDEL', KEYS[8], ARGV[2])
 local id = ARGV[3]
 if id == '' then
   id = redis.call('HGET', KEYS[2], ARGV[2])
@@ -311,6 +356,36 @@ if redis.call('HGET', KEYS[2], ARGV[2]) == id then
   fair_forget(F, ARGV[2])
 end
 return n
+"""
+)
+
+# Finish a job in one step: keep its result in the user's mailbox, clear it
+# from the running set, forget its entry (as _ACK) and publish the result. One
+# script, so the result is kept no later than the job leaves queue and running set.
+# The job id's leases on the share counters go too (the node that queued it finishes it).
+# KEYS: stream, index, jobs, fair x4, mailbox, running, results channel, share keys.
+# ARGV: group, job_id, entry id or '', result JSON, mailbox length, mailbox ttl s.
+_FINISH = (
+    _FAIR_LIB
+    + """
+local F = fair_keys(4)
+redis.call('RPUSH', KEYS[8], ARGV[4])
+redis.call('LTRIM', KEYS[8], -tonumber(ARGV[5]), -1)
+redis.call('EXPIRE', KEYS[8], tonumber(ARGV[6]))
+redis.call('HDEL', KEYS[9], ARGV[2])
+local id = ARGV[3]
+if id == '' then id = redis.call('HGET', KEYS[2], ARGV[2]) or '' end
+if id ~= '' then
+  redis.pcall('XACK', KEYS[1], ARGV[1], id)
+  redis.call('XDEL', KEYS[1], id)
+  if redis.call('HGET', KEYS[2], ARGV[2]) == id then
+    redis.call('HDEL', KEYS[2], ARGV[2])
+    redis.call('HDEL', KEYS[3], ARGV[2], 'rev:' .. ARGV[2])
+    fair_forget(F, ARGV[2])
+  end
+end
+for i = 11, #KEYS do redis.call('ZREM', KEYS[i], ARGV[2]) end
+return redis.call('PUBLISH', KEYS[10], ARGV[4])
 """
 )
 
@@ -330,8 +405,9 @@ return out
 """
 
 # Take a waiting job (a held entry) for a node, atomically against every other
-# take and remove. Stale members of the fair order are dropped on the way.
-# KEYS: stream, index, fair x4. ARGV: group, held, node, job_id, entry id.
+# take and remove, and note it in the running set as the node's (``node|user``).
+# Stale members of the fair order are dropped on the way.
+# KEYS: stream, index, fair x4, running. ARGV: group, held, node, job_id, entry id.
 _FAIR_TAKE = (
     _FAIR_LIB
     + """
@@ -348,9 +424,11 @@ if #p == 0 then
   if #redis.call('XRANGE', KEYS[1], id, id) == 0 then fair_forget(F, ARGV[4]) end
   return 0
 end
+local tag = fair_tag(F, ARGV[4])
 fair_unfile(F, ARGV[4], true)
 if p[1][2] ~= ARGV[2] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, id, 'JUSTID')
+if tag then redis.call('HSET', KEYS[7], ARGV[4], ARGV[3] .. '|' .. tag.flow) end
 return 1
 """
 )
@@ -397,6 +475,19 @@ def _fair_keys(queue: str) -> list[str]:
         keys.fair_finish_key(queue),
         keys.fair_flows_key(queue),
     ]
+
+
+QUEUE_FULL = "\x00queue"  # :attr:`Submitted.full` when the depth check refused
+
+
+class Submitted(NamedTuple):
+    """What :meth:`RedisBus.submit` did: ``full`` names what refused the job (the share
+    key, or :data:`QUEUE_FULL`), None when it was queued; ``depth`` counts it, and
+    ``position`` is its 1-based place in the fair order then."""
+
+    full: str | None
+    depth: int
+    position: int
 
 
 class _QueueState:
@@ -479,11 +570,13 @@ class RedisBus:
             name: self._redis.register_script(src)
             for name, src in (
                 ("enqueue", _ENQUEUE),
+                ("submit", _SUBMIT),
                 ("move", _MOVE),
                 ("heartbeat", _HEARTBEAT),
                 ("reclaim", _RECLAIM),
                 ("remove", _REMOVE),
                 ("ack", _ACK),
+                ("finish", _FINISH),
                 ("fair_head", _FAIR_HEAD),
                 ("fair_take", _FAIR_TAKE),
                 ("fair_repair", _FAIR_REPAIR),
@@ -493,6 +586,7 @@ class RedisBus:
         self._queues: dict[str, _QueueState] = {}
         self._handlers: dict[str, list[MessageHandler]] = {keys.WAKE_CHANNEL: [self._on_wake]}
         self._listening = asyncio.Event()
+        self._heard: dict[str, tuple[int, float]] = {}  # channel -> (receivers, loop time)
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -616,6 +710,7 @@ class RedisBus:
             keys.jobs_key(queue),
             *_fair_keys(queue),
             keys.channel_key(keys.WAKE_CHANNEL),
+            keys.running_key(),
         ]
         args = [self.group, entry, src, dst, job_id, body, keys.HELD_CONSUMER]
         args.append(self._wake_message(queue))
@@ -647,8 +742,8 @@ class RedisBus:
 
     # queues
 
-    async def enqueue(self, queue: str, job: Job) -> None:
-        """Queue ``job`` at its user's place in the fair order, and wake every node."""
+    def _enqueue_call(self, queue: str, job: Job) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of :data:`_ENQUEUE` (which :data:`_SUBMIT` begins with)."""
         keys_ = [
             keys.stream_key(queue),
             keys.job_index_key(queue),
@@ -656,7 +751,7 @@ class RedisBus:
             *_fair_keys(queue),
             keys.channel_key(keys.WAKE_CHANNEL),
         ]
-        args = [
+        args: list[str | int] = [
             self.group,
             job.job_id,
             job.model_dump_json(),
@@ -665,11 +760,51 @@ class RedisBus:
             repr(job_cost(self._weight, job)),
             self._wake_message(queue),
         ]
-        await self._call(lambda: self._scripts["enqueue"](keys=keys_, args=args), "enqueue")
+        return keys_, args
+
+    def _enqueued(self, queue: str, job: Job) -> None:
         q = self._state(queue)
         # This node need not fetch and parse the body again to take it (revision 0: new).
         q.parsed[job.job_id, "0"] = job
         q.arrived()
+
+    async def enqueue(self, queue: str, job: Job) -> None:
+        """Queue ``job`` at its user's place in the fair order, and wake every node."""
+        keys_, args = self._enqueue_call(queue, job)
+        await self._call(lambda: self._scripts["enqueue"](keys=keys_, args=args), "enqueue")
+        self._enqueued(queue, job)
+
+    async def submit(
+        self,
+        queue: str,
+        job: Job,
+        *,
+        depth_of: list[str],
+        running_key: str,
+        max_depth: int,
+        shares: dict[str, int],
+        lease_s: float,
+    ) -> Submitted:
+        """Check the depth, take the share leases and enqueue ``job``, in one atomic step.
+
+        The depth counts the waiting jobs of ``depth_of`` and the entries of the hash
+        ``running_key``; ``shares`` maps each share counter to its cap, and the job id
+        holds a lease of ``lease_s`` on each (as :class:`~rentahal.bus.counters.
+        RedisCounters`). Nothing changes unless :attr:`Submitted.full` is None.
+        """
+        keys_, args = self._enqueue_call(queue, job)
+        names = list(shares)
+        keys_ += [running_key, *(keys.fair_order_key(q) for q in depth_of), *names]
+        args += [max_depth, len(depth_of), int(lease_s * 1000), len(names)]
+        args += [shares[k] for k in names]
+        got = await self._call(lambda: self._scripts["submit"](keys=keys_, args=args), "submit")
+        code, figure = int(got[0]), int(got[1])
+        if code == -1:
+            return Submitted(QUEUE_FULL, figure, 0)
+        if code == -2:
+            return Submitted(names[figure - 1], 0, 0)
+        self._enqueued(queue, job)
+        return Submitted(None, figure, int(got[2]))
 
     async def take(
         self, queue: str, *, accept: JobFilter | None = None, timeout_s: float = 1.0
@@ -843,7 +978,12 @@ class RedisBus:
         q.inflight[job_id] = entry  # from here a cancellation must hand the entry back
         try:
             taken = await self._scripts["fair_take"](
-                keys=[keys.stream_key(queue), keys.job_index_key(queue), *_fair_keys(queue)],
+                keys=[
+                    keys.stream_key(queue),
+                    keys.job_index_key(queue),
+                    *_fair_keys(queue),
+                    keys.running_key(),
+                ],
                 args=[self.group, keys.HELD_CONSUMER, self.node_id, job_id, entry],
             )
         except BaseException:
@@ -858,16 +998,55 @@ class RedisBus:
         self._state(queue).woken.set()
 
     async def ack(self, queue: str, job_id: str) -> None:
-        """The job is finished: delete its entry and its JSON (``XACK`` + ``XDEL``)."""
+        """The job is finished: delete its entry and its JSON (``XACK`` + ``XDEL``); it
+        leaves the running set."""
         entry = self._state(queue).inflight.pop(job_id, "")
         keys_ = [
             keys.stream_key(queue),
             keys.job_index_key(queue),
             keys.jobs_key(queue),
             *_fair_keys(queue),
+            keys.running_key(),
         ]
         args = [self.group, job_id, entry]
         await self._call(lambda: self._scripts["ack"](keys=keys_, args=args), "ack")
+
+    async def finish(
+        self,
+        queue: str,
+        job_id: str,
+        result: dict[str, Any],
+        *,
+        mailbox: tuple[str, int, int],
+        running_key: str,
+        channel: str,
+        shares: list[str] | None = None,
+    ) -> None:
+        """Keep, clear, ack and publish a finished job's result in one atomic step.
+
+        ``mailbox`` is (key, length, ttl s) of the user's mailbox; the job leaves
+        ``running_key``'s hash and ``queue`` and the result goes out on ``channel``,
+        as :meth:`ack` + :meth:`publish` with the mailbox kept first would; the job
+        id's leases on the ``shares`` counters are dropped. Nothing
+        is done when it raises :class:`BusError`: the caller may take the steps one
+        by one.
+        """
+        q = self._state(queue)
+        entry = q.inflight.get(job_id, "")
+        keys_ = [
+            keys.stream_key(queue),
+            keys.job_index_key(queue),
+            keys.jobs_key(queue),
+            *_fair_keys(queue),
+            mailbox[0],
+            running_key,
+            keys.channel_key(channel),
+            *(shares or ()),
+        ]
+        data = orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS)
+        args: list[str | bytes | int] = [self.group, job_id, entry, data, mailbox[1], mailbox[2]]
+        await self._call(lambda: self._scripts["finish"](keys=keys_, args=args), "finish")
+        q.inflight.pop(job_id, None)
 
     async def requeue(self, queue: str, job: Job) -> None:
         """Hand a taken job back, at its place in the fair order, with ``job``'s new state.
@@ -924,6 +1103,20 @@ class RedisBus:
         key = keys.fair_order_key(queue)
         return int(await self._call(lambda: self._redis.zcard(key), "depth"))
 
+    async def total_depth(self, queues: list[str], running_key: str) -> int:
+        """Waiting jobs of ``queues`` plus the entries of the hash ``running_key``, in one
+        round trip (queues known to be empty are not asked)."""
+        asked = [q for q in queues if not (q in self._queues and self._queues[q].known_empty)]
+
+        async def _counts() -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            for queue in asked:
+                pipe.zcard(keys.fair_order_key(queue))
+            pipe.hlen(running_key)
+            return await pipe.execute()
+
+        return sum(int(n) for n in await self._call(_counts, "depth"))
+
     async def holding(self, queue: str, job_ids: list[str]) -> set[str]:
         """The ids among ``job_ids`` that ``queue`` holds (waiting or taken, not yet acked)."""
         if not job_ids:
@@ -960,7 +1153,14 @@ class RedisBus:
         """Send ``message`` (as JSON) to every subscriber of ``channel`` on every node."""
         data = orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS)
         key = keys.channel_key(channel)
-        await self._call(lambda: self._redis.publish(key, data), "publish")
+        heard = await self._call(lambda: self._redis.publish(key, data), "publish")
+        self._heard[channel] = (int(heard), asyncio.get_running_loop().time())
+
+    def alone_on(self, channel: str) -> bool:
+        """Whether the last publish on ``channel``, less than :data:`ALONE_S` ago, reached
+        only this node's own subscriber (so a message only other nodes need can wait)."""
+        heard, at = self._heard.get(channel, (2, 0.0))
+        return heard <= 1 and asyncio.get_running_loop().time() - at < ALONE_S
 
     def subscribe(self, channel: str, handler: MessageHandler) -> None:
         """Call ``handler`` for each message on ``channel``.
