@@ -54,6 +54,7 @@ class QueryProcessor:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.running_jobs: dict[str, Job] = {}
         self._cancel_requested: set[str] = set()
+        self._finishing: set[str] = set()  # jobs whose result is being recorded
         self._loop_task: asyncio.Task[None] | None = None
         self._abandoned: set[asyncio.Task[None]] = set()  # stuck loops, cancelled
         self._stopping = False
@@ -166,6 +167,7 @@ class QueryProcessor:
         self.tasks.pop(job_id, None)
         self.running_jobs.pop(job_id, None)
         self._cancel_requested.discard(job_id)
+        self._finishing.discard(job_id)
 
     async def _run(self, job: Job, worker_name: str) -> None:
         worker_state = self.registry.get(worker_name)
@@ -189,12 +191,15 @@ class QueryProcessor:
             logger.exception("job %s crashed", job.job_id)
             result = Result.of(job, "failed", error=f"Internal error: {exc}")
         job.move_to(QueryState.DONE if result.status == "done" else QueryState.FAILED)
-        await asyncio.shield(self._finish(job, result))
+        # From here on cancel() and stop() leave the task be, so finishing needs no
+        # shield (which would run it as another task, a turn of the loop later).
+        self._finishing.add(job.job_id)
+        await self._finish(job, result)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a running job of this processor; ``False`` when it is not running."""
         task = self.tasks.get(job_id)
-        if task is None or task.done():
+        if task is None or task.done() or job_id in self._finishing:
             return False
         self._cancel_requested.add(job_id)
         task.cancel()
@@ -223,7 +228,9 @@ class QueryProcessor:
         pending = list(self.tasks.values())
         if pending:
             _done, still = await asyncio.wait(pending, timeout=drain_timeout_s)
+            finishing = {self.tasks.get(job_id) for job_id in self._finishing}
             for task in still:
-                task.cancel()
+                if task not in finishing:  # a result being recorded is not cut off
+                    task.cancel()
             if still:
                 await asyncio.wait(still, timeout=2.0)
