@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 
 from rentahal.bus.base import Bus
 from rentahal.errors import NoWorkerAvailable
@@ -18,6 +18,29 @@ from rentahal.realms.workers import WorkerRegistry, WorkerSelector
 logger = logging.getLogger(__name__)
 
 FinishHandler = Callable[[Job, Result], Awaitable[object]]
+
+
+class _Dispatchable:
+    """The consume loop's filter (a :class:`~rentahal.bus.base.KeyedJobFilter`).
+
+    Whether a job can be dispatched depends on its query's type, model name and
+    model type only, unless the federation gate looks at each job (its hops, how
+    long it waited): then every job is its own key.
+    """
+
+    __slots__ = ("_processor",)
+
+    def __init__(self, processor: QueryProcessor) -> None:
+        self._processor = processor
+
+    def __call__(self, job: Job) -> bool:
+        return self._processor._dispatchable(job)
+
+    def scan_key(self, job: Job) -> Hashable | None:
+        if self._processor.registry.remote_gate is not None:
+            return None
+        query = job.query
+        return (query.query_type, query.model_name, query.model_type)
 
 
 class QueryProcessor:
@@ -58,6 +81,7 @@ class QueryProcessor:
         self._loop_task: asyncio.Task[None] | None = None
         self._abandoned: set[asyncio.Task[None]] = set()  # stuck loops, cancelled
         self._stopping = False
+        self._accept = _Dispatchable(self)
 
     @property
     def alive(self) -> bool:
@@ -140,7 +164,7 @@ class QueryProcessor:
         while not self._stopping:
             self.last_heartbeat = time.monotonic()
             job = await self.bus.take(
-                self.queue, accept=self._dispatchable, timeout_s=self.take_timeout_s
+                self.queue, accept=self._accept, timeout_s=self.take_timeout_s
             )
             if job is None:
                 continue
