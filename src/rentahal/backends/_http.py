@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json as jsonlib
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -14,6 +15,7 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import orjson
+import yarl
 from aiohttp.http_exceptions import HttpProcessingError
 
 from rentahal.backends.base import HttpClient
@@ -158,16 +160,36 @@ def _timed_out(worker: str, timeout_s: float) -> WorkerTimeout:
 async def _read(response: aiohttp.ClientResponse, worker: str) -> HttpResponse:
     """The whole answer, refused as soon as it is longer than :func:`answer_limit`."""
     limit = answer_limit(response)
-    if response.content_length is not None and response.content_length > limit:
+    length = response.content_length
+    if length is not None and length > limit:
         raise _too_large(worker, limit)
-    content = bytearray()
-    async for chunk in response.content.iter_chunked(_READ_CHUNK_BYTES):
-        content += chunk
-        if len(content) > limit:
+    if length is not None and response.headers.get("Content-Encoding") is None:
+        # The length is known and within the limit: read it at once (no chunk loop).
+        content = await response.read()
+        if len(content) > limit:  # a peer that sends more than it declared
             raise _too_large(worker, limit)
+    else:
+        buffer = bytearray()
+        async for chunk in response.content.iter_chunked(_READ_CHUNK_BYTES):
+            buffer += chunk
+            if len(buffer) > limit:
+                raise _too_large(worker, limit)
+        content = bytes(buffer)
     return HttpResponse(
-        response.status, response.headers, bytes(content), response.reason or "", response.charset
+        response.status, response.headers, content, response.reason or "", response.charset
     )
+
+
+# ``request`` bounds the whole exchange with ``asyncio.timeout``; aiohttp gets no timer of
+# its own (one object and one timer handle less per call). The session's default would
+# apply to a call without ``timeout``, so every call passes this one.
+_NO_AIOHTTP_TIMEOUT = aiohttp.ClientTimeout()
+
+
+@functools.lru_cache(maxsize=1024)
+def _url(url: str) -> yarl.URL:
+    """``url`` parsed once (workers are called at a few addresses, over and over)."""
+    return yarl.URL(url)
 
 
 def _same_origin(a: str, b: str) -> bool:
@@ -229,7 +251,6 @@ async def request(
                 method,
                 url,
                 worker,
-                timeout_s,
                 follow_redirects,
                 _body(json, data, form),
                 _with_json_type(json, headers),
@@ -247,7 +268,6 @@ async def _follow(
     method: str,
     url: str,
     worker: str,
-    timeout_s: float,
     follow_redirects: bool,
     body: dict[str, Any],
     headers: Mapping[str, str] | None = None,
@@ -255,9 +275,9 @@ async def _follow(
     for _hop in range(MAX_REDIRECTS + 1):
         async with client.request(
             method,
-            url,
+            _url(url),
             headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            timeout=_NO_AIOHTTP_TIMEOUT,
             allow_redirects=False,
             **body,
         ) as raw:

@@ -53,11 +53,23 @@ class LoadResult:
     answered: int = 0  # successes including the warm-up (for ledger checks)
     warmup_errors: int = 0
     first_warmup_error: str = ""
+    # Successes that ended inside the measured window, whenever they were sent, and its length.
+    window_done: int = 0
+    window_s: float = 0.0
 
     @property
     def throughput(self) -> float:
-        """Successful requests per second."""
+        """Successful requests per second (those sent after the warm-up, until the last ends)."""
         return self.ok / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def window_throughput(self) -> float:
+        """Successes that ended within the measured window per second of it: the steady rate.
+
+        Unlike :attr:`throughput` it does not count the drain at the end (the
+        answers to the last requests) as time in which nothing more was sent.
+        """
+        return self.window_done / self.window_s if self.window_s > 0 else 0.0
 
     def percentile_ms(self, pct: float) -> float | None:
         """The ``pct`` percentile latency in milliseconds (None without samples)."""
@@ -318,6 +330,8 @@ async def closed_loop(
                 await asyncio.sleep(0.01)  # no hot loop on a failing server
                 continue
             result.answered += 1
+            if warm_end <= clock() <= end:
+                result.window_done += 1
             if measuring and t0 >= warm_end:
                 result.ok += 1
                 result.latencies_s.append(clock() - t0)
@@ -335,6 +349,7 @@ async def closed_loop(
         with contextlib.suppress(asyncio.CancelledError):
             await tick
     result.duration_s = max(1e-9, clock() - warm_end)
+    result.window_s = duration_s
     if on_progress is not None:
         on_progress(1.0)
     return result

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Protocol
 
 from rentahal.models import Job
 
 JobFilter = Callable[[Job], bool]
+
+
+class KeyedJobFilter(Protocol):
+    """A :data:`JobFilter` whose verdict is the same for jobs of the same key.
+
+    ``scan_key(job)`` names what the verdict depends on (``None``: this job's
+    verdict is its own). A bus that knows it may ask once per key and scan,
+    skipping the other jobs of a key refused in the same synchronous scan.
+    """
+
+    def __call__(self, job: Job) -> bool: ...
+
+    def scan_key(self, job: Job) -> Hashable | None:
+        """What ``job``'s verdict depends on, or ``None`` when it is its own."""
+        ...
+
+
 MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 

@@ -6,6 +6,7 @@ import asyncio
 import bisect
 import logging
 from collections import defaultdict
+from collections.abc import Hashable
 from typing import Any
 
 from rentahal.bus.base import JobFilter, MessageHandler
@@ -70,12 +71,24 @@ class MemoryBus:
         q.changed.set()
 
     def _first_acceptable(self, q: _Queue, accept: JobFilter | None) -> Job | None:
+        """Take the first job in fair order that ``accept`` takes.
+
+        A :class:`KeyedJobFilter` is asked once per key: the scan is synchronous,
+        so a key refused once stays refused for the rest of it.
+        """
+        key_of = getattr(accept, "scan_key", None)
+        refused: set[Hashable] = set()
         for _start, _seq, job_id in q.order:
             job = q.jobs[job_id]
+            key = key_of(job) if key_of is not None else None
+            if key is not None and key in refused:
+                continue
             if accept is None or accept(job):
                 q.unfile(job_id)
                 q.clock.served(q.tags[job_id])
                 return job
+            if key is not None:
+                refused.add(key)
         return None
 
     async def take(

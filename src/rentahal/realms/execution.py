@@ -226,7 +226,7 @@ class QueryExecutor:
                 self.registry.report_success(current.name)
                 return reply
             finally:
-                await asyncio.shield(self.registry.release_call(current.name, holder))
+                await self._release(current.name, holder)
             current = None
             if attempt < attempts_max:
                 await asyncio.sleep(self.settings.workers.retry_backoff_s * 2 ** (attempt - 1))
@@ -265,7 +265,14 @@ class QueryExecutor:
             self.registry.report_failure(worker.name, exc)
             raise
         finally:
-            await asyncio.shield(self.registry.release_call(worker.name, holder))
+            await self._release(worker.name, holder)
+
+    async def _release(self, name: str, holder: str | None) -> None:
+        """Give the slot back: at once on one node, shielded when shared state is told too."""
+        if holder is None:
+            self.registry.release(name)  # no await: no task, no loop turn
+        else:
+            await asyncio.shield(self.registry.release_call(name, holder))
 
     async def _transcribe(self, query: Query, run: _Run) -> str:
         audio = decode_audio(query.audio or "")

@@ -13,6 +13,9 @@ from rentahal.realms.workers import WorkerRegistry, WorkerState
 if TYPE_CHECKING:
     from rentahal.realms.router import FederationRouter
 
+#: Free candidates of the first step that has any, its strategy, and cross-realm-ness.
+_Plan = tuple[list[WorkerState], Strategy, bool]
+
 
 class RealmWorkerManager:
     """Selects workers for one realm's queries.
@@ -36,6 +39,9 @@ class RealmWorkerManager:
         self._strategies: dict[str, Strategy] = {}
         self._members: set[str] = set()
         self._members_key: tuple[int, int] | None = None
+        # The plan ``can_serve_now`` made, for the ``reserve`` of the same query that
+        # follows it (the consume loop asks both): (query, epochs, plan).
+        self._last: tuple[Query, tuple[int, int], _Plan] | None = None
 
     def strategy(self, key: str, name: str) -> Strategy:
         """The strategy object for a pool or realm (kept, so round robin remembers)."""
@@ -84,9 +90,7 @@ class RealmWorkerManager:
             self.workers.candidates(wtype, model, family, within=self.member_names()), exclude
         )
 
-    def _plan(
-        self, query: Query, exclude: Iterable[str]
-    ) -> tuple[list[WorkerState], Strategy, bool]:
+    def _plan(self, query: Query, exclude: Iterable[str]) -> _Plan:
         """Free candidates of the first step that has any, its strategy, and cross-realm-ness."""
         exclude = tuple(exclude)
         pool = self.pool_for(query)
@@ -109,10 +113,14 @@ class RealmWorkerManager:
         best = self.router.find_best_worker(query, self.realm, exclude, model)
         return ([best] if best else []), self.strategy("cross", "health"), True
 
+    def _epochs(self) -> tuple[int, int]:
+        return (self.workers.epoch, self.realms.version)
+
     def can_serve_now(self, query: Query) -> bool:
         """True when some step of the selection order has a free worker."""
-        free, _strategy, _cross = self._plan(query, ())
-        return bool(free)
+        plan = self._plan(query, ())
+        self._last = (query, self._epochs(), plan)
+        return bool(plan[0])
 
     def peek(self, query: Query) -> AIWorker | None:
         """The worker :meth:`reserve` would choose, without taking a slot."""
@@ -122,8 +130,17 @@ class RealmWorkerManager:
         return max(free, key=lambda s: s.worker.health_score).worker
 
     def reserve(self, query: Query, exclude: Iterable[str] = ()) -> AIWorker | None:
-        """Take a slot following the selection order."""
-        free, strategy, cross = self._plan(query, exclude)
+        """Take a slot following the selection order.
+
+        Right after :meth:`can_serve_now` for the same query, with nothing freed
+        or taken in between, its plan is used rather than made again.
+        """
+        exclude = tuple(exclude)
+        last, self._last = self._last, None
+        if not exclude and last is not None and last[0] is query and last[1] == self._epochs():
+            free, strategy, cross = last[2]
+        else:
+            free, strategy, cross = self._plan(query, exclude)
         if not free:
             return None
         if cross:

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 
 from rentahal.bus.base import Bus
 from rentahal.errors import NoWorkerAvailable
@@ -18,6 +18,29 @@ from rentahal.realms.workers import WorkerRegistry, WorkerSelector
 logger = logging.getLogger(__name__)
 
 FinishHandler = Callable[[Job, Result], Awaitable[object]]
+
+
+class _Dispatchable:
+    """The consume loop's filter (a :class:`~rentahal.bus.base.KeyedJobFilter`).
+
+    Whether a job can be dispatched depends on its query's type, model name and
+    model type only, unless the federation gate looks at each job (its hops, how
+    long it waited): then every job is its own key.
+    """
+
+    __slots__ = ("_processor",)
+
+    def __init__(self, processor: QueryProcessor) -> None:
+        self._processor = processor
+
+    def __call__(self, job: Job) -> bool:
+        return self._processor._dispatchable(job)
+
+    def scan_key(self, job: Job) -> Hashable | None:
+        if self._processor.registry.remote_gate is not None:
+            return None
+        query = job.query
+        return (query.query_type, query.model_name, query.model_type)
 
 
 class QueryProcessor:
@@ -54,9 +77,11 @@ class QueryProcessor:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.running_jobs: dict[str, Job] = {}
         self._cancel_requested: set[str] = set()
+        self._finishing: set[str] = set()  # jobs whose result is being recorded
         self._loop_task: asyncio.Task[None] | None = None
         self._abandoned: set[asyncio.Task[None]] = set()  # stuck loops, cancelled
         self._stopping = False
+        self._accept = _Dispatchable(self)
 
     @property
     def alive(self) -> bool:
@@ -139,7 +164,7 @@ class QueryProcessor:
         while not self._stopping:
             self.last_heartbeat = time.monotonic()
             job = await self.bus.take(
-                self.queue, accept=self._dispatchable, timeout_s=self.take_timeout_s
+                self.queue, accept=self._accept, timeout_s=self.take_timeout_s
             )
             if job is None:
                 continue
@@ -166,6 +191,7 @@ class QueryProcessor:
         self.tasks.pop(job_id, None)
         self.running_jobs.pop(job_id, None)
         self._cancel_requested.discard(job_id)
+        self._finishing.discard(job_id)
 
     async def _run(self, job: Job, worker_name: str) -> None:
         worker_state = self.registry.get(worker_name)
@@ -189,12 +215,15 @@ class QueryProcessor:
             logger.exception("job %s crashed", job.job_id)
             result = Result.of(job, "failed", error=f"Internal error: {exc}")
         job.move_to(QueryState.DONE if result.status == "done" else QueryState.FAILED)
-        await asyncio.shield(self._finish(job, result))
+        # From here on cancel() and stop() leave the task be, so finishing needs no
+        # shield (which would run it as another task, a turn of the loop later).
+        self._finishing.add(job.job_id)
+        await self._finish(job, result)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a running job of this processor; ``False`` when it is not running."""
         task = self.tasks.get(job_id)
-        if task is None or task.done():
+        if task is None or task.done() or job_id in self._finishing:
             return False
         self._cancel_requested.add(job_id)
         task.cancel()
@@ -223,7 +252,9 @@ class QueryProcessor:
         pending = list(self.tasks.values())
         if pending:
             _done, still = await asyncio.wait(pending, timeout=drain_timeout_s)
+            finishing = {self.tasks.get(job_id) for job_id in self._finishing}
             for task in still:
-                task.cancel()
+                if task not in finishing:  # a result being recorded is not cut off
+                    task.cancel()
             if still:
                 await asyncio.wait(still, timeout=2.0)

@@ -111,6 +111,9 @@ class WorkerRegistry:
         self._listeners: list[Callable[[], None]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self.version = 0  # bumped when workers are added or removed
+        # Bumped by every change of what is free (slots, health, membership): a plan
+        # made at one epoch is still the plan while it lasts (the clock only frees).
+        self.epoch = 0
         # Cluster mode: slots are confirmed in shared state; None on a single node.
         self.cluster: ClusterState | None = None
         self.on_cluster_release: Callable[[str], Awaitable[None]] | None = None
@@ -214,9 +217,9 @@ class WorkerRegistry:
         excluded = set(exclude)
         return [s for s in free if s.worker.name not in excluded] or free
 
-    @staticmethod
-    def take(state: WorkerState) -> AIWorker:
+    def take(self, state: WorkerState) -> AIWorker:
         """Occupy one slot of ``state``'s worker."""
+        self.epoch += 1
         state.in_flight += 1
         state.calls_total += 1
         if state.circuit(time.monotonic()) == "half_open":
@@ -379,6 +382,7 @@ class WorkerRegistry:
         state = self._states.get(name)
         if state is None:
             return
+        self.epoch += 1
         state.consecutive_failures = 0
         state.circuit_open_until = 0.0
 
@@ -393,6 +397,7 @@ class WorkerRegistry:
         state = self._states.get(name)
         if state is None:
             return
+        self.epoch += 1
         now = time.monotonic()
         state.failures_total += 1
         if isinstance(error, WorkerRateLimited):
@@ -477,6 +482,7 @@ class WorkerRegistry:
             self._listeners.remove(callback)
 
     def _notify(self) -> None:
+        self.epoch += 1
         for callback in self._listeners:
             callback()
         waiters, self._waiters = self._waiters, []
