@@ -55,7 +55,8 @@ def resolve(peer: str | None, forwarded_for: Iterable[str], networks: tuple[IPNe
     return str(client)
 
 
-def _scope_address(scope: Scope, networks: tuple[IPNetwork, ...]) -> str:
+def scope_address(scope: Scope, networks: tuple[IPNetwork, ...]) -> str:
+    """The client address of an HTTP request or WebSocket (see :func:`resolve`)."""
     peer = scope.get("client")
     headers = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-forwarded-for"]
     return resolve(peer[0] if peer else None, headers, networks)
@@ -72,7 +73,7 @@ class ClientAddressMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        token = client_address.set(_scope_address(scope, self.networks))
+        token = client_address.set(scope_address(scope, self.networks))
         try:
             await self.app(scope, receive, send)
         finally:
