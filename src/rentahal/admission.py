@@ -76,7 +76,9 @@ class Admission:
             self._release(guid)
 
     async def _acquire(self, guid: str, timeout_s: float) -> None:
-        share = self._shares.setdefault(guid, _Share())
+        share = self._shares.get(guid)
+        if share is None:  # no new _Share (and deque) per call when one is held already
+            share = self._shares[guid] = _Share()
         if share.active < self.settings.max_queued_per_user and not share.waiters:
             share.active += 1
             return

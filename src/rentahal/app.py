@@ -19,6 +19,7 @@ from rentahal.api import workers as workers_api
 from rentahal.api.client_address import ClientAddressMiddleware
 from rentahal.api.client_errors import add_client_error_handlers
 from rentahal.api.debug import router as debug_router
+from rentahal.api.fast_route import BrokerApp
 from rentahal.api.limits import BodyLimitMiddleware, BodyLimits
 from rentahal.api.openai import router as openai_router
 from rentahal.api.queries import router as queries_router
@@ -150,13 +151,16 @@ def create_app(settings: Settings) -> FastAPI:
             logger.info("broker %s ready", broker.node_id)
             yield
 
-    app = FastAPI(title="RENT-A-HAL broker", lifespan=lifespan)
+    app = BrokerApp(title="RENT-A-HAL broker", lifespan=lifespan)
     app.state.settings = settings
     add_security_headers(app)
     add_client_error_handlers(app)
     # Outermost of ours: a body is measured before anything reads or parses it.
-    app.add_middleware(BodyLimitMiddleware, limits=BodyLimits.from_settings(settings))
+    limits = BodyLimits.from_settings(settings)
+    app.add_middleware(BodyLimitMiddleware, limits=limits)
     app.add_middleware(ClientAddressMiddleware, security=settings.security)
+    # POST /v1/chat/completions skips the stack above, under the same rules.
+    app.use_fast_route(limits, settings.security.trusted_networks)
     app.include_router(ws.router)
     app.include_router(debug_router)
     app.include_router(queries_router)

@@ -11,6 +11,7 @@ is the client's own, and may be forged).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -32,17 +33,24 @@ def _ip(text: str) -> IPv4Address | IPv6Address | None:
     return ip
 
 
+@lru_cache(maxsize=1024)
+def _peer(peer: str) -> tuple[IPv4Address | IPv6Address | None, str]:
+    """A socket peer's address and its text (cached: peers recur, and are short)."""
+    ip = _ip(peer)
+    return ip, peer if ip is None else str(ip)
+
+
 def _trusted(ip: IPv4Address | IPv6Address, networks: tuple[IPNetwork, ...]) -> bool:
     return any(ip.version == net.version and ip in net for net in networks)
 
 
 def resolve(peer: str | None, forwarded_for: Iterable[str], networks: tuple[IPNetwork, ...]) -> str:
     """The client address of a connection from ``peer`` carrying ``forwarded_for`` headers."""
-    peer_ip = _ip(peer or "")
+    peer_ip, peer_text = _peer(peer or "")
     if peer_ip is None:
         return peer or UNKNOWN
-    if not _trusted(peer_ip, networks):
-        return str(peer_ip)
+    if not networks or not _trusted(peer_ip, networks):
+        return peer_text
     hops = [hop for header in forwarded_for for hop in header.split(",")]
     client = peer_ip
     for hop in reversed(hops):
@@ -55,9 +63,14 @@ def resolve(peer: str | None, forwarded_for: Iterable[str], networks: tuple[IPNe
     return str(client)
 
 
-def _scope_address(scope: Scope, networks: tuple[IPNetwork, ...]) -> str:
+def scope_address(scope: Scope, networks: tuple[IPNetwork, ...]) -> str:
+    """The client address of an HTTP request or WebSocket (see :func:`resolve`)."""
     peer = scope.get("client")
-    headers = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-forwarded-for"]
+    headers = (
+        [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-forwarded-for"]
+        if networks  # believed only from a trusted proxy: without one, never read
+        else []
+    )
     return resolve(peer[0] if peer else None, headers, networks)
 
 
@@ -72,7 +85,7 @@ class ClientAddressMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        token = client_address.set(_scope_address(scope, self.networks))
+        token = client_address.set(scope_address(scope, self.networks))
         try:
             await self.app(scope, receive, send)
         finally:

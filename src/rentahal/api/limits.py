@@ -138,19 +138,48 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path: str = scope["path"]
-        headers = Headers(scope=scope)
-        limit, needs_key = self.limits.for_path(path)
-        declared = _content_length(headers)
-        if needs_key and limit > self.limits.anonymous_bytes:
-            if declared is None or declared > self.limits.anonymous_bytes:
-                if not await _has_valid_key(scope, headers):
-                    limit = self.limits.anonymous_bytes
-        if declared is not None and declared > limit:
-            await _send_too_large(send, receive, path, limit)
-            return
-        guard = _Guard(send)
-        await self.app(scope, _CountingReceive(receive, guard, path, limit), guard)
+        admitted = await admit_body(self.limits, scope, receive, send)
+        if admitted is not None:
+            await self.app(scope, *admitted)
+
+
+async def admit_body(
+    limits: BodyLimits, scope: Scope, receive: Receive, send: Send
+) -> tuple[Receive, Send] | None:
+    """The ``(receive, send)`` that enforce the limit of an HTTP request's body.
+
+    ``None`` when the request was answered 413 already (its declared length is
+    over the limit). The returned ``receive`` answers 413 and then reports a
+    disconnect the moment the body passes the limit; the returned ``send``
+    drops the application's answer after that.
+    """
+    path: str = scope["path"]
+    headers = Headers(scope=scope)
+    limit, needs_key = limits.for_path(path)
+    declared = _content_length(headers)
+    if needs_key and limit > limits.anonymous_bytes:
+        if declared is None or declared > limits.anonymous_bytes:
+            if not await _has_valid_key(scope, headers):
+                limit = limits.anonymous_bytes
+    if declared is not None and declared > limit:
+        await _send_too_large(send, receive, path, limit)
+        return None
+    guard = _Guard(send)
+    return _CountingReceive(receive, guard, path, limit), guard
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    """The whole body of an HTTP request; ``None`` when the client went away (or was refused)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        if chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _drain(receive: Receive) -> None:

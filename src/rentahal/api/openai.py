@@ -305,14 +305,39 @@ def _is_json(content_type: str | None) -> bool:
 async def chat_completions(request: Request) -> Response:
     """``POST /v1/chat/completions``: a chat (or, with an image part, vision) completion.
 
-    A plain Starlette route (no dependency resolution, orjson answers): the
-    hottest call of the HTTP API. See the module docstring for the behaviour.
+    A plain Starlette route (no dependency resolution, orjson answers). The
+    broker's app serves this call through :mod:`rentahal.api.fast_route`
+    instead, with the same :func:`answer_chat`; this route serves it where the
+    router is mounted on another app.
     """
     try:
         raw = await request.body()  # first: the body limits answer 413 before anything else
-        broker = broker_of(request)
-        user = await identify(broker, request.headers.get("authorization"))
-        if not _is_json(request.headers.get("content-type")):
+    except Exception as exc:  # every failure answers in OpenAI's shape
+        return error_response(exc)
+    headers = request.headers
+    return await answer_chat(
+        request.app.state, headers.get("authorization"), headers.get("content-type"), raw
+    )
+
+
+def error_response(exc: Exception) -> Response:
+    """The OpenAI-shaped answer for a failure of a ``/v1`` call."""
+    error = describe_error(exc)
+    return _json_response(error_body(error.status, error.message, error.code), error.status)
+
+
+async def answer_chat(
+    state: Any, authorization: str | None, content_type: str | None, raw: bytes
+) -> Response:
+    """The answer to a chat completion whose body ``raw`` has arrived (within its limit).
+
+    ``state`` is the app's state (holding the broker). The key is checked
+    first, then the body; every failure answers in OpenAI's shape.
+    """
+    try:
+        broker: Broker = state.broker
+        user = await identify(broker, authorization)
+        if not _is_json(content_type):
             message = "The request body must be JSON (Content-Type: application/json)"
             return _json_response(error_body(400, message, "invalid_request"), 400)
         try:
@@ -325,8 +350,7 @@ async def chat_completions(request: Request) -> Response:
             return _json_response(error_body(400, message, "invalid_request", where), 400)
         return await _chat_answer(broker, user.guid, body)
     except Exception as exc:  # every failure answers in OpenAI's shape
-        error = describe_error(exc)
-        return _json_response(error_body(error.status, error.message, error.code), error.status)
+        return error_response(exc)
 
 
 async def _chat_answer(broker: Broker, user_guid: str, body: ChatCompletionRequest) -> Response:

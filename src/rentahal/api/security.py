@@ -9,7 +9,6 @@ script, so they get the other headers but no CSP.
 from __future__ import annotations
 
 from fastapi import FastAPI
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -32,6 +31,18 @@ BASE_HEADERS = {
 }
 
 
+_RawHeaders = list[tuple[bytes, bytes]]
+_BASE_RAW = tuple((name.lower().encode(), value.encode()) for name, value in BASE_HEADERS.items())
+_WITH_CSP = (*_BASE_RAW, (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
+
+
+def with_security_headers(headers: _RawHeaders, with_csp: bool) -> _RawHeaders:
+    """``headers`` (raw ASGI pairs) plus each security header they do not set already."""
+    wanted = _WITH_CSP if with_csp else _BASE_RAW
+    present = {name.lower() for name, _value in headers}
+    return [*headers, *(pair for pair in wanted if pair[0] not in present)]
+
+
 class SecurityHeadersMiddleware:
     """Adds the headers to HTTP responses that do not set them already (WebSockets pass)."""
 
@@ -47,11 +58,9 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in BASE_HEADERS.items():
-                    headers.setdefault(name, value)
-                if with_csp:
-                    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+                message["headers"] = with_security_headers(
+                    list(message.get("headers", ())), with_csp
+                )
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
