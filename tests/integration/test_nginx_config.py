@@ -81,8 +81,8 @@ def main_config(directory: Path, site: str) -> str:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    """Two nodes with one fast worker."""
-    with Cluster(nodes=2) as started:
+    """Two nodes, one fast worker; the access log on (its per-WebSocket lines show the node)."""
+    with Cluster(nodes=2, env={"RENTAHAL_SERVER__ACCESS_LOG": "true"}) as started:
         started.start_worker("fast", latency_ms=20)
         started.prepare([started.record("fast", max_concurrency=8)])
         yield started
