@@ -73,6 +73,8 @@ def test_capacity() -> None:
         "capacity", "--workers", "2", "--latency-ms", "20", "--caps", "1", "--duration", "0.5"
     )
     assert report["data"]["cap_1"]["ok"] > 0
+    assert report["data"]["cap_1"]["direct_per_s"] > 0  # the workers loaded directly too
+    assert report["data"]["cap_1"]["direct_errors"] == 0
 
 
 def test_connections() -> None:

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from rentahal.bench.load import Client, WSQueryClient, close_clients, closed_loop, open_clients
-from rentahal.bench.procs import BrokerConfig, Cluster, chat_worker
+from rentahal.bench.load import (
+    CHAT_PROMPT,
+    Client,
+    HttpClient,
+    LoadResult,
+    WSQueryClient,
+    close_clients,
+    closed_loop,
+    open_clients,
+)
+from rentahal.bench.procs import BrokerConfig, Child, Cluster, chat_worker
 from rentahal.bench.report import ScenarioReport
 from rentahal.bench.scenarios._common import Phases, ledger_rows, ws_url
 
@@ -23,6 +34,33 @@ class CapacityOptions:
     max_requests: int = 100_000
 
 
+def _predict_client(url: str, body: dict[str, Any]) -> Callable[[], Awaitable[Client]]:
+    async def ready() -> Client:
+        return HttpClient(url, body)
+
+    return ready
+
+
+async def _direct(opts: CapacityOptions, cap: int, workers: list[Child]) -> LoadResult:
+    """The same load straight to the workers' ``/predict`` (2 x cap clients each):
+    what the workers themselves deliver, their own HTTP handling included."""
+    body = {"prompt": CHAT_PROMPT, "type": "chat", "model_type": "worker_node"}
+    clients: list[Client] = []
+    for worker in workers:
+        url = f"http://{worker.address}/predict"
+        clients += await open_clients(_predict_client(url, body), 2 * cap)
+    try:
+        return await closed_loop(
+            clients,
+            f"direct cap {cap}",
+            duration_s=opts.duration_s,
+            max_requests=opts.max_requests,
+            warmup_s=opts.warmup_s,
+        )
+    finally:
+        await close_clients(clients)
+
+
 async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioReport:
     """Run the scenario and build its report."""
     report = ScenarioReport(
@@ -35,6 +73,8 @@ async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioRe
             "ideal /s",
             "achieved /s",
             "% of ideal",
+            "direct /s",
+            "% of direct",
             "gap ms",
             "p50 ms",
             "p99 ms",
@@ -68,11 +108,15 @@ async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioRe
             finally:
                 await close_clients(clients)
             rows = ledger_rows(cluster.db_path)
+            phases.start(f"{opts.workers} workers x cap {cap} loaded directly")
+            direct = await _direct(opts, cap, workers)
         ideal = opts.workers * cap * 1000.0 / opts.latency_ms
         # The steady rate: answers that ended within the window per second of it (the
         # drain after the window, when no more is sent, is not idle capacity).
         achieved = res.window_throughput
         share = 100 * achieved / ideal
+        direct_rate = direct.window_throughput
+        of_direct = 100 * achieved / direct_rate if direct_rate else None
         # Each slot's cycle beyond the worker's latency: hand-over plus the HTTP call's cost.
         gap_ms = 1000.0 * opts.workers * cap / achieved - opts.latency_ms if achieved else None
         report.add_row(
@@ -82,6 +126,8 @@ async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioRe
             ideal,
             achieved,
             share,
+            direct_rate,
+            of_direct,
             gap_ms,
             res.p50_ms,
             res.p99_ms,
@@ -93,6 +139,8 @@ async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioRe
             "window_per_s": round(achieved, 1),
             "gap_ms": None if gap_ms is None else round(gap_ms, 2),
             "ideal_per_s": ideal,
+            "direct_per_s": round(direct_rate, 1),
+            "direct_errors": direct.errors,
             "ledger_rows": rows,
         }
         report.target(f"capacity cap {cap}", ">= 97% of W*cap/L", f"{share:.1f}%", share >= 97)
@@ -107,5 +155,8 @@ async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioRe
         " a slot freeing to its next job's model call, the HTTP exchange included.",
         "Worker latency is a sleep in the reference worker (--latency-ms); its --max-concurrency"
         " equals the broker's max_concurrency for it.",
+        "Direct = the same workers loaded straight on /predict by 2 x cap clients each, after"
+        " the broker run: what they deliver themselves (their own HTTP and engine work is"
+        " added to the latency), so % of direct is the broker's share of what was possible.",
     ]
     return report
