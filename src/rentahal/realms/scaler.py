@@ -10,6 +10,8 @@ queue it drains and removes the least used worker it started (never below
 ``min_workers``). ``cooldown_s`` separates two changes of one realm, and the
 gap between the two thresholds is the hysteresis. A realm below
 ``min_workers`` gets workers at once. Failed starts back off exponentially.
+The lease lasts three intervals, at least ``LEASE_FLOOR_S``: a leader whose loop
+stalls for a moment (a busy machine) keeps it, so two nodes never both act.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     from rentahal.realms.registration import Registrations
 
 logger = logging.getLogger(__name__)
+
+LEASE_FLOOR_S = 5.0  # shortest scaler lease, whatever the interval
 
 MAX_EVENTS = 200
 MAX_BACKOFF_S = 600.0
@@ -166,7 +170,7 @@ class RealmScaler:
             interval = self.config.interval_s
             try:
                 leading = self.config.enabled and await self.broker.parts().state.try_lead(
-                    "scaler", self.broker.node_id, interval * 3
+                    "scaler", self.broker.node_id, max(interval * 3, LEASE_FLOOR_S)
                 )
                 if leading and not self._leading:
                     await self._take_over()
