@@ -34,6 +34,7 @@ from rentahal.bus.memory import MemoryBus
 from rentahal.bus.state import ClusterState, MemoryState
 from rentahal.config import Settings
 from rentahal.federation.service import start_federation
+from rentahal.heap import serving_heap
 from rentahal.realms.registration import LeaseSweeper, Registrations
 from rentahal.realms.scaler import RealmScaler, ScalerCollector
 from rentahal.realms.scaler_book import ScalerBook
@@ -148,6 +149,8 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(_within, STOP_TIMEOUT_S, "scaler", scaler.stop)
             app.state.scaler = scaler
             app.state.loop = asyncio.get_running_loop()
+            # Last: what start-up made is frozen out of the collector's passes.
+            stack.enter_context(serving_heap(settings.performance.gc_young_threshold))
             logger.info("broker %s ready", broker.node_id)
             yield
 

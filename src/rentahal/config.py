@@ -185,6 +185,9 @@ class PerformanceSettings(_Section):
     query_timeout: float = Field(default=30.0, gt=0)
     imagine_timeout: float = Field(default=120.0, gt=0)
     connect_timeout: float = Field(default=5.0, gt=0)
+    # Young-generation threshold of the garbage collector while serving (see heap.py);
+    # 0 keeps Python's default (700) and freezes nothing.
+    gc_young_threshold: int = Field(default=7000, ge=0)
 
 
 class CostSettings(_Section):
