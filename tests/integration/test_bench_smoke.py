@@ -75,6 +75,8 @@ def test_capacity() -> None:
     assert report["data"]["cap_1"]["ok"] > 0
     assert report["data"]["cap_1"]["direct_per_s"] > 0  # the workers loaded directly too
     assert report["data"]["cap_1"]["direct_errors"] == 0
+    assert report["data"]["cap_1"]["at_cap_per_s"] > 0  # and with exactly cap calls in flight
+    assert report["data"]["cap_1"]["at_cap_errors"] == 0
 
 
 def test_connections() -> None:

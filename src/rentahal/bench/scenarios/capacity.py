@@ -41,18 +41,24 @@ def _predict_client(url: str, body: dict[str, Any]) -> Callable[[], Awaitable[Cl
     return ready
 
 
-async def _direct(opts: CapacityOptions, cap: int, workers: list[Child]) -> LoadResult:
-    """The same load straight to the workers' ``/predict`` (2 x cap clients each):
-    what the workers themselves deliver, their own HTTP handling included."""
+async def _direct(
+    opts: CapacityOptions, cap: int, workers: list[Child], per_slot: int
+) -> LoadResult:
+    """The same load straight to the workers' ``/predict``, ``per_slot`` x cap clients each.
+
+    With 2 per slot a call always waits inside each worker (its own HTTP work overlaps
+    the model time: what the workers deliver at best); with 1 per slot exactly cap calls
+    are in flight, as the broker keeps them, with no dispatcher between (what a broker
+    of no cost would get from them)."""
     body = {"prompt": CHAT_PROMPT, "type": "chat", "model_type": "worker_node"}
     clients: list[Client] = []
     for worker in workers:
         url = f"http://{worker.address}/predict"
-        clients += await open_clients(_predict_client(url, body), 2 * cap)
+        clients += await open_clients(_predict_client(url, body), per_slot * cap)
     try:
         return await closed_loop(
             clients,
-            f"direct cap {cap}",
+            f"direct cap {cap}, {per_slot} per slot",
             duration_s=opts.duration_s,
             max_requests=opts.max_requests,
             warmup_s=opts.warmup_s,
@@ -75,6 +81,8 @@ async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioRe
             "% of ideal",
             "direct /s",
             "% of direct",
+            "at cap /s",
+            "% of at cap",
             "gap ms",
             "p50 ms",
             "p99 ms",
@@ -109,7 +117,9 @@ async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioRe
                 await close_clients(clients)
             rows = ledger_rows(cluster.db_path)
             phases.start(f"{opts.workers} workers x cap {cap} loaded directly")
-            direct = await _direct(opts, cap, workers)
+            direct = await _direct(opts, cap, workers, per_slot=2)
+            phases.start(f"{opts.workers} workers x cap {cap} loaded directly, at cap")
+            at_cap = await _direct(opts, cap, workers, per_slot=1)
         ideal = opts.workers * cap * 1000.0 / opts.latency_ms
         # The steady rate: answers that ended within the window per second of it (the
         # drain after the window, when no more is sent, is not idle capacity).
@@ -117,6 +127,8 @@ async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioRe
         share = 100 * achieved / ideal
         direct_rate = direct.window_throughput
         of_direct = 100 * achieved / direct_rate if direct_rate else None
+        at_cap_rate = at_cap.window_throughput
+        of_at_cap = 100 * achieved / at_cap_rate if at_cap_rate else None
         # Each slot's cycle beyond the worker's latency: hand-over plus the HTTP call's cost.
         gap_ms = 1000.0 * opts.workers * cap / achieved - opts.latency_ms if achieved else None
         report.add_row(
@@ -128,6 +140,8 @@ async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioRe
             share,
             direct_rate,
             of_direct,
+            at_cap_rate,
+            of_at_cap,
             gap_ms,
             res.p50_ms,
             res.p99_ms,
@@ -141,6 +155,8 @@ async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioRe
             "ideal_per_s": ideal,
             "direct_per_s": round(direct_rate, 1),
             "direct_errors": direct.errors,
+            "at_cap_per_s": round(at_cap_rate, 1),
+            "at_cap_errors": at_cap.errors,
             "ledger_rows": rows,
         }
         report.target(f"capacity cap {cap}", ">= 97% of W*cap/L", f"{share:.1f}%", share >= 97)
@@ -156,7 +172,10 @@ async def run(opts: CapacityOptions, phases: Phases, command: str) -> ScenarioRe
         "Worker latency is a sleep in the reference worker (--latency-ms); its --max-concurrency"
         " equals the broker's max_concurrency for it.",
         "Direct = the same workers loaded straight on /predict by 2 x cap clients each, after"
-        " the broker run: what they deliver themselves (their own HTTP and engine work is"
-        " added to the latency), so % of direct is the broker's share of what was possible.",
+        " the broker run: what they deliver themselves (their own HTTP and engine work"
+        " overlaps the model time), so % of direct is the broker's share of what was possible.",
+        "At cap = the same workers loaded straight by 1 x cap clients each: exactly cap calls"
+        " in flight per worker, as the broker keeps them, with nothing between; each cycle"
+        " then pays the worker's own HTTP exchange. % of at cap is the broker's own cost.",
     ]
     return report
