@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 
@@ -62,6 +63,12 @@ WAITING_CAP = 1000  # most jobs :meth:`RedisBus.waiting` returns and ``take`` sc
 # ``take`` reads the fair order in pages: the first acceptable job is nearly always in
 # the first one, and a long queue is not read (and parsed) whole on every look.
 HEAD_PAGE = 16
+# Parsed jobs no page reached kept for later looks (so this node fetches none of the
+# jobs it queued itself): text-only ones (no image, no audio), at most this many, none
+# older than ``KEEP_PARSED_S`` (a kept job that another node took or that was removed
+# is never offered: the fair order no longer names it).
+KEEP_PARSED = 1000
+KEEP_PARSED_S = 600.0
 # How long a publish that only this node heard stands for "no other node listens".
 ALONE_S = 1.0
 _CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
@@ -490,6 +497,21 @@ class Submitted(NamedTuple):
     position: int
 
 
+def _kept(
+    seen: dict[tuple[str, str], Job], before: dict[tuple[str, str], Job]
+) -> dict[tuple[str, str], Job]:
+    """The parsed jobs to keep after a look: those of the pages read, then the earlier
+    ones no page reached, within the bounds of :data:`KEEP_PARSED`."""
+    oldest = time.time() - KEEP_PARSED_S
+    for key, job in before.items():
+        if len(seen) >= KEEP_PARSED:
+            break
+        query = job.query
+        if key not in seen and not (query.image or query.audio) and job.submitted_at > oldest:
+            seen[key] = job
+    return seen
+
+
 class _QueueState:
     """What this node knows of one queue.
 
@@ -916,8 +938,7 @@ class RedisBus:
                 start, count = start + count, count * 4
             return None
         finally:
-            # Keep the parsed jobs of the pages read (the rest is parsed when it comes up).
-            q.parsed = seen
+            q.parsed = _kept(seen, q.parsed)
 
     async def _head(
         self,
@@ -967,7 +988,9 @@ class RedisBus:
             # Unreadable or stale members are passed to the script, which drops them.
             if not await self._claim(queue, q, job_id, entry):
                 continue
-            parsed.pop((job_id, rev), None)  # taken: never offered from the cache again
+            # Taken: never offered from the cache again.
+            parsed.pop((job_id, rev), None)
+            q.parsed.pop((job_id, rev), None)
             if job is not None:
                 return job
             logger.error("dropping unreadable job %s of %s", job_id, queue)

@@ -53,6 +53,9 @@ class FederationRouter:
             return None
         primary = candidates[0]
         primary_ok = self.realm_can_take(primary, query)
+        if primary_ok and len(candidates) == 1:  # no backup: its depth changes nothing
+            self.stats.routed += 1
+            return primary.name
         if primary_ok and await depth_of(primary.name) < primary.config.queue_threshold:
             self.stats.routed += 1
             return primary.name

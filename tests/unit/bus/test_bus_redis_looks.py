@@ -131,3 +131,42 @@ async def test_take_reads_past_a_page_of_refused_jobs(
     # The rest keeps its order for any node.
     first = await a.take(queue, timeout_s=1.0)
     assert first is not None and first.job_id == jobs[0].job_id
+
+
+async def test_a_node_takes_the_jobs_it_queued_without_fetching_their_bodies(
+    buses: list[RedisBus], redis_server: RedisServer, redis: Redis, queue: str
+) -> None:
+    a = await _node(buses, redis_server.url, "a")
+    jobs = [make_job(f"job {i}", user=f"user-{i}") for i in range(4 * HEAD_PAGE)]
+    for job in jobs:
+        await a.enqueue(queue, job)
+    before = await _calls(redis)
+    taken = []
+    for _ in jobs:  # far more than the first page: each job waits through many looks
+        job = await a.take(queue, timeout_s=1.0)
+        assert job is not None
+        taken.append(job.job_id)
+    assert taken == [j.job_id for j in jobs]
+    after = await _calls(redis)
+    assert after.get("hmget", 0) == before.get("hmget", 0)  # every body was known here
+    assert await a.take(queue, timeout_s=0.05) is None
+
+
+async def test_jobs_with_images_are_fetched_again_rather_than_kept(
+    buses: list[RedisBus], redis_server: RedisServer, redis: Redis, queue: str
+) -> None:
+    a = await _node(buses, redis_server.url, "a")
+    jobs = [
+        Job(user_guid=f"user-{i}", query=Query(prompt=f"p{i}", query_type="vision", image="aGk="))
+        for i in range(2 * HEAD_PAGE)
+    ]
+    for job in jobs:
+        await a.enqueue(queue, job)
+    before = await _calls(redis)
+    for expected in jobs:
+        job = await a.take(queue, timeout_s=1.0)
+        assert job is not None and job.job_id == expected.job_id
+        assert job.query.image == "aGk="
+    after = await _calls(redis)
+    # Those beyond the first page were not kept in memory, so they were read back.
+    assert after.get("hmget", 0) > before.get("hmget", 0)

@@ -86,3 +86,20 @@ async def test_backup_takes_over_when_primary_queue_is_over_threshold() -> None:
         return 5 if realm == "$CHAT" else 0
 
     assert await router.route_query(Query(prompt="x", query_type="chat"), depth) == "$CHAT_B"
+
+
+async def test_a_realm_without_backups_is_routed_to_without_asking_its_depth() -> None:
+    realms_file = RealmsFile()
+    realms_file.realms["$CHAT"].queue_threshold = 3
+    realms = RealmRegistry(realms_file)
+    router = FederationRouter(realms, _workers(_chat("main")))
+    asked: list[str] = []
+
+    async def depth(realm: str) -> int:
+        asked.append(realm)
+        return 5  # over the threshold, but there is nowhere else to go
+
+    assert await router.route_query(Query(prompt="x", query_type="chat"), depth) == "$CHAT"
+    assert asked == []  # no round trip to the queue for a decision without a choice
+    assert router.stats.routed == 1
+    assert router.stats.backup_routes == 0
