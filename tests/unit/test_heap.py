@@ -14,11 +14,8 @@ def test_serving_tunes_the_collector_and_restores_it() -> None:
         assert gc.get_threshold() == (7000, before[1], before[2])
         assert gc.get_freeze_count() > frozen_before
         made_while_serving: list[list[int]] = [[] for _ in range(10)]
-        # Objects made while serving are collected as usual (not frozen).
+        # Objects made while serving are tracked as usual (not frozen).
         assert gc.is_tracked(made_while_serving)
-        frozen = gc.get_freeze_count()
-        gc.collect()
-        assert gc.get_freeze_count() == frozen
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
 
