@@ -156,3 +156,21 @@ def test_a_sysop_creates_stops_resumes_and_deletes_a_realm(
     assert "$CHAT2" not in names
     assert "$CHAT" in names
     expect(page.locator("#realms-admin-error")).to_have_text("")
+
+
+def test_a_refusal_stays_shown_when_the_panel_reloads(
+    broker: BrokerServer, open_page: OpenPage
+) -> None:
+    # The panel loads realms and pools when it opens (and on Refresh); a load that ends
+    # after the sysop's action must not wipe the refusal the action just showed.
+    page = open_page(broker)
+    expect(page.locator("#sysop-panel")).to_be_visible()
+    form = page.locator("#pool-form")
+    form.locator('input[name="name"]').fill("bad name!")
+    form.locator('button[type="submit"]').click()
+    error = page.locator("#pools-admin-error")
+    expect(error).to_contain_text("a pool name is letters")
+    with page.expect_response(lambda r: r.url.endswith("/api/admin/pools")):
+        page.locator("#refresh-stats").click()
+    page.evaluate("() => new Promise((done) => setTimeout(done, 300))")  # the load has ended
+    assert "a pool name is letters" in (error.text_content() or "")

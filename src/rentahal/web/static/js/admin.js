@@ -8,6 +8,12 @@ export const STRATEGIES = ['health', 'round_robin', 'least_busy', 'random'];
 const PRIMARY_TITLE = 'A primary realm serves its query type and cannot be deleted.';
 
 /** The readable message of a FastAPI error body. */
+/** Show ``text`` in an error line, noting whether a load or an action put it there. */
+function showError(el, text, from) {
+  el.textContent = text;
+  el.dataset.from = from;
+}
+
 export function detailMessage(body, status) {
   const detail = body?.detail;
   if (typeof detail === 'string') return detail;
@@ -129,11 +135,12 @@ export class AdminPanel {
       const data = await api('GET', '/api/admin/realms');
       this.realms = Array.isArray(data?.realms) ? data.realms : [];
       this.routingTable = data?.routing_table && typeof data.routing_table === 'object' ? data.routing_table : {};
-      if (!keepError) errorEl.textContent = '';
+      // A load that ends late must not hide what an action just showed.
+      if (!keepError && errorEl.dataset.from !== 'action') showError(errorEl, '', 'load');
     } catch (err) {
       this.realms = [];
       this.routingTable = {};
-      errorEl.textContent = `Could not load realms: ${err.message}`;
+      showError(errorEl, `Could not load realms: ${err.message}`, 'load');
     }
     this.renderRealms();
     this.renderRealmChoices();
@@ -237,10 +244,10 @@ export class AdminPanel {
       } else {
         await api('POST', '/api/admin/realms', body);
       }
-      errorEl.textContent = '';
+      showError(errorEl, '', 'action');
       saved = true;
     } catch (err) {
-      errorEl.textContent = err.message;
+      showError(errorEl, err.message, 'action');
     }
     await this.loadRealms({ keepError: true });
     if (saved) this.editRealm(null);
@@ -250,9 +257,9 @@ export class AdminPanel {
     const errorEl = this.els.realmsError;
     try {
       await api('PUT', `/api/admin/realms/${encodeURIComponent(name)}`, { stopped });
-      errorEl.textContent = '';
+      showError(errorEl, '', 'action');
     } catch (err) {
-      errorEl.textContent = err.message;
+      showError(errorEl, err.message, 'action');
     }
     await this.loadRealms({ keepError: true });
   }
@@ -261,10 +268,10 @@ export class AdminPanel {
     const errorEl = this.els.realmsError;
     try {
       await api('DELETE', `/api/admin/realms/${encodeURIComponent(name)}`);
-      errorEl.textContent = '';
+      showError(errorEl, '', 'action');
       if (this.els.realmForm.dataset.editing === name) this.editRealm(null);
     } catch (err) {
-      errorEl.textContent = err.message;
+      showError(errorEl, err.message, 'action');
     }
     await this.loadRealms({ keepError: true });
   }
@@ -276,10 +283,11 @@ export class AdminPanel {
     try {
       const data = await api('GET', '/api/admin/pools');
       this.pools = Array.isArray(data?.pools) ? data.pools : [];
-      if (!keepError) errorEl.textContent = '';
+      // A load that ends late must not hide what an action just showed.
+      if (!keepError && errorEl.dataset.from !== 'action') showError(errorEl, '', 'load');
     } catch (err) {
       this.pools = [];
-      errorEl.textContent = `Could not load pools: ${err.message}`;
+      showError(errorEl, `Could not load pools: ${err.message}`, 'load');
     }
     this.renderPools();
   }
@@ -367,10 +375,10 @@ export class AdminPanel {
       } else {
         await api('POST', '/api/admin/pools', body);
       }
-      errorEl.textContent = '';
+      showError(errorEl, '', 'action');
       saved = true;
     } catch (err) {
-      errorEl.textContent = err.message;
+      showError(errorEl, err.message, 'action');
     }
     await this.loadPools({ keepError: true });
     if (saved) this.editPool(null);
@@ -380,10 +388,10 @@ export class AdminPanel {
     const errorEl = this.els.poolsError;
     try {
       await api('DELETE', `/api/admin/pools/${encodeURIComponent(name)}`);
-      errorEl.textContent = '';
+      showError(errorEl, '', 'action');
       if (this.els.poolForm.dataset.editing === name) this.editPool(null);
     } catch (err) {
-      errorEl.textContent = err.message;
+      showError(errorEl, err.message, 'action');
     }
     await this.loadPools({ keepError: true });
   }
