@@ -119,8 +119,8 @@ def compile_for(
     by_key: dict[str, BindParameter[Any]] = {}
     sample: dict[str, Any] = {}
     for bind in compiled.binds.values():
-        if bind.callable is not None:
-            return None
+        if bind.callable is not None or bind.literal_execute:
+            return None  # a value made per call, or rendered into the SQL text
         if not bind.required:
             continue
         by_key[bind.key] = bind
@@ -185,10 +185,14 @@ class Runner:
         compiled = self._compiled(prepared, first)
         if compiled is None or self.raw is None:
             return False
-        if len(sets) > 1:
-            self._call(compiled.sql, [compiled.arguments(p) for p in sets], many=True).close()
+        try:
+            arguments = [compiled.arguments(p) for p in sets]
+        except (KeyError, IndexError, TypeError, ValueError):  # SQLAlchemy raises its error
+            return False
+        if len(arguments) > 1:
+            self._call(compiled.sql, arguments, many=True).close()
         else:
-            self._call(compiled.sql, compiled.arguments(first)).close()
+            self._call(compiled.sql, arguments[0]).close()
         self.executed += 1
         return True
 
@@ -197,7 +201,11 @@ class Runner:
         compiled = self._compiled(prepared, params)
         if compiled is None or compiled.row is None or self.raw is None:
             return None
-        cursor = self._call(compiled.sql, compiled.arguments(params))
+        try:
+            arguments = compiled.arguments(params)
+        except (KeyError, IndexError, TypeError, ValueError):  # SQLAlchemy raises its error
+            return None
+        cursor = self._call(compiled.sql, arguments)
         try:
             fetched = cursor.fetchall()
         except sqlite3.Error as exc:

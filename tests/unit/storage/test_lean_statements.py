@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from rentahal.config import CostSettings
 from rentahal.models import Job, Query, Result
@@ -315,3 +315,23 @@ async def test_close_returns_the_write_connection(pair: tuple[Storage, Storage])
     assert pool.checkedout() == 0
     lean.direct = None
     assert (await lean.system_stats())["total_queries"] == 2
+
+
+async def test_bad_parameters_raise_what_sqlalchemy_raises(pair: tuple[Storage, Storage]) -> None:
+    from rentahal.storage.ledger import _CHARGE_USER, _INSERT_QUERY
+
+    guid = str(uuid.uuid4())
+    bad_time = dict(_rows([guid, guid])[0], timestamp="yesterday")
+    calls = {
+        "missing": lambda conn: _CHARGE_USER.execute(conn, {"b_guid": guid}),
+        "bad type": lambda conn: _INSERT_QUERY.execute(conn, [bad_time]),
+    }
+    for name, call in calls.items():
+        errors = []
+        for storage in pair:
+            with pytest.raises(StatementError) as caught:
+                await storage.write(call)
+            errors.append((type(caught.value), str(caught.value.orig)))
+        assert errors[0] == errors[1], name
+    for storage in pair:
+        assert _table(storage, "queries") == []
