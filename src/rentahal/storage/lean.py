@@ -149,6 +149,9 @@ def compile_for(
     return _Compiled(state.statement, tuple(args), processors, row)
 
 
+_SHARED: dict[tuple[Any, ...], _Compiled | None] = {}
+
+
 class Runner:
     """Runs :class:`Prepared` statements on one sqlite3 connection (``raw``), compiled once each."""
 
@@ -169,7 +172,14 @@ class Runner:
             return self._variants[shape]
         except KeyError:
             pass
-        compiled = compile_for(prepared.statement, self.dialect, list(params), sizes)
+        # Compiled once per process (a compiler leaves cyclic garbage behind), then per runner.
+        shared = (*shape, type(self.dialect), self.dialect.paramstyle)
+        if shared in _SHARED:
+            compiled = _SHARED[shared]
+        else:
+            compiled = compile_for(prepared.statement, self.dialect, list(params), sizes)
+            if len(_SHARED) < MAX_VARIANTS:
+                _SHARED[shared] = compiled
         if len(self._variants) < MAX_VARIANTS:
             self._variants[shape] = compiled
         return compiled
