@@ -9,6 +9,10 @@ never waits long for another connection's write lock (the caller then uses
 the async engine). Its connections do not checkpoint on commit (a
 checkpoint writes and fsyncs the database file): every
 ``CHECKPOINT_EVERY`` commits a passive checkpoint runs in a thread instead.
+Writes use one persistent connection (no pool checkout per transaction),
+which carries a :class:`~rentahal.storage.lean.Runner`: the ledger's
+:class:`~rentahal.storage.lean.Prepared` statements run on its sqlite3
+connection, compiled once, without SQLAlchemy's per-statement machinery.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from rentahal.storage.lean import RUNNER_KEY, Runner
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +76,37 @@ class DirectSQLite:
         self.locked = 0  # writes that found the lock taken (and went elsewhere)
         self._since_checkpoint = 0
         self._checkpoint: asyncio.Task[None] | None = None
+        self._conn: Connection | None = None  # the writes' connection, opened on first use
+        self.runner = Runner(self.engine.dialect)  # the lean statements of its transactions
 
     def run(self, fn: Callable[[Connection], T]) -> T:
         """``fn`` in one transaction, committed, on the calling (the loop's) thread.
 
         Raises :class:`Locked` when another connection kept the write lock.
         """
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = self._conn = self.engine.connect()
         try:
-            with self.engine.begin() as conn:
+            with conn.begin():
+                info = conn.info
+                if RUNNER_KEY not in info:  # a new DBAPI connection (first, or reconnected)
+                    info[RUNNER_KEY] = self.runner
+                self.runner.raw = conn.connection.dbapi_connection  # type: ignore[assignment]
                 answer = fn(conn)
         except OperationalError as exc:
             if "locked" not in str(exc.orig) and "busy" not in str(exc.orig):
+                self._reset()
                 raise
             self.locked += 1
             raise Locked(str(exc.orig)) from exc
+        except IntegrityError:
+            raise
+        except DBAPIError:
+            self._reset()  # the next write starts on a fresh connection
+            raise
+        finally:
+            self.runner.raw = None
         self.commits += 1
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY and self._checkpoint is None:
@@ -92,6 +115,15 @@ class DirectSQLite:
                 self._checkpoint_in_thread(), name="sqlite-checkpoint"
             )
         return answer
+
+    def _reset(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception:  # it is dropped either way
+                logger.debug("closing the SQLite write connection failed", exc_info=True)
 
     async def _checkpoint_in_thread(self) -> None:
         try:
@@ -109,4 +141,7 @@ class DirectSQLite:
         """Wait for a running checkpoint, then close the connections."""
         if self._checkpoint is not None:
             await asyncio.gather(self._checkpoint, return_exceptions=True)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
         self.engine.dispose()

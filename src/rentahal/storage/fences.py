@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from rentahal.errors import PrefixMoving, StorageError
 from rentahal.storage import tables as t
 from rentahal.storage import totals
+from rentahal.storage.lean import Prepared
 
 __all__ = ["Fence", "PrefixMoving", "check", "check_sync", "claim", "freeze", "hand_on", "thaw"]
 
@@ -88,7 +89,7 @@ def _check_statement(dialect: str) -> Select[Any]:
     )
 
 
-_CHECK = {dialect: _check_statement(dialect) for dialect in ("postgresql", "sqlite")}
+_CHECK = {dialect: Prepared(_check_statement(dialect)) for dialect in ("postgresql", "sqlite")}
 
 
 def check_sync(conn: Connection, prefixes: Iterable[str]) -> None:
@@ -99,7 +100,7 @@ def check_sync(conn: Connection, prefixes: Iterable[str]) -> None:
     wanted = sorted(set(prefixes))
     if not wanted:
         return
-    rows = conn.execute(_CHECK[conn.dialect.name], {"prefixes": wanted}).all()
+    rows = _CHECK[conn.dialect.name].rows(conn, {"prefixes": wanted})
     open_ = {r.prefix for r in rows if Fence(r.prefix, r.frozen_until, r.moved_to).open_at(r.now)}
     refused = [p for p in wanted if p not in open_]
     if refused:

@@ -40,6 +40,7 @@ from rentahal.models import Job, Result, User
 from rentahal.storage import fences, totals
 from rentahal.storage import tables as t
 from rentahal.storage.database import Storage, user_from_row
+from rentahal.storage.lean import Prepared
 from rentahal.storage.prefixes import MAIN, prefix_of
 from rentahal.storage.shards import HOLD_LIMIT_S, HOLD_POLL_S, ShardedStorage
 from rentahal.storage.spool import LedgerSpool
@@ -55,7 +56,7 @@ INLINE_AFTER_S = 0.001
 REPLAY_INTERVAL_S = 5.0
 Outcome = tuple[bool, User | None]
 
-_CHARGE_USER = (
+_CHARGE = (
     update(t.users)
     .where(t.users.c.guid == bindparam("b_guid"))
     .values(
@@ -65,10 +66,12 @@ _CHARGE_USER = (
     )
 )
 
-
-_CHARGE_ONE = _CHARGE_USER.returning(*t.users.c)
+# Run raw on a SQLite file's loop connection (rentahal.storage.lean).
+_CHARGE_USER = Prepared(_CHARGE)
+_CHARGE_ONE = Prepared(_CHARGE.returning(*t.users.c))
+_INSERT_QUERY = Prepared(insert(t.queries))
+# Only multi-user batches: these go through SQLAlchemy.
 _USERS_AMONG = select(t.users).where(t.users.c.guid.in_(bindparam("b_guids", expanding=True)))
-_INSERT_QUERY = insert(t.queries)
 _CHARGED_JOB = select(t.queries.c.processing_time, t.queries.c.cost).where(
     t.queries.c.job_id == bindparam("b_job"), t.queries.c.status == "done"
 )
@@ -94,9 +97,9 @@ def _charge(conn: Connection, charged: list[dict[str, Any]]) -> tuple[dict[str, 
         for guid, v in per_user.items()
     ]
     if len(params) == 1:
-        rows = conn.execute(_CHARGE_ONE, params[0]).all()
+        rows = _CHARGE_ONE.rows(conn, params[0])
     else:
-        conn.execute(_CHARGE_USER, params)
+        _CHARGE_USER.execute(conn, params)
         rows = conn.execute(_USERS_AMONG, {"b_guids": list(per_user)}).all()
     users = {row.guid: user_from_row(row) for row in rows}
     delta = Delta(
@@ -426,7 +429,7 @@ class Ledger:
         main = self._main_of(storage)
 
         def write(conn: Connection) -> tuple[dict[str, User], tuple[str, Delta] | None]:
-            conn.execute(_INSERT_QUERY, rows)
+            _INSERT_QUERY.execute(conn, rows)
             users, delta = _charge(conn, charged)
             return users, _count(conn, main, delta, prefixes)
 
@@ -476,7 +479,7 @@ class Ledger:
                 return False, None
             conn.execute(_REFUND_JOB, {"b_job": job_id, "b_error": reason})
             time_s, cost = float(row.processing_time or 0.0), float(row.cost or 0.0)
-            conn.execute(_CHARGE_USER, charge | {"b_time": -time_s, "b_cost": -cost})
+            _CHARGE_USER.execute(conn, charge | {"b_time": -time_s, "b_cost": -cost})
             return True, _count(conn, main, -Delta(1, time_s, cost), {prefix_of(user_guid)})
 
         refunded, batch = await storage.write(write)

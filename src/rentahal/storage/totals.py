@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from rentahal.storage import tables as t
+from rentahal.storage.lean import Prepared
 from rentahal.storage.prefixes import prefix_clause
 
 logger = logging.getLogger(__name__)
@@ -145,8 +146,8 @@ def _add_statement(table: Any) -> Update:
 
 
 # Built once: the ledger adds to these in every batch.
-_ADD = {table: _add_statement(table) for table in (t.system_stats, t.shard_totals)}
-_OUTBOX = insert(t.totals_outbox)
+_ADD = {table: Prepared(_add_statement(table)) for table in (t.system_stats, t.shard_totals)}
+_OUTBOX = Prepared(insert(t.totals_outbox))
 
 
 def add_sync(conn: Connection, table: Any, delta: Delta) -> None:
@@ -155,7 +156,7 @@ def add_sync(conn: Connection, table: Any, delta: Delta) -> None:
         return
     statement = _ADD.get(table)
     if statement is None:
-        statement = _ADD[table] = _add_statement(table)
+        statement = _ADD[table] = Prepared(_add_statement(table))
     params: dict[str, Any] = {
         "d_queries": delta.queries,
         "d_time": delta.processing_time,
@@ -163,7 +164,7 @@ def add_sync(conn: Connection, table: Any, delta: Delta) -> None:
     }
     if table is t.system_stats:
         params["d_now"] = datetime.now(UTC).replace(tzinfo=None)
-    conn.execute(statement, params)
+    statement.execute(conn, params)
 
 
 async def add(conn: AsyncConnection, table: Any, delta: Delta) -> None:
@@ -175,7 +176,7 @@ async def add(conn: AsyncConnection, table: Any, delta: Delta) -> None:
 def add_to_outbox_sync(conn: Connection, batch_id: str, delta: Delta) -> None:
     """Charge this shard's counter and queue ``delta`` for the main database."""
     add_sync(conn, t.shard_totals, delta)
-    conn.execute(_OUTBOX, {"batch_id": batch_id, "created_at": time.time(), **delta.columns()})
+    _OUTBOX.execute(conn, {"batch_id": batch_id, "created_at": time.time(), **delta.columns()})
 
 
 async def add_to_outbox(conn: AsyncConnection, batch_id: str, delta: Delta) -> None:
@@ -183,10 +184,12 @@ async def add_to_outbox(conn: AsyncConnection, batch_id: str, delta: Delta) -> N
     await conn.run_sync(add_to_outbox_sync, batch_id, delta)
 
 
-_APPLIED_AMONG = select(t.totals_applied.c.batch_id).where(
-    t.totals_applied.c.batch_id.in_(bindparam("ids", expanding=True))
+_APPLIED_AMONG = Prepared(
+    select(t.totals_applied.c.batch_id).where(
+        t.totals_applied.c.batch_id.in_(bindparam("ids", expanding=True))
+    )
 )
-_MARK_APPLIED = insert(t.totals_applied)
+_MARK_APPLIED = Prepared(insert(t.totals_applied))
 
 
 def apply_sync(main_conn: Connection, batches: list[tuple[str, Delta]]) -> Delta:
@@ -199,12 +202,12 @@ def apply_sync(main_conn: Connection, batches: list[tuple[str, Delta]]) -> Delta
     if not batches:
         return Delta()
     ids = [batch_id for batch_id, _ in batches]
-    done: set[str] = set(main_conn.execute(_APPLIED_AMONG, {"ids": ids}).scalars())
+    done: set[str] = {row[0] for row in _APPLIED_AMONG.rows(main_conn, {"ids": ids})}
     fresh = [(batch_id, delta) for batch_id, delta in batches if batch_id not in done]
     if not fresh:
         return Delta()
     now = time.time()
-    main_conn.execute(_MARK_APPLIED, [{"batch_id": b, "applied_at": now} for b, _ in fresh])
+    _MARK_APPLIED.execute(main_conn, [{"batch_id": b, "applied_at": now} for b, _ in fresh])
     total = sum((d for _, d in fresh), Delta())
     add_sync(main_conn, t.system_stats, total)
     return total
