@@ -31,7 +31,7 @@ def _ping(port: int, timeout_s: float = 0.5) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))  # up (with a password)
     except OSError:
         return False
 
@@ -44,8 +44,9 @@ class RedisServer:
     after a crash of an unpersisted Redis).
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, args: tuple[str, ...] = ()) -> None:
         self.binary = _redis_binary()
+        self.args = args
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="rentahal-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -71,6 +72,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.dir),
+                *self.args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

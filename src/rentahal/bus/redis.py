@@ -45,13 +45,13 @@ import orjson
 from pydantic import ValidationError
 from redis import exceptions as rexc
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from rentahal.bus import keys
 from rentahal.bus.base import JobFilter, MessageHandler
 from rentahal.bus.fair import Weight, job_cost, unit_weight
+from rentahal.bus.link import RedisLink, RedisSubscriber
 from rentahal.errors import BusError
 from rentahal.models import Job
 
@@ -578,6 +578,7 @@ class RedisBus:
         self.claim_idle_ms = claim_idle_ms
         self.block_ms = max(1, block_ms)
         self.retry_s = retry_s
+        self._connect_timeout_s = connect_timeout_s
         self._weight = weight
         self._redis: Redis = Redis.from_url(
             url,
@@ -588,8 +589,14 @@ class RedisBus:
             retry=Retry(NoBackoff(), 0),  # we retry ourselves, with back-off and a limit
             health_check_interval=30,
         )
+        # The hot commands go over one pipelined connection (see rentahal.bus.link).
+        self._link = RedisLink(
+            url,
+            connect_timeout_s=connect_timeout_s,
+            reply_timeout_s=connect_timeout_s + self.block_ms / 1000,
+        )
         self._scripts = {
-            name: self._redis.register_script(src)
+            name: self._link.register(self._redis.register_script(src))
             for name, src in (
                 ("enqueue", _ENQUEUE),
                 ("submit", _SUBMIT),
@@ -616,7 +623,7 @@ class RedisBus:
 
     async def start(self) -> None:
         """Check the connection, then start the pub/sub listener and the heartbeat."""
-        await self._call(self._redis.ping, "ping")
+        await self._call(lambda: self._link.call("PING"), "ping")
         self._tasks = [
             asyncio.create_task(self._listen(), name=f"redis-bus-listen:{self.node_id}"),
             asyncio.create_task(self._heartbeat(), name=f"redis-bus-heartbeat:{self.node_id}"),
@@ -658,6 +665,7 @@ class RedisBus:
                     except (BusError, TimeoutError, rexc.RedisError, OSError):
                         logger.warning("could not hand back job %s; it is reclaimed later", job_id)
                 q.inflight.clear()
+        await self._link.close()
         await self._redis.aclose()
 
     # plumbing
@@ -963,8 +971,8 @@ class RedisBus:
             elif entry:
                 missing.append((job_id, rev))
         if missing:
-            bodies: list[Any] = await self._redis.hmget(
-                keys.jobs_key(queue), [j for j, _r in missing]
+            bodies: list[Any] = await self._link.call(
+                "HMGET", keys.jobs_key(queue), *(j for j, _r in missing)
             )
             for (job_id, rev), body in zip(missing, bodies, strict=True):
                 job = self._parse(body) if body else None
@@ -1124,7 +1132,7 @@ class RedisBus:
         if q is not None and q.known_empty:
             return 0
         key = keys.fair_order_key(queue)
-        return int(await self._call(lambda: self._redis.zcard(key), "depth"))
+        return int(await self._call(lambda: self._link.call("ZCARD", key), "depth"))
 
     async def total_depth(self, queues: list[str], running_key: str) -> int:
         """Waiting jobs of ``queues`` plus the entries of the hash ``running_key``, in one
@@ -1132,11 +1140,9 @@ class RedisBus:
         asked = [q for q in queues if not (q in self._queues and self._queues[q].known_empty)]
 
         async def _counts() -> list[Any]:
-            pipe = self._redis.pipeline(transaction=False)
-            for queue in asked:
-                pipe.zcard(keys.fair_order_key(queue))
-            pipe.hlen(running_key)
-            return await pipe.execute()
+            link = self._link
+            calls = [link.call("ZCARD", keys.fair_order_key(queue)) for queue in asked]
+            return await asyncio.gather(*calls, link.call("HLEN", running_key))
 
         return sum(int(n) for n in await self._call(_counts, "depth"))
 
@@ -1145,7 +1151,9 @@ class RedisBus:
         if not job_ids:
             return set()
         key = keys.job_index_key(queue)
-        found: list[Any] = await self._call(lambda: self._redis.hmget(key, job_ids), "holding")
+        found: list[Any] = await self._call(
+            lambda: self._link.call("HMGET", key, *job_ids), "holding"
+        )
         return {job_id for job_id, entry in zip(job_ids, found, strict=True) if entry is not None}
 
     async def _heartbeat(self) -> None:
@@ -1176,7 +1184,7 @@ class RedisBus:
         """Send ``message`` (as JSON) to every subscriber of ``channel`` on every node."""
         data = orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS)
         key = keys.channel_key(channel)
-        heard = await self._call(lambda: self._redis.publish(key, data), "publish")
+        heard = await self._call(lambda: self._link.call("PUBLISH", key, data), "publish")
         self._heard[channel] = (int(heard), asyncio.get_running_loop().time())
 
     def alone_on(self, channel: str) -> bool:
@@ -1197,33 +1205,30 @@ class RedisBus:
         """Own the pub/sub connection: (re)subscribe, dispatch, reconnect with back-off."""
         delay = 0.05
         while not self._closed:
-            pubsub: PubSub = self._redis.pubsub(ignore_subscribe_messages=True)
+            sub = RedisSubscriber(
+                self.url,
+                connect_timeout_s=self._connect_timeout_s,
+                reply_timeout_s=self._connect_timeout_s,
+            )
             subscribed: set[str] = set()
             try:
+                await sub.connect()
                 while not self._closed:
                     wanted = set(self._handlers) - subscribed
                     if wanted:
-                        await pubsub.subscribe(*(keys.channel_key(c) for c in wanted))
+                        await sub.subscribe(*(keys.channel_key(c) for c in wanted))
                         subscribed |= wanted
                         if keys.WAKE_CHANNEL in wanted:  # wake-ups may have been missed
                             for q in self._queues.values():
                                 q.arrived()
                     self._listening.set()
-                    if not subscribed:
-                        await asyncio.sleep(self.block_ms / 1000)
-                        continue
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=self.block_ms / 1000
-                    )
                     delay = 0.05
-                    if message is not None and message.get("type") == "message":
-                        await self._dispatch(str(message["channel"]), message["data"])
+                    for channel, data in await sub.wait(self.block_ms / 1000):
+                        await self._dispatch(channel, data)
             except _CONNECTION_ERRORS as exc:
                 logger.warning("pub/sub connection lost (%s); reconnecting in %.2fs", exc, delay)
             finally:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(2.0):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await sub.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 

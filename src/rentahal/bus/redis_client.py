@@ -12,6 +12,11 @@ from redis.backoff import ExponentialBackoff
 from rentahal.errors import BusError
 
 
+def call_retry() -> Retry:
+    """The retry policy of these clients: a fresh connection with back-off, about 3 s."""
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), 6)
+
+
 def retrying_client(url: str, connect_timeout_s: float) -> Redis:
     """A client that retries a call on a fresh connection with back-off (about 3 s).
 
@@ -24,7 +29,7 @@ def retrying_client(url: str, connect_timeout_s: float) -> Redis:
         socket_connect_timeout=connect_timeout_s,
         socket_timeout=connect_timeout_s,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 6),
+        retry=call_retry(),
         retry_on_error=[rexc.ConnectionError, rexc.TimeoutError],
     )
 

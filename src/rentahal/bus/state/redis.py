@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
 from rentahal.bus import keys
-from rentahal.bus.redis_client import bus_call, retrying_client
+from rentahal.bus.link import RedisLink
+from rentahal.bus.redis_client import bus_call, call_retry, retrying_client
 from rentahal.bus.state.base import MAILBOX_LENGTH, MAILBOX_TTL_S
 
 _ACQUIRE = """
@@ -38,75 +38,23 @@ return 0
 """
 
 
-class _Batch:
-    """Plain commands issued in one turn of the event loop, sent as one pipeline.
-
-    Under load many jobs finish at once: their slot releases and delivery marks
-    share one round trip instead of one each. A failure reaches every caller of
-    the batch; a command's own error reaches its caller only.
-    """
-
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._sending: set[asyncio.Task[None]] = set()
-
-    async def call(self, *command: Any) -> Any:
-        """Send ``command`` with the others of this turn; its reply."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((command, fut))
-        if len(self._pending) == 1:
-            loop.call_soon(self._flush)
-        return await fut
-
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        task = asyncio.create_task(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        try:
-            if len(batch) == 1:
-                replies = [await self._redis.execute_command(*batch[0][0])]  # type: ignore[no-untyped-call]
-            else:
-                pipe = self._redis.pipeline(transaction=False)
-                for command, _fut in batch:
-                    pipe.execute_command(*command)
-                replies = await pipe.execute(raise_on_error=False)
-        except BaseException as exc:  # every caller of the batch learns it
-            for _command, fut in batch:
-                if not fut.done():
-                    fut.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_command, fut), reply in zip(batch, replies, strict=True):
-            if fut.done():
-                continue
-            if isinstance(reply, Exception):
-                fut.set_exception(reply)
-            else:
-                fut.set_result(reply)
-
-    async def drain(self) -> None:
-        """Wait for the batches on their way."""
-        if self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
-
-
 class RedisState:
     """State shared by every node of one Redis."""
 
     def __init__(self, url: str, connect_timeout_s: float = 5.0) -> None:
         self._redis: Redis = retrying_client(url, connect_timeout_s)
-        self._acquire = self._redis.register_script(_ACQUIRE)
-        self._lead = self._redis.register_script(_LEAD)
-        self._batch = _Batch(self._redis)
+        # Slot leases and delivery marks, one or two per job, over the pipelined link.
+        self._link = RedisLink(
+            url,
+            connect_timeout_s=connect_timeout_s,
+            reply_timeout_s=connect_timeout_s,
+            retry=call_retry(),
+        )
+        self._acquire = self._link.register(self._redis.register_script(_ACQUIRE))
+        self._lead = self._link.register(self._redis.register_script(_LEAD))
 
     async def close(self) -> None:
-        await self._batch.drain()
+        await self._link.close()
         await self._redis.aclose()
 
     async def _do(self, what: str, coro: Any) -> Any:
@@ -120,7 +68,7 @@ class RedisState:
         return bool(got)
 
     async def release_slot(self, worker: str, holder: str) -> None:
-        await self._do("release_slot", self._batch.call("ZREM", keys.slots_key(worker), holder))
+        await self._do("release_slot", self._link.call("ZREM", keys.slots_key(worker), holder))
 
     async def try_lead(self, role: str, node_id: str, ttl_s: float) -> bool:
         got = await self._do(
@@ -154,7 +102,7 @@ class RedisState:
     async def mark_delivered(self, job_id: str) -> bool:
         got = await self._do(
             "mark_delivered",
-            self._batch.call("SET", keys.delivered_key(job_id), "1", "NX", "EX", MAILBOX_TTL_S),
+            self._link.call("SET", keys.delivered_key(job_id), "1", "NX", "EX", MAILBOX_TTL_S),
         )
         return bool(got)
 
