@@ -62,9 +62,12 @@ async def test_fifty_abandoned_uploads_are_freed(broker_factory) -> None:
         gc.collect()
         rss.append(_rss_mib())
     print(f"\nUPLOADS {rounds} rounds of 50 x 1 MiB abandoned: rss {[round(r) for r in rss]} MiB")
-    # Held uploads would keep all 200 MiB (plus frame buffers); freed ones are reused.
-    passed = rounds * 50 * len(CHUNK) / MIB
-    assert rss[-1] - rss[0] < 0.8 * passed, f"RSS grew by {rss[-1] - rss[0]:.0f} MiB"
+    # The first round raises the allocator's high-water mark (its 50 MiB of chunks plus
+    # frame buffers, in this process with the test's clients). Held uploads would then
+    # add their 50 MiB every round; freed ones are reused.
+    later = (rounds - 1) * 50 * len(CHUNK) / MIB
+    grown = rss[-1] - rss[1]
+    assert grown < 0.5 * later, f"RSS grew by {grown:.0f} MiB after the first round"
 
 
 async def test_idle_uploads_freed_on_a_timer(broker_factory) -> None:

@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
@@ -68,6 +69,9 @@ HEAD_PAGE = 16
 # older than ``KEEP_PARSED_S`` (a kept job that another node took or that was removed
 # is never offered: the fair order no longer names it).
 KEEP_PARSED = 1000
+# Most parsed jobs a take's first look names (see _FAIR_GRAB); more waiting jobs of
+# this node than these ahead of the one to take mean a second round trip, not a loss.
+GRAB_NAMED = 32
 KEEP_PARSED_S = 600.0
 # How long a publish that only this node heard stands for "no other node listens".
 ALONE_S = 1.0
@@ -411,12 +415,32 @@ end
 return out
 """
 
-# Take a waiting job (a held entry) for a node, atomically against every other
-# take and remove, and note it in the running set as the node's (``node|user``).
-# Stale members of the fair order are dropped on the way.
+# Take job_id's held entry ``id`` for a node, atomically against every other take
+# and remove, and note it in the running set as the node's (``node|user``). A stale
+# member of the fair order is dropped on the way. 1 when taken.
+# KEYS: stream, index, fair x4, running. ARGV: group, held, node.
+_TAKE_LIB = """
+local function take_held(F, job_id, id)
+  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if p.err then return 0 end
+  if #p == 0 then
+    if #redis.call('XRANGE', KEYS[1], id, id) == 0 then fair_forget(F, job_id) end
+    return 0
+  end
+  local tag = fair_tag(F, job_id)
+  fair_unfile(F, job_id, true)
+  if p[1][2] ~= ARGV[2] then return 0 end
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, id, 'JUSTID')
+  if tag then redis.call('HSET', KEYS[7], job_id, ARGV[3] .. '|' .. tag.flow) end
+  return 1
+end
+"""
+
+# Take a waiting job (a held entry) for a node; see take_held.
 # KEYS: stream, index, fair x4, running. ARGV: group, held, node, job_id, entry id.
 _FAIR_TAKE = (
     _FAIR_LIB
+    + _TAKE_LIB
     + """
 local F = fair_keys(3)
 local id = redis.call('HGET', KEYS[2], ARGV[4])
@@ -425,18 +449,44 @@ if not id then
   return 0
 end
 if id ~= ARGV[5] then return 0 end
-local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], id, id, 1)
-if p.err then return 0 end
-if #p == 0 then
-  if #redis.call('XRANGE', KEYS[1], id, id) == 0 then fair_forget(F, ARGV[4]) end
-  return 0
+return take_held(F, ARGV[4], id)
+"""
+)
+
+# The first look of a take, and the take itself when it can be decided here: while
+# the first waiting jobs are ones the node named (it has them parsed, at that
+# revision, and would run them), the first of them that can be taken is taken:
+# answers {1, job_id, entry, revision, jobs left waiting}. Otherwise answers {0} and then the first
+# ``count`` waiting jobs as _FAIR_HEAD does, for the node to choose from.
+# KEYS: stream, index, fair x4, running, jobs. ARGV: group, held, node, count,
+# then job_id, revision pairs.
+_FAIR_GRAB = (
+    _FAIR_LIB
+    + _TAKE_LIB
+    + """
+local F = fair_keys(3)
+local want = {}
+for i = 5, #ARGV, 2 do want[ARGV[i]] = ARGV[i + 1] end
+local count = tonumber(ARGV[4])
+for _, m in ipairs(redis.call('ZRANGE', F.order, 0, count - 1)) do
+  local job_id = string.match(m, '^[^:]*:(.*)$')
+  local rev = redis.call('HGET', KEYS[8], 'rev:' .. job_id) or '0'
+  if want[job_id] ~= rev then break end
+  local id = redis.call('HGET', KEYS[2], job_id)
+  if not id then
+    fair_forget(F, job_id)
+  elseif take_held(F, job_id, id) == 1 then
+    return {1, job_id, id, rev, redis.call('ZCARD', F.order)}
+  end
 end
-local tag = fair_tag(F, ARGV[4])
-fair_unfile(F, ARGV[4], true)
-if p[1][2] ~= ARGV[2] then return 0 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, id, 'JUSTID')
-if tag then redis.call('HSET', KEYS[7], ARGV[4], ARGV[3] .. '|' .. tag.flow) end
-return 1
+local out = {0}
+for _, m in ipairs(redis.call('ZRANGE', F.order, 0, count - 1)) do
+  local job_id = string.match(m, '^[^:]*:(.*)$')
+  table.insert(out, job_id)
+  table.insert(out, redis.call('HGET', KEYS[2], job_id) or '')
+  table.insert(out, redis.call('HGET', KEYS[8], 'rev:' .. job_id) or '0')
+end
+return out
 """
 )
 
@@ -510,6 +560,29 @@ def _kept(
         if key not in seen and not (query.image or query.audio) and job.submitted_at > oldest:
             seen[key] = job
     return seen
+
+
+def _named(cached: dict[tuple[str, str], Job], accept: JobFilter | None) -> list[str]:
+    """The job_id, revision pairs a first look names (:data:`_FAIR_GRAB`): parsed jobs
+    ``accept`` takes, at most :data:`GRAB_NAMED` of them (a :class:`KeyedJobFilter` is
+    asked once per key)."""
+    key_of = getattr(accept, "scan_key", None)
+    verdicts: dict[Hashable, bool] = {}
+    named: list[str] = []
+    for looked, ((job_id, rev), job) in enumerate(cached.items()):
+        if len(named) >= 2 * GRAB_NAMED or looked >= 4 * GRAB_NAMED:
+            break
+        if accept is not None:
+            key = key_of(job) if key_of is not None else None
+            ok = verdicts.get(key) if key is not None else None
+            if ok is None:
+                ok = accept(job)
+                if key is not None:
+                    verdicts[key] = ok
+            if not ok:
+                continue
+        named += (job_id, rev)
+    return named
 
 
 class _QueueState:
@@ -608,6 +681,7 @@ class RedisBus:
                 ("finish", _FINISH),
                 ("fair_head", _FAIR_HEAD),
                 ("fair_take", _FAIR_TAKE),
+                ("fair_grab", _FAIR_GRAB),
                 ("fair_repair", _FAIR_REPAIR),
                 ("fair_waiting", _FAIR_WAITING),
             )
@@ -617,6 +691,7 @@ class RedisBus:
         self._listening = asyncio.Event()
         self._heard: dict[str, tuple[int, float]] = {}  # channel -> (receivers, loop time)
         self._tasks: list[asyncio.Task[None]] = []
+        self._handing_back: set[asyncio.Future[None]] = set()
         self._closed = False
 
     # lifecycle
@@ -924,14 +999,28 @@ class RedisBus:
         await self._repair(queue)
 
     async def _take_fair(self, queue: str, q: _QueueState, accept: JobFilter | None) -> Job | None:
-        """Take the first acceptable waiting job, in fair order, reading it page by page."""
+        """Take the first acceptable waiting job, in fair order, reading it page by page.
+
+        The first look takes the job in the same step when the first waiting jobs
+        are ones this node has parsed (:data:`_FAIR_GRAB`), else it answers the page.
+        """
         added = q.added  # before the look: what arrives meanwhile is not "known empty"
         cached, seen = q.parsed, dict[tuple[str, str], Job]()
         start, count = 0, HEAD_PAGE
         try:
             while start < WAITING_CAP:
                 count = min(count, WAITING_CAP - start)
-                head = await self._head(queue, start, count, cached, seen)
+                if start == 0:
+                    grabbed, head = await self._grab(queue, q, count, accept, cached, seen)
+                    if grabbed is not None:
+                        taken, left = grabbed
+                        if left == 0:
+                            q.empty_at = added  # it was the only waiting job
+                        elif q.known_empty:
+                            q.empty_at = -1  # jobs came without a sign
+                        return taken
+                else:
+                    head = await self._head(queue, start, count, cached, seen)
                 if not head:
                     if start == 0:
                         q.empty_at = added
@@ -948,6 +1037,58 @@ class RedisBus:
         finally:
             q.parsed = _kept(seen, q.parsed)
 
+    async def _grab(
+        self,
+        queue: str,
+        q: _QueueState,
+        count: int,
+        accept: JobFilter | None,
+        cached: dict[tuple[str, str], Job],
+        seen: dict[tuple[str, str], Job],
+    ) -> tuple[tuple[Job, int] | None, list[tuple[str, str, str]]]:
+        """The first look (:data:`_FAIR_GRAB`): ((job, jobs left waiting), []) when it took
+        a job, else (None, the first ``count`` waiting jobs as :meth:`_head` answers)."""
+        keys_ = [
+            keys.stream_key(queue),
+            keys.job_index_key(queue),
+            *_fair_keys(queue),
+            keys.running_key(),
+            keys.jobs_key(queue),
+        ]
+        args = [self.group, keys.HELD_CONSUMER, self.node_id, count, *_named(cached, accept)]
+        call = asyncio.ensure_future(self._scripts["fair_grab"](keys=keys_, args=args))
+        try:
+            flat = await asyncio.shield(call)
+        except asyncio.CancelledError:  # it may still take a job: that job goes back
+            call.add_done_callback(functools.partial(self._grabbed_late, queue))
+            raise
+        if int(flat[0]) == 1:
+            job_id, entry, rev, left = str(flat[1]), str(flat[2]), str(flat[3]), int(flat[4])
+            q.inflight[job_id] = entry
+            return (cached.pop((job_id, rev)), left), []
+        return None, await self._bodies(queue, flat[1:], cached, seen)
+
+    def _grabbed_late(self, queue: str, call: asyncio.Future[Any]) -> None:
+        """A first look whose caller was cancelled took a job: hand it back to held."""
+        if call.cancelled() or call.exception() is not None or int(call.result()[0]) != 1:
+            return
+        job_id, entry = str(call.result()[1]), str(call.result()[2])
+        q = self._state(queue)
+        q.inflight[job_id] = entry  # handed back on close if this does not run first
+
+        async def _hand_back() -> None:
+            try:
+                await self._move(queue, entry, self.node_id, keys.HELD_CONSUMER)
+                q.inflight.pop(job_id, None)
+            except (BusError, rexc.RedisError, OSError) as exc:
+                logger.warning(
+                    "could not hand back job %s (%s); it is reclaimed later", job_id, exc
+                )
+
+        task = asyncio.ensure_future(_hand_back())
+        self._handing_back.add(task)
+        task.add_done_callback(self._handing_back.discard)
+
     async def _head(
         self,
         queue: str,
@@ -962,6 +1103,16 @@ class RedisBus:
             keys=[keys.fair_order_key(queue), keys.job_index_key(queue), keys.jobs_key(queue)],
             args=[start, count],
         )
+        return await self._bodies(queue, flat, cached, seen)
+
+    async def _bodies(
+        self,
+        queue: str,
+        flat: list[Any],
+        cached: dict[tuple[str, str], Job],
+        seen: dict[tuple[str, str], Job],
+    ) -> list[tuple[str, str, str]]:
+        """The (job_id, entry, revision) triples of ``flat``, their jobs put in ``seen``."""
         head = [(str(j), str(e), str(r)) for j, e, r in zip(*[iter(flat)] * 3, strict=True)]
         missing = []
         for job_id, entry, rev in head:

@@ -170,3 +170,65 @@ async def test_jobs_with_images_are_fetched_again_rather_than_kept(
     after = await _calls(redis)
     # Those beyond the first page were not kept in memory, so they were read back.
     assert after.get("hmget", 0) > before.get("hmget", 0)
+
+
+async def test_a_node_takes_each_job_it_queued_in_one_script_call(
+    buses: list[RedisBus], redis_server: RedisServer, redis: Redis, queue: str
+) -> None:
+    a = await _node(buses, redis_server.url, "a", claim_idle_ms=600_000)  # no reclaim pass
+    jobs = [make_job(f"job {i}", user=f"user-{i % 3}") for i in range(3 * HEAD_PAGE)]
+    for job in jobs:
+        await a.enqueue(queue, job)
+    first = await a.take(queue, timeout_s=1.0)  # the queue's first look also repairs
+    assert first is not None
+    before = await _calls(redis)
+    taken = [first.job_id]
+    for _ in jobs[1:]:
+        job = await a.take(queue, timeout_s=1.0)
+        assert job is not None
+        taken.append(job.job_id)
+    after = await _calls(redis)
+    # Fair order between the three users, then each user's own order.
+    by_user = {
+        f"user-{u}": [j.job_id for j in jobs if j.user_guid == f"user-{u}"] for u in range(3)
+    }
+    expected = [by_user[f"user-{i % 3}"][i // 3] for i in range(len(jobs))]
+    assert taken == expected
+    # The look and the take were one script each time, and no body was read back.
+    assert after.get("evalsha", 0) - before.get("evalsha", 0) == len(jobs) - 1
+    assert after.get("hmget", 0) == before.get("hmget", 0)
+
+
+async def test_a_job_of_another_node_ahead_is_taken_first(
+    buses: list[RedisBus], redis_server: RedisServer, queue: str
+) -> None:
+    a = await _node(buses, redis_server.url, "a")
+    b = await _node(buses, redis_server.url, "b")
+    theirs, mine = make_job("queued on b", user="user-b"), make_job("queued on a", user="user-a")
+    await b.enqueue(queue, theirs)
+    await a.enqueue(queue, mine)
+    first = await a.take(queue, timeout_s=1.0)
+    second = await a.take(queue, timeout_s=1.0)
+    assert first is not None and first.job_id == theirs.job_id
+    assert first.query.prompt == "queued on b"
+    assert second is not None and second.job_id == mine.job_id
+
+
+async def test_a_take_cancelled_while_its_look_waits_on_redis_hands_the_job_back(
+    buses: list[RedisBus], redis_server: RedisServer, redis: Redis, queue: str
+) -> None:
+    a = await _node(buses, redis_server.url, "a", claim_idle_ms=600_000)
+    b = await _node(buses, redis_server.url, "b", claim_idle_ms=600_000)
+    assert await a.take(queue, timeout_s=0.01) is None  # the queue is set up, empty
+    job = make_job("taken late")
+    await a.enqueue(queue, job)
+    await redis.execute_command("CLIENT", "PAUSE", 400, "WRITE")  # scripts wait
+    taking = asyncio.create_task(a.take(queue, timeout_s=5.0))
+    await asyncio.sleep(0.15)
+    taking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    # The look ran once Redis resumed and took the job; a hands it back at once
+    # (not after claim_idle_ms), so b gets it.
+    again = await b.take(queue, timeout_s=3.0)
+    assert again is not None and again.job_id == job.job_id
