@@ -71,7 +71,7 @@ HEAD_PAGE = 16
 KEEP_PARSED = 1000
 # Most parsed jobs a take's first look names (see _FAIR_GRAB); more waiting jobs of
 # this node than these ahead of the one to take mean a second round trip, not a loss.
-GRAB_NAMED = 32
+GRAB_NAMED = 16
 KEEP_PARSED_S = 600.0
 # How long a publish that only this node heard stands for "no other node listens".
 ALONE_S = 1.0
@@ -973,7 +973,8 @@ class RedisBus:
         return await self._take_fair(queue, q, accept)
 
     async def _maybe_reclaim(self, queue: str, q: _QueueState) -> None:
-        now = asyncio.get_running_loop().time()
+        # time.monotonic, not the loop's clock: Python 3.11's get_running_loop is a getpid call.
+        now = time.monotonic()
         if now - q.last_reclaim < self.claim_idle_ms / 2000:
             return
         q.last_reclaim = now
