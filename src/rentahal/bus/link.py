@@ -44,11 +44,20 @@ async def _open_connection(
             if kind is UnixDomainSocketConnection:
                 await loop.create_unix_connection(lambda: protocol, options["path"])
             else:
-                context = ssl.create_default_context() if kind is SSLConnection else None
+                context = _tls_context(options) if kind is SSLConnection else None
                 host, port = options.get("host", "localhost"), int(options.get("port", 6379))
                 await loop.create_connection(lambda: protocol, host, port, ssl=context)
     except (OSError, TimeoutError) as exc:
         raise rexc.ConnectionError(f"cannot connect to redis: {exc}") from exc
+
+
+def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """The TLS context of a ``rediss://`` URL (its ``ssl_ca_certs`` and ``ssl_cert_reqs``)."""
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if str(options.get("ssl_cert_reqs", "required")).lower() in ("none", "cert_none"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _setup_commands(options: dict[str, Any]) -> list[tuple[Any, ...]]:

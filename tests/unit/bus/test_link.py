@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from redis import exceptions as rexc
 from tests.support.redis_server import RedisServer
+from tests.support.servers import free_port
 
 from rentahal.bus.link import RedisLink, RedisSubscriber
 from rentahal.bus.redis_client import call_retry
@@ -216,3 +224,59 @@ async def test_a_subscriber_uses_the_url_password() -> None:
         wrong = RedisSubscriber(f"redis://:nope@127.0.0.1:{server.port}/0")
         with pytest.raises(rexc.ConnectionError, match="refused"):
             await wrong.connect()
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "redis.crt", directory / "redis.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_a_rediss_url_speaks_tls_and_checks_the_certificate(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    tls_port = free_port()
+    tls = ("--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key))
+    with RedisServer(args=(*tls, "--tls-auth-clients", "no")):
+        trusted = RedisLink(f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}")
+        unchecked = RedisLink(f"rediss://127.0.0.1:{tls_port}/0?ssl_cert_reqs=none")
+        stranger = RedisLink(f"rediss://127.0.0.1:{tls_port}/0", connect_timeout_s=2.0)
+        try:
+            assert await trusted.call("PING") == "PONG"
+            assert await unchecked.call("PING") == "PONG"
+            with pytest.raises(rexc.ConnectionError):  # not signed by a CA it trusts
+                await stranger.call("PING")
+            sub = RedisSubscriber(f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}")
+            await sub.connect()
+            await sub.subscribe("link:tls")
+            await trusted.call("PUBLISH", "link:tls", "over tls")
+            assert await sub.wait(2.0) == [("link:tls", "over tls")]
+            await sub.close()
+        finally:
+            for link in (trusted, unchecked, stranger):
+                await link.close()
