@@ -574,6 +574,7 @@ class Broker:
             # The job's share leases, when they are in Redis too, go in the same step.
             shares = self._shares.take_over(job.job_id) if self._jobs.one_step() else []
             if await self._delivery.keep_and_publish(job.realm, job.job_id, payload, shares):
+                await self._delivery.deliver_finished(result)
                 self._queue_changed()
                 return result
             if shares:

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 BROADCAST_CHANNEL = "broadcast"
 RESULTS_CHANNEL = "results"
+# Most finished results remembered as delivered here until their echo comes back.
+ECHOES_KEPT = 10_000
 NOT_RECORDED = "The query ran but could not be recorded: database unavailable"
 NOT_RECORDED_LATER = (
     "The query ran but could not be recorded yet: database unavailable; "
@@ -59,6 +61,9 @@ class Delivery:
         self._connections = connections
         self._on_delivered = on_delivered
         self._waiters: dict[str, asyncio.Future[Result]] = {}
+        # Results of jobs this node finished and delivered at once, whose echo from the
+        # results channel needs no second delivery here (oldest dropped past the bound).
+        self._echoes: dict[str, None] = {}
 
     def subscribe(self) -> None:
         """Listen for results and broadcasts (before the bus starts)."""
@@ -130,6 +135,15 @@ class Delivery:
             logger.warning("could not finish %s in one step: %s", job_id, exc)
             return False
 
+    async def deliver_finished(self, result: Result) -> None:
+        """Deliver a result this node just kept and published to its waiter or sockets here
+        now, not when the results channel brings it back (other nodes still get it there)."""
+        echoes = self._echoes
+        echoes[result.job_id] = None
+        if len(echoes) > ECHOES_KEPT:
+            del echoes[next(iter(echoes))]
+        await self._deliver_result(result)
+
     async def publish(self, payload: dict[str, Any]) -> bool:
         """Send a result to every node; delivered on this one when the bus cannot carry it.
 
@@ -143,11 +157,15 @@ class Delivery:
             return await self._deliver_here(payload)
 
     async def _on_result(self, message: dict[str, Any]) -> None:
+        if self._echoes.pop(str(message.get("job_id")), 0) is None:
+            return  # delivered here when it finished
         await self._deliver_here(message)
 
     async def _deliver_here(self, message: dict[str, Any]) -> bool:
         """Hand a result to its waiter or the user's sockets on this node; whether any got it."""
-        result = Result.model_validate(message)
+        return await self._deliver_result(Result.model_validate(message))
+
+    async def _deliver_result(self, result: Result) -> bool:
         await self._on_delivered(result.job_id)
         fut = self._waiters.get(result.job_id)
         if fut is not None:
