@@ -6,9 +6,11 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import event
 from typer.testing import CliRunner
 
 from rentahal.keys_cli import keys_app
@@ -162,3 +164,31 @@ def test_cli_refuses_unknown_users(tmp_path: Path) -> None:
     assert malformed.exit_code == 1
     empty = runner.invoke(keys_app, ["list", str(uuid.uuid4()), "-c", str(config)])
     assert empty.exit_code == 0 and "no API keys" in empty.output
+
+
+async def test_concurrent_calls_of_an_uncached_key_read_it_once(
+    keys_server: BrokerServer,
+) -> None:
+    ws = await _user(keys_server)
+    await ws.send({"type": "create_api_key", "name": "busy"})
+    key = (await ws.expect("api_key_created"))["key"]
+    reads: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "api_key_index" in statement and statement.lstrip().upper().startswith("SELECT"):
+            reads.append(statement)
+
+    engine = keys_server.broker.database().engine.sync_engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+
+        async def forty() -> list[Any]:
+            return await asyncio.gather(*(keys_server.broker.user_of_key(key) for _ in range(40)))
+
+        owners = keys_server.call(forty())
+        again = keys_server.call(keys_server.broker.user_of_key(key))  # from the cache now
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert {o.guid for o in owners} == {ws.guid} and again is not None
+    assert len(reads) == 1
+    await ws.close()

@@ -46,6 +46,7 @@ class UserDirectory:
         self._creating = asyncio.Lock()
         self.keys = KeyStore(storage)
         self.key_cache = KeyCache()
+        self._key_lookups: dict[str, asyncio.Future[str | None]] = {}
         control.on(Ban, self._on_ban)
         control.on(KeyRevoked, self._on_key_revoked)
         control.on(Unban, self._on_unban)
@@ -104,11 +105,21 @@ class UserDirectory:
         """
         guid = self.key_cache.get(key)
         if guid is None:
-            guid = await self.keys.lookup(key)
+            guid = await self._look_up_key(key)
             if guid is None:
                 return None
             self.key_cache.put(key, guid)
         return await self.cached(guid)
+
+    async def _look_up_key(self, key: str) -> str | None:
+        """One database lookup for every caller of ``key`` while it runs: when a busy
+        key's cache entry expires, its concurrent requests do not each read the key."""
+        lookup = self._key_lookups.get(key)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self.keys.lookup(key))
+            self._key_lookups[key] = lookup
+            lookup.add_done_callback(lambda _done: self._key_lookups.pop(key, None))
+        return await asyncio.shield(lookup)
 
     async def revoke_key(self, prefix: str, user_guid: str | None = None) -> bool:
         """Revoke the live key with ``prefix`` (only ``user_guid``'s when given), on every node."""
