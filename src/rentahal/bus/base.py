@@ -25,6 +25,18 @@ class KeyedJobFilter(Protocol):
         ...
 
 
+class JobReserver(Protocol):
+    """Reserves a worker for a job before a take: a bus may then take several at once."""
+
+    def reserve(self, job: Job) -> bool:
+        """Hold a worker slot for ``job``; ``False`` when none is free."""
+        ...
+
+    def release(self, job: Job) -> None:
+        """Give back the slot :meth:`reserve` held for ``job`` (it was not taken)."""
+        ...
+
+
 MessageHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -57,6 +69,18 @@ class Bus(Protocol):
         self, queue: str, *, accept: JobFilter | None = None, timeout_s: float = 1.0
     ) -> Job | None:
         """The first acceptable job in fair order, or ``None`` after ``timeout_s``."""
+        ...
+
+    async def take_batch(
+        self,
+        queue: str,
+        *,
+        accept: JobFilter | None = None,
+        reserve: JobReserver | None = None,
+        timeout_s: float = 1.0,
+    ) -> list[Job]:
+        """Like :meth:`take`, but a bus may answer several jobs in fair order: jobs
+        ``reserve`` held a worker for (every one it answers but the first has one)."""
         ...
 
     def wake(self, queue: str) -> None:

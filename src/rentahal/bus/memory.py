@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Hashable
 from typing import Any
 
-from rentahal.bus.base import JobFilter, MessageHandler
+from rentahal.bus.base import JobFilter, JobReserver, MessageHandler
 from rentahal.bus.fair import FairClock, Tag, Weight, job_cost, unit_weight
 from rentahal.models import Job
 
@@ -110,6 +110,18 @@ class MemoryBus:
                     await q.changed.wait()
             except TimeoutError:
                 return None
+
+    async def take_batch(
+        self,
+        queue: str,
+        *,
+        accept: JobFilter | None = None,
+        reserve: JobReserver | None = None,
+        timeout_s: float = 1.0,
+    ) -> list[Job]:
+        """One job at a time: a take here costs no round trip worth saving."""
+        job = await self.take(queue, accept=accept, timeout_s=timeout_s)
+        return [] if job is None else [job]
 
     def wake(self, queue: str) -> None:
         self._queues[queue].changed.set()

@@ -43,6 +43,29 @@ class _Dispatchable:
         return (query.query_type, query.model_name, query.model_type)
 
 
+class _Reserver:
+    """Holds a worker for a job a take may start with (a :class:`~rentahal.bus.base.
+    JobReserver`): a bus that takes several jobs in one round trip takes only jobs
+    with a worker held, so it never takes more than can start now."""
+
+    __slots__ = ("_processor",)
+
+    def __init__(self, processor: QueryProcessor) -> None:
+        self._processor = processor
+
+    def reserve(self, job: Job) -> bool:
+        worker = self._processor._reserve(job)
+        if worker is None:
+            return False
+        self._processor._held[job.job_id] = worker
+        return True
+
+    def release(self, job: Job) -> None:
+        worker = self._processor._held.pop(job.job_id, None)
+        if worker is not None:
+            self._processor.registry.release(worker.name)
+
+
 class QueryProcessor:
     """Consumes one queue of the :class:`Bus` (the legacy queue or a realm's).
 
@@ -82,6 +105,8 @@ class QueryProcessor:
         self._abandoned: set[asyncio.Task[None]] = set()  # stuck loops, cancelled
         self._stopping = False
         self._accept = _Dispatchable(self)
+        self._reserver = _Reserver(self)
+        self._held: dict[str, AIWorker] = {}  # workers held for jobs a take answered
 
     @property
     def alive(self) -> bool:
@@ -163,26 +188,43 @@ class QueryProcessor:
     async def _consume(self) -> None:
         while not self._stopping:
             self.last_heartbeat = time.monotonic()
-            job = await self.bus.take(
-                self.queue, accept=self._accept, timeout_s=self.take_timeout_s
+            jobs = await self.bus.take_batch(
+                self.queue,
+                accept=self._accept,
+                reserve=self._reserver,
+                timeout_s=self.take_timeout_s,
             )
-            if job is None:
-                continue
-            worker = self._reserve(job)
-            if worker is None:
+            # Every job with a worker held starts at once (no wait between them);
+            # only one without has to be refused or handed back.
+            late = [job for job in jobs if not self._dispatch(job)]
+            for job in late:
+                worker = self._reserve(job)
+                if worker is not None:
+                    self._start(job, worker)
+                    continue
                 refusal = self._refusal(job)
                 if refusal is not None:
                     await self._fail_refused(job, refusal)
                 else:  # capacity vanished between check and reserve
                     await self.bus.requeue(self.queue, job)
-                continue
-            job.move_to(QueryState.DISPATCHED)
-            task = asyncio.create_task(self._run(job, worker.name), name=f"job:{job.job_id}")
-            self.tasks[job.job_id] = task
-            self.running_jobs[job.job_id] = job
-            task.add_done_callback(functools.partial(self._forget_task, job.job_id))
-            # Run the job now rather than take the next one first.
-            await asyncio.sleep(0)
+            if jobs:
+                # Run the jobs now rather than take the next ones first.
+                await asyncio.sleep(0)
+
+    def _dispatch(self, job: Job) -> bool:
+        """Start ``job`` on the worker held for it; ``False`` when none was held."""
+        worker = self._held.pop(job.job_id, None)
+        if worker is None:
+            return False
+        self._start(job, worker)
+        return True
+
+    def _start(self, job: Job, worker: AIWorker) -> None:
+        job.move_to(QueryState.DISPATCHED)
+        task = asyncio.create_task(self._run(job, worker.name), name=f"job:{job.job_id}")
+        self.tasks[job.job_id] = task
+        self.running_jobs[job.job_id] = job
+        task.add_done_callback(functools.partial(self._forget_task, job.job_id))
 
     def _forget_task(self, job_id: str, _task: asyncio.Task[None]) -> None:
         self._forget(job_id)
