@@ -171,3 +171,43 @@ async def test_wake_makes_take_look_again(nodes: Nodes, queue: str) -> None:
         assert time.monotonic() - woken_at < 1.0
     finally:
         task.cancel()
+
+
+class Slots:
+    """A JobReserver with ``free`` worker slots, noting what it holds."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self.held: list[str] = []
+
+    def reserve(self, job: Job) -> bool:
+        if len(self.held) >= self.free:
+            return False
+        self.held.append(job.job_id)
+        return True
+
+    def release(self, job: Job) -> None:
+        self.held.remove(job.job_id)
+
+
+async def test_a_batch_take_starts_only_jobs_with_a_worker_held(nodes: Nodes, queue: str) -> None:
+    bus = await nodes.node()
+    assert await bus.take(queue, timeout_s=0.01) is None
+    jobs = [make_job(str(i)) for i in range(12)]
+    for job in jobs:
+        await bus.enqueue(queue, job)
+    slots = Slots(free=4)
+    batch = await bus.take_batch(queue, accept=is_chat, reserve=slots, timeout_s=1.0)
+    # In fair order, at most one job more than the holds (a bus may answer its first
+    # job without one), and every other job has its worker held.
+    assert prompts(batch) == [str(i) for i in range(len(batch))]
+    assert slots.free <= len(batch) <= slots.free + 1  # one look started them all
+    unheld = [job for job in batch if job.job_id not in slots.held]
+    assert unheld in ([], batch[:1])
+    rest = []
+    while len(rest) < len(jobs) - len(batch):
+        more = await bus.take_batch(queue, timeout_s=1.0)  # no reserver: one each
+        assert len(more) == 1
+        rest += more
+    assert prompts(batch + rest) == [str(i) for i in range(12)]
+    assert await bus.take_batch(queue, reserve=Slots(free=4), timeout_s=0.05) == []
