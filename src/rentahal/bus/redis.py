@@ -403,20 +403,26 @@ return redis.call('PUBLISH', KEYS[10], ARGV[4])
 """
 )
 
-# ``count`` waiting jobs from ``start`` in fair order as [job_id, entry id, revision, ...]:
-# ``take`` fetches only bodies it has not parsed yet (jobs may carry large images).
-# KEYS: fair order, index, jobs. ARGV: start, count.
-_FAIR_HEAD = """
-local out = {}
-local first = tonumber(ARGV[1])
-for _, m in ipairs(redis.call('ZRANGE', KEYS[1], first, first + tonumber(ARGV[2]) - 1)) do
-  local job_id = string.match(m, '^[^:]*:(.*)$')
-  table.insert(out, job_id)
-  table.insert(out, redis.call('HGET', KEYS[2], job_id) or '')
-  table.insert(out, redis.call('HGET', KEYS[3], 'rev:' .. job_id) or '0')
+# ``count`` waiting jobs from ``first`` in fair order, appended to ``out`` as job_id,
+# entry id, revision, ...: ``take`` fetches only bodies it has not parsed yet (jobs may
+# carry large images).
+_HEAD_LIB = """
+local function head_page(out, order, index, jobs, first, count)
+  for _, m in ipairs(redis.call('ZRANGE', order, first, first + count - 1)) do
+    local job_id = string.match(m, '^[^:]*:(.*)$')
+    table.insert(out, job_id)
+    table.insert(out, redis.call('HGET', index, job_id) or '')
+    table.insert(out, redis.call('HGET', jobs, 'rev:' .. job_id) or '0')
+  end
+  return out
 end
-return out
 """
+
+# KEYS: fair order, index, jobs. ARGV: start, count.
+_FAIR_HEAD = (
+    _HEAD_LIB
+    + "return head_page({}, KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2]))\n"
+)
 
 # Take job_id's held entry ``id`` for a node, atomically against every other take
 # and remove, and note it in the running set as the node's (``node|user``). A stale
@@ -466,6 +472,7 @@ return take_held(F, ARGV[4], id)
 _FAIR_GRAB = (
     _FAIR_LIB
     + _TAKE_LIB
+    + _HEAD_LIB
     + """
 local F = fair_keys(3)
 local want = {}
@@ -491,14 +498,7 @@ if #took > 0 then
   for _, x in ipairs(took) do table.insert(out, x) end
   return out
 end
-local out = {0}
-for _, m in ipairs(redis.call('ZRANGE', F.order, 0, count - 1)) do
-  local job_id = string.match(m, '^[^:]*:(.*)$')
-  table.insert(out, job_id)
-  table.insert(out, redis.call('HGET', KEYS[2], job_id) or '')
-  table.insert(out, redis.call('HGET', KEYS[8], 'rev:' .. job_id) or '0')
-end
-return out
+return head_page({0}, F.order, KEYS[2], KEYS[8], 0, count)
 """
 )
 

@@ -11,8 +11,28 @@ from tests.support.redis_server import RedisServer
 
 from rentahal.bus.memory import MemoryBus
 from rentahal.bus.redis import RedisBus
+from rentahal.models import Job
 
 Bus = MemoryBus | RedisBus
+
+
+class Slots:
+    """A JobReserver with ``free`` worker slots, noting what it holds and gives back."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self.held: list[str] = []
+        self.released: list[str] = []
+
+    def reserve(self, job: Job) -> bool:
+        if len(self.held) >= self.free:
+            return False
+        self.held.append(job.job_id)
+        return True
+
+    def release(self, job: Job) -> None:
+        self.held.remove(job.job_id)
+        self.released.append(job.job_id)
 
 
 @pytest.fixture(scope="session")

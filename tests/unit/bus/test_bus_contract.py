@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from tests.unit.bus.conftest import Slots
 
 from rentahal.models import Job, Query
 
@@ -171,23 +172,6 @@ async def test_wake_makes_take_look_again(nodes: Nodes, queue: str) -> None:
         assert time.monotonic() - woken_at < 1.0
     finally:
         task.cancel()
-
-
-class Slots:
-    """A JobReserver with ``free`` worker slots, noting what it holds."""
-
-    def __init__(self, free: int) -> None:
-        self.free = free
-        self.held: list[str] = []
-
-    def reserve(self, job: Job) -> bool:
-        if len(self.held) >= self.free:
-            return False
-        self.held.append(job.job_id)
-        return True
-
-    def release(self, job: Job) -> None:
-        self.held.remove(job.job_id)
 
 
 async def test_a_batch_take_starts_only_jobs_with_a_worker_held(nodes: Nodes, queue: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from tests.support.redis_server import RedisServer
+from tests.unit.bus.conftest import Slots
 
 from rentahal.bus import keys
 from rentahal.bus.redis import GRAB_TAKES, HEAD_PAGE, RedisBus
@@ -232,25 +233,6 @@ async def test_a_take_cancelled_while_its_look_waits_on_redis_hands_the_job_back
     # (not after claim_idle_ms), so b gets it.
     again = await b.take(queue, timeout_s=3.0)
     assert again is not None and again.job_id == job.job_id
-
-
-class Slots:
-    """A JobReserver with ``free`` worker slots, noting what it holds and gives back."""
-
-    def __init__(self, free: int) -> None:
-        self.free = free
-        self.held: list[str] = []
-        self.released: list[str] = []
-
-    def reserve(self, job: Job) -> bool:
-        if len(self.held) >= self.free:
-            return False
-        self.held.append(job.job_id)
-        return True
-
-    def release(self, job: Job) -> None:
-        self.held.remove(job.job_id)
-        self.released.append(job.job_id)
 
 
 async def test_one_look_takes_as_many_jobs_as_have_a_worker_held(
