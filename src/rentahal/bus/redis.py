@@ -72,9 +72,6 @@ KEEP_PARSED = 1000
 # Most parsed jobs a take's first look names (see _FAIR_GRAB); more waiting jobs of
 # this node than these ahead of the one to take mean a second round trip, not a loss.
 GRAB_NAMED = 16
-# Most jobs one look takes for a consumer that holds a worker for each beforehand
-# (take_batch): a consume loop would otherwise wait one round trip per job.
-GRAB_TAKES = 8
 KEEP_PARSED_S = 600.0
 # How long a publish that only this node heard stands for "no other node listens".
 ALONE_S = 1.0
@@ -464,10 +461,10 @@ return take_held(F, ARGV[4], id)
 
 # The first look of a take, and the take itself when it can be decided here: while
 # the first waiting jobs are ones the node named (it has them parsed, at that
-# revision, and would run them), up to ``limit`` of them are taken: answers {1, jobs
-# left waiting, then job_id, entry, revision of each}. Otherwise answers {0} and then
-# the first ``count`` waiting jobs as _FAIR_HEAD does, for the node to choose from.
-# KEYS: stream, index, fair x4, running, jobs. ARGV: group, held, node, count, limit,
+# revision, and would run them), the first of them that can be taken is taken:
+# answers {1, job_id, entry, revision, jobs left waiting}. Otherwise answers {0} and then the first
+# ``count`` waiting jobs as _FAIR_HEAD does, for the node to choose from.
+# KEYS: stream, index, fair x4, running, jobs. ARGV: group, held, node, count,
 # then job_id, revision pairs.
 _FAIR_GRAB = (
     _FAIR_LIB
@@ -476,9 +473,8 @@ _FAIR_GRAB = (
     + """
 local F = fair_keys(3)
 local want = {}
-for i = 6, #ARGV, 2 do want[ARGV[i]] = ARGV[i + 1] end
-local count, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
-local took = {}
+for i = 5, #ARGV, 2 do want[ARGV[i]] = ARGV[i + 1] end
+local count = tonumber(ARGV[4])
 for _, m in ipairs(redis.call('ZRANGE', F.order, 0, count - 1)) do
   local job_id = string.match(m, '^[^:]*:(.*)$')
   local rev = redis.call('HGET', KEYS[8], 'rev:' .. job_id) or '0'
@@ -487,16 +483,8 @@ for _, m in ipairs(redis.call('ZRANGE', F.order, 0, count - 1)) do
   if not id then
     fair_forget(F, job_id)
   elseif take_held(F, job_id, id) == 1 then
-    table.insert(took, job_id)
-    table.insert(took, id)
-    table.insert(took, rev)
-    if #took >= 3 * limit then break end
+    return {1, job_id, id, rev, redis.call('ZCARD', F.order)}
   end
-end
-if #took > 0 then
-  local out = {1, redis.call('ZCARD', F.order)}
-  for _, x in ipairs(took) do table.insert(out, x) end
-  return out
 end
 return head_page({0}, F.order, KEYS[2], KEYS[8], 0, count)
 """
@@ -574,29 +562,13 @@ def _kept(
     return seen
 
 
-def _named(
-    cached: dict[tuple[str, str], Job], accept: JobFilter | None, reserve: JobReserver | None
-) -> tuple[list[str], list[Job]]:
-    """The job_id, revision pairs a first look names (:data:`_FAIR_GRAB`), and the jobs
-    ``reserve`` holds a worker for.
-
-    Without ``reserve``: parsed jobs ``accept`` takes, at most :data:`GRAB_NAMED` (a
-    :class:`KeyedJobFilter` is asked once per key); the look takes one. With it: the
-    parsed jobs it could hold a worker for, at most :data:`GRAB_TAKES`; the look takes
-    as many of them as stand first in the fair order.
-    """
-    named: list[str] = []
-    held: list[Job] = []
-    if reserve is not None:
-        for looked, ((job_id, rev), job) in enumerate(cached.items()):
-            if len(held) >= GRAB_TAKES or looked >= 4 * GRAB_TAKES:
-                break
-            if (accept is None or accept(job)) and reserve.reserve(job):
-                named += (job_id, rev)
-                held.append(job)
-        return named, held
+def _named(cached: dict[tuple[str, str], Job], accept: JobFilter | None) -> list[str]:
+    """The job_id, revision pairs a first look names (:data:`_FAIR_GRAB`): parsed jobs
+    ``accept`` takes, at most :data:`GRAB_NAMED` of them (a :class:`KeyedJobFilter` is
+    asked once per key)."""
     key_of = getattr(accept, "scan_key", None)
     verdicts: dict[Hashable, bool] = {}
+    named: list[str] = []
     for looked, ((job_id, rev), job) in enumerate(cached.items()):
         if len(named) >= 2 * GRAB_NAMED or looked >= 4 * GRAB_NAMED:
             break
@@ -610,7 +582,7 @@ def _named(
             if not ok:
                 continue
         named += (job_id, rev)
-    return named, held
+    return named
 
 
 class _QueueState:
@@ -942,25 +914,7 @@ class RedisBus:
     async def take(
         self, queue: str, *, accept: JobFilter | None = None, timeout_s: float = 1.0
     ) -> Job | None:
-        """The first acceptable job in fair order, or ``None`` after ``timeout_s``
-        (see :meth:`take_batch`)."""
-        jobs = await self.take_batch(queue, accept=accept, timeout_s=timeout_s)
-        return jobs[0] if jobs else None
-
-    async def take_batch(
-        self,
-        queue: str,
-        *,
-        accept: JobFilter | None = None,
-        reserve: JobReserver | None = None,
-        timeout_s: float = 1.0,
-    ) -> list[Job]:
-        """The first acceptable job in fair order, and with ``reserve`` up to
-        :data:`GRAB_TAKES` of them in one round trip ([] after ``timeout_s``).
-
-        Several are taken only from the jobs this node parsed that ``reserve``
-        held a worker for, while they stand first in the fair order (see
-        :data:`_FAIR_GRAB`); their holds are kept, the others' released.
+        """The first acceptable job in fair order, or ``None`` after ``timeout_s``.
 
         A refused job keeps its place for the next ``take`` on any node. Between
         looks this waits for a wake-up (an enqueue, requeue or reclaim on any
@@ -976,14 +930,14 @@ class RedisBus:
         while not self._closed:
             q.woken.clear()
             try:
-                jobs = await self._take_once(queue, q, accept, reserve, ask=ask)
+                job = await self._take_once(queue, q, accept, ask=ask)
                 delay = 0.05
             except _CONNECTION_ERRORS as exc:
                 q.ensured = False
                 remaining = deadline - loop.time()
                 logger.warning("redis unreachable while taking from %s: %s", queue, exc)
                 if remaining <= 0:
-                    return []
+                    return None
                 await asyncio.sleep(min(delay, remaining))
                 delay = min(delay * 2, 1.0)
                 continue
@@ -994,35 +948,44 @@ class RedisBus:
                 continue
             except rexc.RedisError as exc:
                 raise BusError(f"redis take from {queue} failed: {exc}") from exc
-            if jobs:
-                return jobs
+            if job is not None:
+                return job
             remaining = deadline - loop.time()
             ask = False
             if q.woken.is_set():
                 continue
             if remaining <= 0:
-                return []
+                return None
             try:
                 async with asyncio.timeout(min(self.block_ms / 1000, remaining)):
                     await q.woken.wait()
             except TimeoutError:
                 ask = True  # the poll: catches a wake-up message that was lost
-        return []
+        return None
 
-    async def _take_once(
+    async def take_batch(
         self,
         queue: str,
-        q: _QueueState,
-        accept: JobFilter | None,
-        reserve: JobReserver | None,
         *,
-        ask: bool = True,
+        accept: JobFilter | None = None,
+        reserve: JobReserver | None = None,
+        timeout_s: float = 1.0,
     ) -> list[Job]:
+        """One job per look: ``reserve`` is not used here. Holding workers for this
+        node's parsed jobs before a look would also hold them for parsed jobs that
+        other nodes took meanwhile (they stay parsed here), so a real head job could
+        lose its worker to such a hold."""
+        job = await self.take(queue, accept=accept, timeout_s=timeout_s)
+        return [] if job is None else [job]
+
+    async def _take_once(
+        self, queue: str, q: _QueueState, accept: JobFilter | None, *, ask: bool = True
+    ) -> Job | None:
         await self._ensure(queue)
         await self._maybe_reclaim(queue, q)
         if not ask and q.known_empty:
-            return []
-        return await self._take_fair(queue, q, accept, reserve)
+            return None
+        return await self._take_fair(queue, q, accept)
 
     async def _maybe_reclaim(self, queue: str, q: _QueueState) -> None:
         # time.monotonic, not the loop's clock: Python 3.11's get_running_loop is a getpid call.
@@ -1051,9 +1014,7 @@ class RedisBus:
             logger.warning("reclaimed %d stale job(s) of %s", len(moved), queue)
         await self._repair(queue)
 
-    async def _take_fair(
-        self, queue: str, q: _QueueState, accept: JobFilter | None, reserve: JobReserver | None
-    ) -> list[Job]:
+    async def _take_fair(self, queue: str, q: _QueueState, accept: JobFilter | None) -> Job | None:
         """Take the first acceptable waiting job, in fair order, reading it page by page.
 
         The first look takes the job in the same step when the first waiting jobs
@@ -1066,7 +1027,7 @@ class RedisBus:
             while start < WAITING_CAP:
                 count = min(count, WAITING_CAP - start)
                 if start == 0:
-                    grabbed, head = await self._grab(queue, q, count, accept, reserve, cached, seen)
+                    grabbed, head = await self._grab(queue, q, count, accept, cached, seen)
                     if grabbed is not None:
                         taken, left = grabbed
                         if left == 0:
@@ -1079,18 +1040,16 @@ class RedisBus:
                 if not head:
                     if start == 0:
                         q.empty_at = added
-                    return []
+                    return None
                 if start == 0 and q.known_empty:
                     q.empty_at = -1  # jobs came without a sign (a lost wake-up message)
                 job = await self._take_from(queue, q, accept, head, seen)
                 if job is not None and start == 0 and len(head) == 1:
                     q.empty_at = added  # it was the only waiting job
-                if job is not None:
-                    return [job]
-                if len(head) < count:
-                    return []
+                if job is not None or len(head) < count:
+                    return job
                 start, count = start + count, count * 4
-            return []
+            return None
         finally:
             q.parsed = _kept(seen, q.parsed)
 
@@ -1100,12 +1059,11 @@ class RedisBus:
         q: _QueueState,
         count: int,
         accept: JobFilter | None,
-        reserve: JobReserver | None,
         cached: dict[tuple[str, str], Job],
         seen: dict[tuple[str, str], Job],
-    ) -> tuple[tuple[list[Job], int] | None, list[tuple[str, str, str]]]:
-        """The first look (:data:`_FAIR_GRAB`): ((jobs, jobs left waiting), []) when it took
-        some, else (None, the first ``count`` waiting jobs as :meth:`_head` answers)."""
+    ) -> tuple[tuple[Job, int] | None, list[tuple[str, str, str]]]:
+        """The first look (:data:`_FAIR_GRAB`): ((job, jobs left waiting), []) when it took
+        a job, else (None, the first ``count`` waiting jobs as :meth:`_head` answers)."""
         keys_ = [
             keys.stream_key(queue),
             keys.job_index_key(queue),
@@ -1113,59 +1071,37 @@ class RedisBus:
             keys.running_key(),
             keys.jobs_key(queue),
         ]
-        named, held = _named(cached, accept, reserve)
-        limit = len(held) if held else 1
-        args = [self.group, keys.HELD_CONSUMER, self.node_id, count, limit, *named]
+        args = [self.group, keys.HELD_CONSUMER, self.node_id, count, *_named(cached, accept)]
         call = asyncio.ensure_future(self._scripts["fair_grab"](keys=keys_, args=args))
         try:
             flat = await asyncio.shield(call)
-        except BaseException as exc:
-            if reserve is not None:
-                for job in held:
-                    reserve.release(job)
-            if isinstance(exc, asyncio.CancelledError):  # what it takes still goes back
-                call.add_done_callback(functools.partial(self._grabbed_late, queue))
+        except asyncio.CancelledError:  # it may still take a job: that job goes back
+            call.add_done_callback(functools.partial(self._grabbed_late, queue))
             raise
-        taken: list[Job] = []
         if int(flat[0]) == 1:
-            for job_id, entry, rev in zip(*[iter(flat[2:])] * 3, strict=True):
-                key = (str(job_id), str(rev))
-                q.inflight[key[0]] = str(entry)
-                found = cached.get(key) or q.parsed.get(key)
-                cached.pop(key, None)
-                q.parsed.pop(key, None)
-                if found is None:  # only named jobs are taken, and they were parsed
-                    self._hand_back(queue, q, key[0], str(entry))
-                    continue
-                taken.append(found)
-        if reserve is not None:
-            kept = {job.job_id for job in taken}
-            for job in held:
-                if job.job_id not in kept:
-                    reserve.release(job)
-        if taken:
-            return (taken, int(flat[1])), []
+            job_id, entry, rev, left = str(flat[1]), str(flat[2]), str(flat[3]), int(flat[4])
+            q.inflight[job_id] = entry
+            return (cached.pop((job_id, rev)), left), []
         return None, await self._bodies(queue, flat[1:], cached, seen)
 
     def _grabbed_late(self, queue: str, call: asyncio.Future[Any]) -> None:
-        """A first look whose caller was cancelled took jobs: hand them back to held."""
+        """A first look whose caller was cancelled took a job: hand it back to held."""
         if call.cancelled() or call.exception() is not None or int(call.result()[0]) != 1:
             return
+        job_id, entry = str(call.result()[1]), str(call.result()[2])
         q = self._state(queue)
-        for job_id, entry, _rev in zip(*[iter(call.result()[2:])] * 3, strict=True):
-            self._hand_back(queue, q, str(job_id), str(entry))
-
-    def _hand_back(self, queue: str, q: _QueueState, job_id: str, entry: str) -> None:
         q.inflight[job_id] = entry  # handed back on close if this does not run first
 
-        async def _back() -> None:
+        async def _hand_back() -> None:
             try:
                 await self._move(queue, entry, self.node_id, keys.HELD_CONSUMER)
                 q.inflight.pop(job_id, None)
             except (BusError, rexc.RedisError, OSError) as exc:
-                logger.warning("could not hand back job %s (%s); reclaimed later", job_id, exc)
+                logger.warning(
+                    "could not hand back job %s (%s); it is reclaimed later", job_id, exc
+                )
 
-        task = asyncio.ensure_future(_back())
+        task = asyncio.ensure_future(_hand_back())
         self._handing_back.add(task)
         task.add_done_callback(self._handing_back.discard)
 
