@@ -43,7 +43,7 @@ class _Queue:
         return job, tag
 
 
-# Most jobs one take_batch answers (see RedisBus's GRAB_TAKES).
+# Most jobs one take_batch answers.
 BATCH_TAKES = 8
 
 
