@@ -69,10 +69,10 @@ HEAD_PAGE = 16
 # older than ``KEEP_PARSED_S`` (a kept job that another node took or that was removed
 # is never offered: the fair order no longer names it).
 KEEP_PARSED = 1000
+KEEP_PARSED_S = 600.0
 # Most parsed jobs a take's first look names (see _FAIR_GRAB); more waiting jobs of
 # this node than these ahead of the one to take mean a second round trip, not a loss.
 GRAB_NAMED = 16
-KEEP_PARSED_S = 600.0
 # How long a publish that only this node heard stands for "no other node listens".
 ALONE_S = 1.0
 _CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)

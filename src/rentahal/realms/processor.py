@@ -45,8 +45,8 @@ class _Dispatchable:
 
 class _Reserver:
     """Holds a worker for a job a take may start with (a :class:`~rentahal.bus.base.
-    JobReserver`): a bus that takes several jobs in one round trip takes only jobs
-    with a worker held, so it never takes more than can start now."""
+    JobReserver`): a bus that answers several jobs at once (the memory bus) answers
+    only jobs with a worker held, so it never takes more than can start now."""
 
     __slots__ = ("_processor",)
 
