@@ -73,6 +73,9 @@ KEEP_PARSED_S = 600.0
 # Most parsed jobs a take's first look names (see _FAIR_GRAB); more waiting jobs of
 # this node than these ahead of the one to take mean a second round trip, not a loss.
 GRAB_NAMED = 16
+# Most jobs one look takes for a consumer that holds a worker for each beforehand
+# (take_batch): a consume loop would otherwise wait one round trip per job.
+GRAB_TAKES = 8
 # How long a publish that only this node heard stands for "no other node listens".
 ALONE_S = 1.0
 _CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
@@ -461,10 +464,13 @@ return take_held(F, ARGV[4], id)
 
 # The first look of a take, and the take itself when it can be decided here: while
 # the first waiting jobs are ones the node named (it has them parsed, at that
-# revision, and would run them), the first of them that can be taken is taken:
-# answers {1, job_id, entry, revision, jobs left waiting}. Otherwise answers {0} and then the first
-# ``count`` waiting jobs as _FAIR_HEAD does, for the node to choose from.
-# KEYS: stream, index, fair x4, running, jobs. ARGV: group, held, node, count,
+# revision, and would run them), up to ``limit`` of them are taken. Answers {1, ngone,
+# gone..., jobs left waiting, then job_id, entry, revision of each taken}; else {0,
+# ngone, gone..., then the first ``count`` waiting jobs as _FAIR_HEAD does}, for the
+# node to choose from. ``gone`` are the named jobs not taken that no longer wait at
+# that revision (another node took them, or they were changed or removed): the node
+# forgets them, so it names (and holds a worker for) each such job at most once more.
+# KEYS: stream, index, fair x4, running, jobs. ARGV: group, held, node, count, limit,
 # then job_id, revision pairs.
 _FAIR_GRAB = (
     _FAIR_LIB
@@ -473,8 +479,9 @@ _FAIR_GRAB = (
     + """
 local F = fair_keys(3)
 local want = {}
-for i = 5, #ARGV, 2 do want[ARGV[i]] = ARGV[i + 1] end
-local count = tonumber(ARGV[4])
+for i = 6, #ARGV, 2 do want[ARGV[i]] = ARGV[i + 1] end
+local count, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+local took, done = {}, {}
 for _, m in ipairs(redis.call('ZRANGE', F.order, 0, count - 1)) do
   local job_id = string.match(m, '^[^:]*:(.*)$')
   local rev = redis.call('HGET', KEYS[8], 'rev:' .. job_id) or '0'
@@ -483,10 +490,33 @@ for _, m in ipairs(redis.call('ZRANGE', F.order, 0, count - 1)) do
   if not id then
     fair_forget(F, job_id)
   elseif take_held(F, job_id, id) == 1 then
-    return {1, job_id, id, rev, redis.call('ZCARD', F.order)}
+    done[job_id] = true
+    table.insert(took, job_id)
+    table.insert(took, id)
+    table.insert(took, rev)
+    if #took >= 3 * limit then break end
   end
 end
-return head_page({0}, F.order, KEYS[2], KEYS[8], 0, count)
+local gone = {}
+for i = 6, #ARGV, 2 do
+  local job_id = ARGV[i]
+  if not done[job_id] then
+    local tag = fair_tag(F, job_id)
+    local rev = redis.call('HGET', KEYS[8], 'rev:' .. job_id) or '0'
+    if not tag or rev ~= ARGV[i + 1]
+       or not redis.call('ZSCORE', F.order, tag.seq .. ':' .. job_id) then
+      table.insert(gone, job_id)
+    end
+  end
+end
+local out = {#took > 0 and 1 or 0, #gone}
+for _, x in ipairs(gone) do table.insert(out, x) end
+if #took > 0 then
+  table.insert(out, redis.call('ZCARD', F.order))
+  for _, x in ipairs(took) do table.insert(out, x) end
+  return out
+end
+return head_page(out, F.order, KEYS[2], KEYS[8], 0, count)
 """
 )
 
@@ -562,13 +592,29 @@ def _kept(
     return seen
 
 
-def _named(cached: dict[tuple[str, str], Job], accept: JobFilter | None) -> list[str]:
-    """The job_id, revision pairs a first look names (:data:`_FAIR_GRAB`): parsed jobs
-    ``accept`` takes, at most :data:`GRAB_NAMED` of them (a :class:`KeyedJobFilter` is
-    asked once per key)."""
+def _named(
+    cached: dict[tuple[str, str], Job], accept: JobFilter | None, reserve: JobReserver | None
+) -> tuple[list[str], list[Job]]:
+    """The job_id, revision pairs a first look names (:data:`_FAIR_GRAB`), and the jobs
+    ``reserve`` holds a worker for.
+
+    Without ``reserve``: parsed jobs ``accept`` takes, at most :data:`GRAB_NAMED` (a
+    :class:`KeyedJobFilter` is asked once per key); the look takes one. With it: the
+    parsed jobs it could hold a worker for, at most :data:`GRAB_TAKES`; the look takes
+    as many of them as stand first in the fair order.
+    """
+    named: list[str] = []
+    held: list[Job] = []
+    if reserve is not None:
+        for looked, ((job_id, rev), job) in enumerate(cached.items()):
+            if len(held) >= GRAB_TAKES or looked >= 4 * GRAB_TAKES:
+                break
+            if (accept is None or accept(job)) and reserve.reserve(job):
+                named += (job_id, rev)
+                held.append(job)
+        return named, held
     key_of = getattr(accept, "scan_key", None)
     verdicts: dict[Hashable, bool] = {}
-    named: list[str] = []
     for looked, ((job_id, rev), job) in enumerate(cached.items()):
         if len(named) >= 2 * GRAB_NAMED or looked >= 4 * GRAB_NAMED:
             break
@@ -582,7 +628,7 @@ def _named(cached: dict[tuple[str, str], Job], accept: JobFilter | None) -> list
             if not ok:
                 continue
         named += (job_id, rev)
-    return named
+    return named, held
 
 
 class _QueueState:
@@ -914,12 +960,32 @@ class RedisBus:
     async def take(
         self, queue: str, *, accept: JobFilter | None = None, timeout_s: float = 1.0
     ) -> Job | None:
-        """The first acceptable job in fair order, or ``None`` after ``timeout_s``.
+        """The first acceptable job in fair order, or ``None`` after ``timeout_s``
+        (see :meth:`take_batch`)."""
+        jobs = await self.take_batch(queue, accept=accept, timeout_s=timeout_s)
+        return jobs[0] if jobs else None
+
+    async def take_batch(
+        self,
+        queue: str,
+        *,
+        accept: JobFilter | None = None,
+        reserve: JobReserver | None = None,
+        timeout_s: float = 1.0,
+    ) -> list[Job]:
+        """The first acceptable job in fair order, and with ``reserve`` up to
+        :data:`GRAB_TAKES` of them in one round trip ([] after ``timeout_s``).
+
+        Several are taken only from the jobs this node parsed that ``reserve``
+        held a worker for, while they stand first in the fair order (see
+        :data:`_FAIR_GRAB`); the workers are then held again in fair order for the
+        jobs taken only (:meth:`_hold_in_fair_order`), so a parsed job that another
+        node took keeps no worker from them, and the look names it no more.
 
         A refused job keeps its place for the next ``take`` on any node. Between
         looks this waits for a wake-up (an enqueue, requeue or reclaim on any
         node, or :meth:`wake`), at most ``block_ms``. While Redis is unreachable
-        this waits (retrying) and answers ``None`` at the deadline, so a consume
+        this waits (retrying) and answers ``[]`` at the deadline, so a consume
         loop survives a Redis restart; other Redis errors raise :class:`BusError`.
         """
         q = self._state(queue)
@@ -930,14 +996,14 @@ class RedisBus:
         while not self._closed:
             q.woken.clear()
             try:
-                job = await self._take_once(queue, q, accept, ask=ask)
+                jobs = await self._take_once(queue, q, accept, reserve, ask=ask)
                 delay = 0.05
             except _CONNECTION_ERRORS as exc:
                 q.ensured = False
                 remaining = deadline - loop.time()
                 logger.warning("redis unreachable while taking from %s: %s", queue, exc)
                 if remaining <= 0:
-                    return None
+                    return []
                 await asyncio.sleep(min(delay, remaining))
                 delay = min(delay * 2, 1.0)
                 continue
@@ -948,44 +1014,35 @@ class RedisBus:
                 continue
             except rexc.RedisError as exc:
                 raise BusError(f"redis take from {queue} failed: {exc}") from exc
-            if job is not None:
-                return job
+            if jobs:
+                return jobs
             remaining = deadline - loop.time()
             ask = False
             if q.woken.is_set():
                 continue
             if remaining <= 0:
-                return None
+                return []
             try:
                 async with asyncio.timeout(min(self.block_ms / 1000, remaining)):
                     await q.woken.wait()
             except TimeoutError:
                 ask = True  # the poll: catches a wake-up message that was lost
-        return None
-
-    async def take_batch(
-        self,
-        queue: str,
-        *,
-        accept: JobFilter | None = None,
-        reserve: JobReserver | None = None,
-        timeout_s: float = 1.0,
-    ) -> list[Job]:
-        """One job per look: ``reserve`` is not used here. Holding workers for this
-        node's parsed jobs before a look would also hold them for parsed jobs that
-        other nodes took meanwhile (they stay parsed here), so a real head job could
-        lose its worker to such a hold."""
-        job = await self.take(queue, accept=accept, timeout_s=timeout_s)
-        return [] if job is None else [job]
+        return []
 
     async def _take_once(
-        self, queue: str, q: _QueueState, accept: JobFilter | None, *, ask: bool = True
-    ) -> Job | None:
+        self,
+        queue: str,
+        q: _QueueState,
+        accept: JobFilter | None,
+        reserve: JobReserver | None,
+        *,
+        ask: bool = True,
+    ) -> list[Job]:
         await self._ensure(queue)
         await self._maybe_reclaim(queue, q)
         if not ask and q.known_empty:
-            return None
-        return await self._take_fair(queue, q, accept)
+            return []
+        return await self._take_fair(queue, q, accept, reserve)
 
     async def _maybe_reclaim(self, queue: str, q: _QueueState) -> None:
         # time.monotonic, not the loop's clock: Python 3.11's get_running_loop is a getpid call.
@@ -1014,7 +1071,9 @@ class RedisBus:
             logger.warning("reclaimed %d stale job(s) of %s", len(moved), queue)
         await self._repair(queue)
 
-    async def _take_fair(self, queue: str, q: _QueueState, accept: JobFilter | None) -> Job | None:
+    async def _take_fair(
+        self, queue: str, q: _QueueState, accept: JobFilter | None, reserve: JobReserver | None
+    ) -> list[Job]:
         """Take the first acceptable waiting job, in fair order, reading it page by page.
 
         The first look takes the job in the same step when the first waiting jobs
@@ -1027,7 +1086,7 @@ class RedisBus:
             while start < WAITING_CAP:
                 count = min(count, WAITING_CAP - start)
                 if start == 0:
-                    grabbed, head = await self._grab(queue, q, count, accept, cached, seen)
+                    grabbed, head = await self._grab(queue, q, count, accept, reserve, cached, seen)
                     if grabbed is not None:
                         taken, left = grabbed
                         if left == 0:
@@ -1040,16 +1099,18 @@ class RedisBus:
                 if not head:
                     if start == 0:
                         q.empty_at = added
-                    return None
+                    return []
                 if start == 0 and q.known_empty:
                     q.empty_at = -1  # jobs came without a sign (a lost wake-up message)
                 job = await self._take_from(queue, q, accept, head, seen)
                 if job is not None and start == 0 and len(head) == 1:
                     q.empty_at = added  # it was the only waiting job
-                if job is not None or len(head) < count:
-                    return job
+                if job is not None:
+                    return [job]
+                if len(head) < count:
+                    return []
                 start, count = start + count, count * 4
-            return None
+            return []
         finally:
             q.parsed = _kept(seen, q.parsed)
 
@@ -1059,11 +1120,12 @@ class RedisBus:
         q: _QueueState,
         count: int,
         accept: JobFilter | None,
+        reserve: JobReserver | None,
         cached: dict[tuple[str, str], Job],
         seen: dict[tuple[str, str], Job],
-    ) -> tuple[tuple[Job, int] | None, list[tuple[str, str, str]]]:
-        """The first look (:data:`_FAIR_GRAB`): ((job, jobs left waiting), []) when it took
-        a job, else (None, the first ``count`` waiting jobs as :meth:`_head` answers)."""
+    ) -> tuple[tuple[list[Job], int] | None, list[tuple[str, str, str]]]:
+        """The first look (:data:`_FAIR_GRAB`): ((jobs, jobs left waiting), []) when it took
+        some, else (None, the first ``count`` waiting jobs as :meth:`_head` answers)."""
         keys_ = [
             keys.stream_key(queue),
             keys.job_index_key(queue),
@@ -1071,37 +1133,86 @@ class RedisBus:
             keys.running_key(),
             keys.jobs_key(queue),
         ]
-        args = [self.group, keys.HELD_CONSUMER, self.node_id, count, *_named(cached, accept)]
+        named, held = _named(cached, accept, reserve)
+        limit = len(held) if held else 1
+        args = [self.group, keys.HELD_CONSUMER, self.node_id, count, limit, *named]
         call = asyncio.ensure_future(self._scripts["fair_grab"](keys=keys_, args=args))
         try:
             flat = await asyncio.shield(call)
-        except asyncio.CancelledError:  # it may still take a job: that job goes back
-            call.add_done_callback(functools.partial(self._grabbed_late, queue))
+        except BaseException as exc:
+            if reserve is not None:
+                for job in held:
+                    reserve.release(job)
+            if isinstance(exc, asyncio.CancelledError):  # what it takes still goes back
+                call.add_done_callback(functools.partial(self._grabbed_late, queue))
             raise
+        ngone = int(flat[1])
+        if ngone:
+            revs = dict(zip(named[::2], named[1::2], strict=True))
+            for job_id in flat[2 : 2 + ngone]:
+                q.parsed.pop((str(job_id), revs.get(str(job_id), "")), None)
+        rest = flat[2 + ngone :]
+        taken: list[Job] = []
         if int(flat[0]) == 1:
-            job_id, entry, rev, left = str(flat[1]), str(flat[2]), str(flat[3]), int(flat[4])
-            q.inflight[job_id] = entry
-            return (cached.pop((job_id, rev)), left), []
-        return None, await self._bodies(queue, flat[1:], cached, seen)
+            for job_id, entry, rev in zip(*[iter(rest[1:])] * 3, strict=True):
+                key = (str(job_id), str(rev))
+                q.inflight[key[0]] = str(entry)
+                found = cached.get(key) or q.parsed.get(key)
+                cached.pop(key, None)
+                q.parsed.pop(key, None)
+                if found is None:  # only named jobs are taken, and they were parsed
+                    self._hand_back(queue, q, key[0], str(entry))
+                    continue
+                taken.append(found)
+        if reserve is not None:
+            taken = self._hold_in_fair_order(queue, q, reserve, held, taken)
+        if taken:
+            return (taken, int(rest[0])), []
+        return None, await self._bodies(queue, rest, cached, seen)
+
+    def _hold_in_fair_order(
+        self, queue: str, q: _QueueState, reserve: JobReserver, held: list[Job], taken: list[Job]
+    ) -> list[Job]:
+        """The taken jobs, each with its worker held as if held in fair order.
+
+        Workers were held in parse order, for named jobs some of which the look did
+        not take (another node had): when the holds are not exactly the taken jobs
+        in fair order, all are given back and held again in fair order, so no taken
+        job's worker went to a job that was not taken. A taken job (past the first)
+        that then finds no worker is handed back to wait at its place."""
+        if [job.job_id for job in held] == [job.job_id for job in taken]:
+            return taken
+        for job in held:
+            reserve.release(job)
+        kept: list[Job] = []
+        for job in taken:
+            if reserve.reserve(job) or not kept:
+                kept.append(job)
+            else:
+                self._hand_back(queue, q, job.job_id, q.inflight[job.job_id])
+        return kept
 
     def _grabbed_late(self, queue: str, call: asyncio.Future[Any]) -> None:
-        """A first look whose caller was cancelled took a job: hand it back to held."""
+        """A first look whose caller was cancelled took jobs: hand them back to held."""
         if call.cancelled() or call.exception() is not None or int(call.result()[0]) != 1:
             return
-        job_id, entry = str(call.result()[1]), str(call.result()[2])
         q = self._state(queue)
+        flat = call.result()
+        taken = flat[3 + int(flat[1]) :]
+        for job_id, entry, _rev in zip(*[iter(taken)] * 3, strict=True):
+            self._hand_back(queue, q, str(job_id), str(entry))
+
+    def _hand_back(self, queue: str, q: _QueueState, job_id: str, entry: str) -> None:
         q.inflight[job_id] = entry  # handed back on close if this does not run first
 
-        async def _hand_back() -> None:
+        async def _back() -> None:
             try:
                 await self._move(queue, entry, self.node_id, keys.HELD_CONSUMER)
                 q.inflight.pop(job_id, None)
             except (BusError, rexc.RedisError, OSError) as exc:
-                logger.warning(
-                    "could not hand back job %s (%s); it is reclaimed later", job_id, exc
-                )
+                logger.warning("could not hand back job %s (%s); reclaimed later", job_id, exc)
 
-        task = asyncio.ensure_future(_hand_back())
+        task = asyncio.ensure_future(_back())
         self._handing_back.add(task)
         task.add_done_callback(self._handing_back.discard)
 

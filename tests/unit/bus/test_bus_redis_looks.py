@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from tests.support.redis_server import RedisServer
+from tests.unit.bus.conftest import Slots
 
 from rentahal.bus import keys
-from rentahal.bus.redis import HEAD_PAGE, RedisBus
+from rentahal.bus.redis import GRAB_TAKES, HEAD_PAGE, RedisBus
 from rentahal.models import Job, Query
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
@@ -232,3 +233,143 @@ async def test_a_take_cancelled_while_its_look_waits_on_redis_hands_the_job_back
     # (not after claim_idle_ms), so b gets it.
     again = await b.take(queue, timeout_s=3.0)
     assert again is not None and again.job_id == job.job_id
+
+
+async def test_one_look_takes_as_many_jobs_as_have_a_worker_held(
+    buses: list[RedisBus], redis_server: RedisServer, redis: Redis, queue: str
+) -> None:
+    a = await _node(buses, redis_server.url, "a", claim_idle_ms=600_000)
+    assert await a.take(queue, timeout_s=0.01) is None  # set up, empty
+    jobs = [make_job(f"job {i}", user=f"user-{i % 2}") for i in range(12)]
+    for job in jobs:
+        await a.enqueue(queue, job)
+    fair = [j.job_id for j in jobs]  # two users alternating: fair order is queue order
+    before = await _calls(redis)
+    slots = Slots(free=5)
+    first = await a.take_batch(queue, reserve=slots, timeout_s=1.0)
+    after = await _calls(redis)
+    assert [j.job_id for j in first] == fair[:5]
+    assert slots.held == fair[:5] and slots.released == []
+    assert after.get("evalsha", 0) - before.get("evalsha", 0) == 1
+    assert await a.depth(queue) == 7
+    slots = Slots(free=100)  # more than one look takes (GRAB_TAKES)
+    second = await a.take_batch(queue, reserve=slots, timeout_s=1.0)
+    assert [j.job_id for j in second] == fair[5 : 5 + GRAB_TAKES]
+    assert slots.held == fair[5 : 5 + GRAB_TAKES] and slots.released == []
+    rest = await a.take_batch(queue, timeout_s=1.0)  # without a reserver: one
+    assert [j.job_id for j in rest] == fair[5 + GRAB_TAKES : 6 + GRAB_TAKES]
+
+
+async def test_holds_for_jobs_a_look_did_not_take_are_given_back(
+    buses: list[RedisBus], redis_server: RedisServer, queue: str
+) -> None:
+    a = await _node(buses, redis_server.url, "a")
+    b = await _node(buses, redis_server.url, "b")
+    theirs = make_job("queued on b", user="user-b")
+    await b.enqueue(queue, theirs)
+    mine = [make_job(f"queued on a {i}", user="user-a") for i in range(3)]
+    for job in mine:
+        await a.enqueue(queue, job)
+    slots = Slots(free=10)
+    taken = await a.take_batch(queue, reserve=slots, timeout_s=1.0)
+    # b's job stands first and a has not parsed it: the look takes nothing at once;
+    # a then takes b's job the slow way, one job, with every hold given back.
+    assert [j.job_id for j in taken] == [theirs.job_id]
+    assert slots.held == []
+    assert sorted(slots.released) == sorted(j.job_id for j in mine)
+    again = await a.take_batch(queue, reserve=slots, timeout_s=1.0)
+    assert [j.job_id for j in again] == [j.job_id for j in mine]
+
+
+async def test_a_cancelled_batch_take_gives_back_its_holds_and_its_jobs(
+    buses: list[RedisBus], redis_server: RedisServer, redis: Redis, queue: str
+) -> None:
+    a = await _node(buses, redis_server.url, "a", claim_idle_ms=600_000)
+    b = await _node(buses, redis_server.url, "b", claim_idle_ms=600_000)
+    assert await a.take(queue, timeout_s=0.01) is None
+    jobs = [make_job(f"late {i}") for i in range(3)]
+    for job in jobs:
+        await a.enqueue(queue, job)
+    slots = Slots(free=3)
+    await redis.execute_command("CLIENT", "PAUSE", 400, "WRITE")
+    taking = asyncio.create_task(a.take_batch(queue, reserve=slots, timeout_s=5.0))
+    await asyncio.sleep(0.15)
+    taking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    assert slots.held == []
+    got = [await b.take(queue, timeout_s=3.0) for _ in jobs]
+    assert [j.job_id for j in got if j is not None] == [j.job_id for j in jobs]
+
+
+class Workers:
+    """A JobReserver over named workers, the best first: a hold takes the best free one."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.free = list(names)
+        self.held: dict[str, str] = {}
+
+    def reserve(self, job: Job) -> bool:
+        if not self.free:
+            return False
+        self.held[job.job_id] = self.free.pop(0)
+        return True
+
+    def release(self, job: Job) -> None:
+        self.free.append(self.held.pop(job.job_id))
+        self.free.sort(key=["best", "second", "third"].index)
+
+
+async def test_a_job_another_node_took_holds_no_worker_a_taken_job_needs(
+    buses: list[RedisBus], redis_server: RedisServer, queue: str
+) -> None:
+    a = await _node(buses, redis_server.url, "a", claim_idle_ms=600_000)
+    b = await _node(buses, redis_server.url, "b", claim_idle_ms=600_000)
+    assert await a.take(queue, timeout_s=0.01) is None
+    jobs = [make_job(f"job {i}") for i in range(4)]
+    for job in jobs:
+        await a.enqueue(queue, job)  # all four are parsed on a
+    taken_by_b = await b.take(queue, timeout_s=1.0)
+    assert taken_by_b is not None and taken_by_b.job_id == jobs[0].job_id
+    # a holds a worker for each parsed job before its look, job 0 among them, though b
+    # has it. The best worker must go to job 1, the first job the look takes, as if
+    # job 0 had never been held for.
+    workers = Workers(["best", "second", "third"])
+    first = await a.take_batch(queue, reserve=workers, timeout_s=1.0)
+    assert [j.job_id for j in first] == [jobs[1].job_id, jobs[2].job_id]
+    assert workers.held == {jobs[1].job_id: "best", jobs[2].job_id: "second"}
+    assert (await a.take(queue, timeout_s=1.0)) == jobs[3]
+    # The look said job 0 no longer waits: a forgets it and never holds for it again.
+    again = make_job("job 5")
+    await a.enqueue(queue, again)
+    slots = Slots(free=3)
+    rest = await a.take_batch(queue, reserve=slots, timeout_s=1.0)
+    assert [j.job_id for j in rest] == [again.job_id]
+    assert slots.held == [again.job_id] and slots.released == []
+
+
+async def test_a_taken_job_that_finds_no_worker_once_held_in_fair_order_waits_again(
+    buses: list[RedisBus], redis_server: RedisServer, queue: str
+) -> None:
+    a = await _node(buses, redis_server.url, "a", claim_idle_ms=600_000)
+    b = await _node(buses, redis_server.url, "b", claim_idle_ms=600_000)
+    assert await a.take(queue, timeout_s=0.01) is None
+    jobs = [make_job(f"job {i}") for i in range(3)]
+    for job in jobs:
+        await a.enqueue(queue, job)
+    assert (await b.take(queue, timeout_s=1.0)) is not None  # job 0, parsed on a
+
+    class Shrinking(Slots):
+        """Two slots for the look's holds, then one: a worker went while it looked."""
+
+        def release(self, job: Job) -> None:
+            super().release(job)
+            self.free = 1
+
+    slots = Shrinking(free=3)
+    got = await a.take_batch(queue, reserve=slots, timeout_s=1.0)
+    assert [j.job_id for j in got] == [jobs[1].job_id]
+    assert slots.held == [jobs[1].job_id]
+    # Job 2 was taken with job 1 but found no worker: it waits again, at once.
+    again = await b.take(queue, timeout_s=2.0)
+    assert again is not None and again.job_id == jobs[2].job_id
