@@ -5,47 +5,24 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from rentahal.worker.engines import build_engine
 from rentahal.worker.engines._upstream import upstream_timeout
-from rentahal.worker.errors import WorkerNodeError
+from rentahal.worker.errors import WorkerNodeError, error_response, validation_message
+from rentahal.worker.fast_predict import PREDICT_PATHS, serve_predict
 from rentahal.worker.gate import Gate, WorkerState
 from rentahal.worker.registration import Registrar
 from rentahal.worker.routes import a1111, ollama, openai, predict
 from rentahal.worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
-
-
-def error_response(path: str, status: int, message: str, kind: str) -> JSONResponse:
-    """An error in the shape the caller's protocol expects.
-
-    Ollama clients read ``{"error": str}``, OpenAI clients ``{"error": {"message"}}``;
-    everyone else gets FastAPI's ``{"detail": str}``.
-    """
-    body: dict[str, Any]
-    if path.startswith("/api/"):
-        body = {"error": message}
-    elif path.startswith("/v1/"):
-        body = {"error": {"message": message, "type": kind, "code": status}}
-    else:
-        body = {"detail": message, "error": {"message": message, "type": kind}}
-    return JSONResponse(body, status_code=status)
-
-
-def _validation_message(exc: RequestValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-        problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
-    return "invalid request: " + "; ".join(problems)
 
 
 async def _on_worker_error(request: Request, exc: Exception) -> JSONResponse:
@@ -55,7 +32,7 @@ async def _on_worker_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    message = _validation_message(exc)
+    message = validation_message(exc.errors())
     return error_response(request.url.path, 422, message, "invalid_request_error")
 
 
@@ -68,6 +45,26 @@ async def _on_unexpected_error(request: Request, exc: Exception) -> JSONResponse
     # Still a bug to fix, but clients get JSON like every other error; uvicorn logs it.
     logger.error("unhandled %s on %s", type(exc).__name__, request.url.path)
     return error_response(request.url.path, 500, "internal error in the worker", "server_error")
+
+
+class WorkerApp(FastAPI):
+    """The worker's FastAPI app, with ``POST /predict`` on its fast route
+    (:mod:`rentahal.worker.fast_predict`) while no middleware is added."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] in PREDICT_PATHS
+            and not self.user_middleware
+            and not self.root_path
+        ):
+            state: WorkerState | None = getattr(self.state, "worker", None)
+            if state is not None:
+                scope["app"] = self
+                await serve_predict(state, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: WorkerSettings) -> FastAPI:
@@ -94,7 +91,7 @@ def create_app(settings: WorkerSettings) -> FastAPI:
             )
             yield
 
-    app = FastAPI(title="RENT-A-HAL reference worker", version="0.1.0", lifespan=lifespan)
+    app = WorkerApp(title="RENT-A-HAL reference worker", version="0.1.0", lifespan=lifespan)
     for module in (predict, a1111, openai, ollama):
         app.include_router(module.router)
     app.add_exception_handler(WorkerNodeError, _on_worker_error)

@@ -9,6 +9,11 @@ WorkerNodeError
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.responses import JSONResponse
+
 
 class WorkerNodeError(Exception):
     """Base of the errors a worker turns into a JSON error answer."""
@@ -49,3 +54,28 @@ class UpstreamTimeout(UpstreamError):
 
     status = 504
     kind = "upstream_timeout"
+
+
+def error_response(path: str, status: int, message: str, kind: str) -> JSONResponse:
+    """An error in the shape the caller's protocol expects.
+
+    Ollama clients read ``{"error": str}``, OpenAI clients ``{"error": {"message"}}``;
+    everyone else gets FastAPI's ``{"detail": str}``.
+    """
+    body: dict[str, Any]
+    if path.startswith("/api/"):
+        body = {"error": message}
+    elif path.startswith("/v1/"):
+        body = {"error": {"message": message, "type": kind, "code": status}}
+    else:
+        body = {"detail": message, "error": {"message": message, "type": kind}}
+    return JSONResponse(body, status_code=status)
+
+
+def validation_message(errors: Sequence[Any]) -> str:
+    """One line naming each invalid field of a request (pydantic's ``errors()``)."""
+    problems = []
+    for error in errors:
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(problems)

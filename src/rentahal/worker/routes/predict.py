@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from rentahal.worker.errors import InputError
+from rentahal.worker.gate import WorkerState
 from rentahal.worker.media import load_images
 from rentahal.worker.routes._deps import State
 
@@ -28,9 +29,7 @@ class PredictResponse(BaseModel):
     response: str
 
 
-@router.post("/predict")
-@router.post("/predict/")
-async def predict(body: PredictRequest, state: State) -> PredictResponse:
+async def answer_predict(state: WorkerState, body: PredictRequest) -> PredictResponse:
     """Chat, or vision when an image comes along (speech queries arrive as chat)."""
     if body.type == "imagine":
         raise InputError("imagine queries go to POST /sdapi/v1/txt2img, not /predict")
@@ -40,6 +39,14 @@ async def predict(body: PredictRequest, state: State) -> PredictResponse:
     async with state.gate.admit():
         text = await state.engine.chat(body.prompt, body.model_name, images)
     return PredictResponse(response=text)
+
+
+@router.post("/predict")
+@router.post("/predict/")
+async def predict(body: PredictRequest, state: State) -> PredictResponse:
+    """Chat, or vision when an image comes along (served by :func:`answer_predict`; the
+    app answers this call on its fast route, see :mod:`rentahal.worker.fast_predict`)."""
+    return await answer_predict(state, body)
 
 
 @router.get("/health")
