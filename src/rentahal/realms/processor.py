@@ -17,6 +17,11 @@ from rentahal.realms.workers import WorkerRegistry, WorkerSelector
 
 logger = logging.getLogger(__name__)
 
+# Loop turns a finished job waits before it is recorded when a job waits for its
+# worker: one for the consume loop to take and start that job, one for the new call's
+# request to be written (aiohttp writes the body from a task of its own).
+HANDOVER_TURNS = 2
+
 FinishHandler = Callable[[Job, Result], Awaitable[object]]
 
 
@@ -34,7 +39,10 @@ class _Dispatchable:
         self._processor = processor
 
     def __call__(self, job: Job) -> bool:
-        return self._processor._dispatchable(job)
+        ok = self._processor._dispatchable(job)
+        if not ok:
+            self._processor._jobs_wait_for_workers = True
+        return ok
 
     def scan_key(self, job: Job) -> Hashable | None:
         if self._processor.registry.remote_gate is not None:
@@ -107,6 +115,8 @@ class QueryProcessor:
         self._accept = _Dispatchable(self)
         self._reserver = _Reserver(self)
         self._held: dict[str, AIWorker] = {}  # workers held for jobs a take answered
+        # The consume loop's latest look left a job waiting for a busy worker.
+        self._jobs_wait_for_workers = False
 
     @property
     def alive(self) -> bool:
@@ -188,6 +198,7 @@ class QueryProcessor:
     async def _consume(self) -> None:
         while not self._stopping:
             self.last_heartbeat = time.monotonic()
+            self._jobs_wait_for_workers = False
             jobs = await self.bus.take_batch(
                 self.queue,
                 accept=self._accept,
@@ -244,6 +255,11 @@ class QueryProcessor:
             if worker_state is None:
                 raise RuntimeError(f"worker {worker_name} vanished")
             result = await self.executor.execute(job, worker_state.worker, self.selector)
+            if self._jobs_wait_for_workers:
+                # The worker slot just freed has a job waiting for it: let the consume
+                # loop start that job and its call go out before this one is recorded.
+                for _ in range(HANDOVER_TURNS):
+                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             if job.job_id in self._cancel_requested:
                 result = Result.of(job, "cancelled", error="Cancelled")

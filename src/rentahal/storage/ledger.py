@@ -53,6 +53,11 @@ MAX_BATCH = 256
 # itself (SQLite: no thread hand-off, the lowest latency); rows that come faster
 # go through the async engine, whose slower transactions let the next batch gather.
 INLINE_AFTER_S = 0.001
+# Under load (the last batch had several rows, or came less than INLINE_AFTER_S ago)
+# the writer lets the loop run this many turns first: the rows of answers completing
+# in those turns join the batch (fewer, larger transactions). After a pause it writes
+# at once, so a lone query's answer waits for nothing.
+GATHER_TURNS = 2
 REPLAY_INTERVAL_S = 5.0
 Outcome = tuple[bool, User | None]
 
@@ -286,6 +291,9 @@ class Ledger:
             else:
                 await self._wakeup.wait()
             self._wakeup.clear()
+            if self._loaded():
+                for _ in range(GATHER_TURNS):
+                    await asyncio.sleep(0)
             self._release_held()
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
@@ -295,6 +303,10 @@ class Ledger:
                 self._release_held()  # a busy ledger never leaves this loop
             if not self._held:
                 self._idle.set()
+
+    def _loaded(self) -> bool:
+        """Rows are coming faster than one per :data:`INLINE_AFTER_S`."""
+        return self._last_rows > 1 or time.monotonic() - self._last_write < INLINE_AFTER_S
 
     def _by_storage(self, entries: list[_Entry]) -> dict[str, tuple[Storage, list[_Entry]]]:
         groups: dict[str, tuple[Storage, list[_Entry]]] = {}
@@ -433,11 +445,7 @@ class Ledger:
             users, delta = _charge(conn, charged)
             return users, _count(conn, main, delta, prefixes)
 
-        inline = (
-            len(rows) == 1
-            and self._last_rows == 1
-            and time.monotonic() - self._last_write >= INLINE_AFTER_S
-        )
+        inline = len(rows) == 1 and not self._loaded()
         try:
             users, batch = await storage.write(write, inline=inline)
         finally:

@@ -63,3 +63,40 @@ async def test_a_chat_job_behind_a_busy_backlog_runs_and_the_backlog_keeps_its_o
                 assert finished[first].status == "done"
             finally:
                 await processor.stop()
+
+
+async def test_a_job_waiting_for_the_worker_a_finished_job_frees_starts_before_it_is_recorded() -> (
+    None
+):
+    settings = load_settings(None, environ={})
+    registry = WorkerRegistry(settings.workers)
+    bus = MemoryBus()
+    running_at_finish: dict[str, list[str]] = {}
+    done = asyncio.Event()
+    processor: QueryProcessor
+
+    async def finish(job: Job, result: Result) -> None:
+        assert result.status == "done"
+        running_at_finish[job.query.prompt] = [
+            j.query.prompt for j in processor.running_jobs.values() if j.job_id != job.job_id
+        ]
+        if len(running_at_finish) == 3:
+            done.set()
+
+    with reference_worker() as address:
+        registry.add(AIWorker(name="chat", address=address, type="chat", max_concurrency=1))
+        async with aiohttp.ClientSession() as client:
+            processor = QueryProcessor(
+                "$T", bus, registry, QueryExecutor(registry, client, settings), finish
+            )
+            for prompt in ("a", "b", "c"):
+                job = Job(user_guid="u", query=Query(prompt=prompt, query_type="chat"))
+                await bus.enqueue("$T", job)
+            processor.start()
+            try:
+                await asyncio.wait_for(done.wait(), 10)
+            finally:
+                await processor.stop()
+    # The worker's one slot is never idle while a finished job is recorded: the next
+    # job already runs then; the last job finds nothing waiting.
+    assert running_at_finish == {"a": ["b"], "b": ["c"], "c": []}
