@@ -255,11 +255,6 @@ class QueryProcessor:
             if worker_state is None:
                 raise RuntimeError(f"worker {worker_name} vanished")
             result = await self.executor.execute(job, worker_state.worker, self.selector)
-            if self._jobs_wait_for_workers:
-                # The worker slot just freed has a job waiting for it: let the consume
-                # loop start that job and its call go out before this one is recorded.
-                for _ in range(HANDOVER_TURNS):
-                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             if job.job_id in self._cancel_requested:
                 result = Result.of(job, "cancelled", error="Cancelled")
@@ -276,6 +271,11 @@ class QueryProcessor:
         # From here on cancel() and stop() leave the task be, so finishing needs no
         # shield (which would run it as another task, a turn of the loop later).
         self._finishing.add(job.job_id)
+        if self._jobs_wait_for_workers:
+            # The worker slot just freed has a job waiting for it: let the consume loop
+            # start that job, and its call go out, before this one is recorded.
+            for _ in range(HANDOVER_TURNS):
+                await asyncio.sleep(0)
         await self._finish(job, result)
 
     def cancel(self, job_id: str) -> bool:
