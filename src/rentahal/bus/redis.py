@@ -1157,9 +1157,7 @@ class RedisBus:
             for job_id, entry, rev in zip(*[iter(rest[1:])] * 3, strict=True):
                 key = (str(job_id), str(rev))
                 q.inflight[key[0]] = str(entry)
-                found = cached.get(key) or q.parsed.get(key)
-                cached.pop(key, None)
-                q.parsed.pop(key, None)
+                found = cached.pop(key, None)  # cached is q.parsed during a look
                 if found is None:  # only named jobs are taken, and they were parsed
                     self._hand_back(queue, q, key[0], str(entry))
                     continue

@@ -302,6 +302,21 @@ async def test_a_cancelled_batch_take_gives_back_its_holds_and_its_jobs(
     assert [j.job_id for j in got if j is not None] == [j.job_id for j in jobs]
 
 
+async def _first_taken_by_b(
+    buses: list[RedisBus], redis_server: RedisServer, queue: str, count: int
+) -> tuple[RedisBus, RedisBus, list[Job]]:
+    """Nodes a and b; ``count`` jobs queued (and so parsed) on a, the first taken by b."""
+    a = await _node(buses, redis_server.url, "a", claim_idle_ms=600_000)
+    b = await _node(buses, redis_server.url, "b", claim_idle_ms=600_000)
+    assert await a.take(queue, timeout_s=0.01) is None
+    jobs = [make_job(f"job {i}") for i in range(count)]
+    for job in jobs:
+        await a.enqueue(queue, job)
+    taken_by_b = await b.take(queue, timeout_s=1.0)
+    assert taken_by_b is not None and taken_by_b.job_id == jobs[0].job_id
+    return a, b, jobs
+
+
 class Workers:
     """A JobReserver over named workers, the best first: a hold takes the best free one."""
 
@@ -323,14 +338,7 @@ class Workers:
 async def test_a_job_another_node_took_holds_no_worker_a_taken_job_needs(
     buses: list[RedisBus], redis_server: RedisServer, queue: str
 ) -> None:
-    a = await _node(buses, redis_server.url, "a", claim_idle_ms=600_000)
-    b = await _node(buses, redis_server.url, "b", claim_idle_ms=600_000)
-    assert await a.take(queue, timeout_s=0.01) is None
-    jobs = [make_job(f"job {i}") for i in range(4)]
-    for job in jobs:
-        await a.enqueue(queue, job)  # all four are parsed on a
-    taken_by_b = await b.take(queue, timeout_s=1.0)
-    assert taken_by_b is not None and taken_by_b.job_id == jobs[0].job_id
+    a, _b, jobs = await _first_taken_by_b(buses, redis_server, queue, 4)
     # a holds a worker for each parsed job before its look, job 0 among them, though b
     # has it. The best worker must go to job 1, the first job the look takes, as if
     # job 0 had never been held for.
@@ -351,13 +359,7 @@ async def test_a_job_another_node_took_holds_no_worker_a_taken_job_needs(
 async def test_a_taken_job_that_finds_no_worker_once_held_in_fair_order_waits_again(
     buses: list[RedisBus], redis_server: RedisServer, queue: str
 ) -> None:
-    a = await _node(buses, redis_server.url, "a", claim_idle_ms=600_000)
-    b = await _node(buses, redis_server.url, "b", claim_idle_ms=600_000)
-    assert await a.take(queue, timeout_s=0.01) is None
-    jobs = [make_job(f"job {i}") for i in range(3)]
-    for job in jobs:
-        await a.enqueue(queue, job)
-    assert (await b.take(queue, timeout_s=1.0)) is not None  # job 0, parsed on a
+    a, b, jobs = await _first_taken_by_b(buses, redis_server, queue, 3)
 
     class Shrinking(Slots):
         """Two slots for the look's holds, then one: a worker went while it looked."""
