@@ -163,16 +163,19 @@ class Storage:
     async def write(self, fn: Callable[[Connection], T], *, inline: bool = True) -> T:
         """Run ``fn`` in one transaction and commit; its answer once committed.
 
-        On a SQLite file and ``inline``, ``fn`` runs on the event loop's
-        thread (:mod:`rentahal.storage.direct`); when another connection holds
-        the write lock, it runs again on the async engine, which waits as
-        every write does. Otherwise (PostgreSQL, in-memory, ``inline=False``)
-        it is ``run_sync`` in :meth:`begin`. ``fn`` may run twice: it must
+        On a SQLite file, ``fn`` runs on a plain connection
+        (:mod:`rentahal.storage.direct`): on the event loop's thread when
+        ``inline``, else as one call on a thread. When another connection
+        holds the write lock, it runs again on the async engine, which waits
+        as every write does. Otherwise (PostgreSQL, in-memory) it is
+        ``run_sync`` in :meth:`begin`. ``fn`` may run twice: it must
         have no effect outside the transaction. Errors as :meth:`begin`.
         """
-        if self.direct is not None and inline:
+        if self.direct is not None:
             try:
-                return self.direct.run(fn)
+                if inline:
+                    return self.direct.run(fn)
+                return await self.direct.run_in_thread(fn)
             except Locked:
                 logger.debug("SQLite write lock taken; the write goes to the async engine")
             except IntegrityError:

@@ -1,11 +1,17 @@
-"""Short write transactions on a SQLite file, run on the event loop's own thread.
+"""Short write transactions on a SQLite file, on the loop's thread or one hand-off away.
 
 The async driver (aiosqlite) runs every statement in its thread: each
 cursor, execute, fetch and commit is a thread hand-off, and under load each
-waits for the GIL. A ledger batch is a fraction of a millisecond of CPU, so
-:class:`DirectSQLite` runs it on a sync pysqlite connection of the same file
-(same pragmas) on the loop itself, with a short busy timeout so the loop
-never waits long for another connection's write lock (the caller then uses
+waits for the GIL; through the async engine, every statement also pays
+SQLAlchemy's full execution path. A ledger batch is a fraction of a
+millisecond of CPU, so :class:`DirectSQLite` runs it on a sync pysqlite
+connection of the same file (same pragmas): on the loop itself
+(:meth:`DirectSQLite.run`), or as one call on a thread
+(:meth:`DirectSQLite.run_in_thread`, for batches under load, so the loop
+goes on while SQLite works). A lock keeps the two from sharing the
+connection at once: a write on the loop that finds a thread's write running
+does not wait, it raises :class:`Locked`. A short busy timeout keeps a write
+from waiting long for another connection's write lock (the caller then uses
 the async engine). Its connections do not checkpoint on commit (a
 checkpoint writes and fsyncs the database file): every
 ``CHECKPOINT_EVERY`` commits a passive checkpoint runs in a thread instead.
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -78,12 +85,37 @@ class DirectSQLite:
         self._checkpoint: asyncio.Task[None] | None = None
         self._conn: Connection | None = None  # the writes' connection, opened on first use
         self.runner = Runner(self.engine.dialect)  # the lean statements of its transactions
+        self._lock = threading.Lock()
+
+    async def run_in_thread(self, fn: Callable[[Connection], T]) -> T:
+        """``fn`` as :meth:`run`, on a thread; the loop goes on meanwhile.
+
+        Waits for a write of the loop or of another thread to end first. A
+        cancel does not stop the thread: its transaction still commits.
+        """
+        answer = await asyncio.to_thread(self._run_locked, fn, True)
+        self._after_commit()
+        return answer
 
     def run(self, fn: Callable[[Connection], T]) -> T:
         """``fn`` in one transaction, committed, on the calling (the loop's) thread.
 
         Raises :class:`Locked` when another connection kept the write lock.
         """
+        answer = self._run_locked(fn, False)
+        self._after_commit()
+        return answer
+
+    def _run_locked(self, fn: Callable[[Connection], T], wait: bool) -> T:
+        if not self._lock.acquire(blocking=wait):
+            self.locked += 1
+            raise Locked("a write of this connection runs on a thread")  # only the loop's
+        try:
+            return self._run(fn)
+        finally:
+            self._lock.release()
+
+    def _run(self, fn: Callable[[Connection], T]) -> T:
         conn = self._conn
         if conn is None or conn.closed:
             conn = self._conn = self.engine.connect()
@@ -107,6 +139,9 @@ class DirectSQLite:
             raise
         finally:
             self.runner.raw = None
+        return answer
+
+    def _after_commit(self) -> None:
         self.commits += 1
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY and self._checkpoint is None:
@@ -114,7 +149,6 @@ class DirectSQLite:
             self._checkpoint = asyncio.get_running_loop().create_task(
                 self._checkpoint_in_thread(), name="sqlite-checkpoint"
             )
-        return answer
 
     def _reset(self) -> None:
         if self._conn is not None:
@@ -141,7 +175,11 @@ class DirectSQLite:
         """Wait for a running checkpoint, then close the connections."""
         if self._checkpoint is not None:
             await asyncio.gather(self._checkpoint, return_exceptions=True)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        self.engine.dispose()
+        await asyncio.to_thread(self._lock.acquire)  # a thread's write ends first
+        try:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self.engine.dispose()
+        finally:
+            self._lock.release()

@@ -8,7 +8,8 @@ A batch the database refuses goes to the :class:`~rentahal.storage.spool.LedgerS
 writes again; ``job_id`` is unique, so a row replayed twice is counted once.
 A batch is one sync function run by ``Storage.write``: a lone row after a
 pause on the event loop itself (on SQLite, no thread hand-offs), rows that
-come faster on the async engine, whose transaction lets the next batch gather.
+come faster as one call on a thread (on SQLite; else the async engine), whose
+transaction lets the next batch gather.
 The answer always follows the commit.
 
 Sharded (:class:`~rentahal.storage.shards.ShardedStorage`), a batch is

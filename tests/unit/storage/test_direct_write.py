@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -71,6 +72,58 @@ async def test_a_taken_write_lock_sends_the_batch_to_the_async_engine(storage: S
     await ledger.close()
     assert first and user is not None and user.query_count == 1
     assert _rows(path) == 1
+
+
+async def test_a_batch_under_load_is_one_thread_call_on_the_plain_connection(
+    storage: Storage,
+) -> None:
+    assert storage.direct is not None
+    guids = [str(uuid.uuid4()) for _ in range(3)]
+    for guid in guids:
+        await storage.get_or_create_user(guid)
+    ledger = Ledger(storage, CostSettings())
+    finished = [_finished(guid) for guid in guids for _ in range(20)]
+    outcomes = await asyncio.gather(
+        *(ledger.record_with_totals(job, ledger.price(result)) for job, result in finished)
+    )
+    await ledger.close()
+    assert all(first for first, _ in outcomes)
+    assert _rows(str(storage.engine.url.database)) == 60
+    # the rows came together: one batch, one transaction on the plain connection's thread
+    assert storage.direct.commits == 1 and storage.direct.locked == 0
+    totals = {u.guid: u.query_count for _, u in outcomes if u is not None}
+    assert max(totals.values()) == 20 and set(totals) == set(guids)
+
+
+async def test_a_write_on_the_loop_does_not_wait_for_a_thread_write(storage: Storage) -> None:
+    """The loop's write finds the connection in use: it goes to the async engine."""
+    assert storage.direct is not None
+    inside, go_on = threading.Event(), threading.Event()
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    def slow_insert(conn: Connection) -> None:
+        threads.append(threading.get_ident())
+        conn.execute(t.huggingface_models.insert().values(name="slow", type="chat"))
+        inside.set()
+        go_on.wait(10)
+
+    def quick_insert(conn: Connection) -> None:
+        conn.execute(t.huggingface_models.insert().values(name="quick", type="chat"))
+
+    slow = asyncio.create_task(storage.write(slow_insert, inline=False))
+    assert await asyncio.to_thread(inside.wait, 10)
+    quick = asyncio.create_task(storage.write(quick_insert))
+    await asyncio.sleep(0.2)  # the loop runs; the quick write waits for SQLite's lock
+    assert storage.direct.locked == 1 and not quick.done()
+    go_on.set()
+    await asyncio.wait_for(asyncio.gather(slow, quick), 10)
+    assert threads and threads[0] != loop_thread
+
+    def names(conn: Connection) -> list[str]:
+        return sorted(conn.execute(select(t.huggingface_models.c.name)).scalars())
+
+    assert await storage.write(names) == ["quick", "slow"]
 
 
 async def test_write_answers_after_commit_and_errors_roll_back(storage: Storage) -> None:
