@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from rentahal.api.openai import router as openai_router
 from rentahal.api.queries import router as queries_router
 from rentahal.api.security import add_security_headers
 from rentahal.backends import HttpClient
-from rentahal.backends._http import limited_response_class
+from rentahal.backends._http import close_http, limited_response_class, use_lean_http
 from rentahal.backends.resolver import GuardedResolver
 from rentahal.broker import Broker
 from rentahal.bus.base import Bus
@@ -57,11 +58,13 @@ def make_http_client(settings: Settings) -> HttpClient:
         ttl_dns_cache=300,
         resolver=GuardedResolver(settings.security),
     )
-    return aiohttp.ClientSession(
+    client = aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=perf.query_timeout, sock_connect=perf.connect_timeout),
         response_class=limited_response_class(settings.workers.max_answer_bytes),
     )
+    use_lean_http(client, settings.workers.max_answer_bytes)
+    return client
 
 
 def make_bus(settings: Settings) -> Bus:
@@ -119,7 +122,9 @@ def create_app(settings: Settings) -> FastAPI:
             storage = make_storage(settings)  # sharded when realms.yml says so
             stack.push_async_callback(_within, CLOSE_TIMEOUT_S, "database", storage.close)
             client = make_http_client(settings)
-            stack.push_async_callback(_within, CLOSE_TIMEOUT_S, "http client", client.close)
+            stack.push_async_callback(
+                _within, CLOSE_TIMEOUT_S, "http client", functools.partial(close_http, client)
+            )
             state = make_state(settings)
             stack.push_async_callback(_within, CLOSE_TIMEOUT_S, "cluster state", state.close)
             counters = make_counters(settings)

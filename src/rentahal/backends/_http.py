@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import json as jsonlib
 import logging
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import yarl
 from aiohttp.http_exceptions import HttpProcessingError
 
 from rentahal.backends.base import HttpClient
+from rentahal.backends.lean_http import AnswerTooLarge, LeanAnswer, LeanHttp, LeanHttpError
 from rentahal.errors import (
     WorkerBadResponse,
     WorkerError,
@@ -201,7 +204,9 @@ def _same_origin(a: str, b: str) -> bool:
     )
 
 
-def _redirect_target(raw: aiohttp.ClientResponse, url: str, method: str, worker: str) -> str:
+def _redirect_target(
+    status: int, headers: Mapping[str, str], url: str, method: str, worker: str
+) -> str:
     """Where a redirect of ``url`` points; ``WorkerBadResponse`` unless it may be followed.
 
     Only redirects to the same scheme, host and port are followed (``/predict``
@@ -209,7 +214,7 @@ def _redirect_target(raw: aiohttp.ClientResponse, url: str, method: str, worker:
     the method and body: a worker must not be able to send the broker, with the
     user's prompt, to another address.
     """
-    location = raw.headers.get("location")
+    location = headers.get("location")
     if not location:
         raise WorkerBadResponse(f"worker {worker} redirected without a location", worker=worker)
     target = urljoin(url, location)
@@ -217,9 +222,9 @@ def _redirect_target(raw: aiohttp.ClientResponse, url: str, method: str, worker:
         raise WorkerBadResponse(
             f"worker {worker} redirected to another address; not followed", worker=worker
         )
-    if method != "GET" and raw.status not in (307, 308):
+    if method != "GET" and status not in (307, 308):
         raise WorkerBadResponse(
-            f"worker {worker} answered a {raw.status} redirect; not followed", worker=worker
+            f"worker {worker} answered a {status} redirect; not followed", worker=worker
         )
     return target
 
@@ -244,23 +249,126 @@ async def request(
     too large"). ``form`` is sent as multipart; redirects are followed only when
     asked, and only to the same address (see :func:`_redirect_target`).
     """
+    body = _body(json, data, form)
+    headers = _with_json_type(json, headers)
     try:
         async with asyncio.timeout(timeout_s):
-            response = await _follow(
-                client,
-                method,
-                url,
-                worker,
-                follow_redirects,
-                _body(json, data, form),
-                _with_json_type(json, headers),
-            )
+            lean = _LEAN.get(client)
+            if lean is not None and form is None and not lean.full:
+                response = await _lean(
+                    lean, client, method, url, worker, follow_redirects, body, headers
+                )
+            else:
+                response = await _follow(
+                    client, method, url, worker, follow_redirects, body, headers
+                )
     except TimeoutError as exc:  # aiohttp's timeouts all derive from it
         raise _timed_out(worker, timeout_s) from exc
     except aiohttp.ClientError as exc:
         raise _unreachable(worker, exc) from exc
     check_status(response, worker)
     return response
+
+
+# Sessions whose plain calls go over a LeanHttp pool, and their answer limit.
+_LEAN: weakref.WeakKeyDictionary[HttpClient, LeanHttp] = weakref.WeakKeyDictionary()
+
+
+def use_lean_http(client: HttpClient, max_answer_bytes: int) -> None:
+    """Send ``client``'s plain calls (``http://`` to a literal IP, no form) over a
+    :class:`~rentahal.backends.lean_http.LeanHttp` pool; :func:`close_http` closes both."""
+    _LEAN[client] = LeanHttp(max_answer_bytes=max_answer_bytes)
+
+
+async def close_http(client: HttpClient) -> None:
+    """Close ``client`` and its lean pool, if it has one."""
+    lean = _LEAN.pop(client, None)
+    if lean is not None:
+        await lean.close()
+    await client.close()
+
+
+@functools.lru_cache(maxsize=1024)
+def _lean_target(url: str) -> tuple[str, int, str] | None:
+    """``(ip, port, path)`` of an ``http://`` URL naming a literal IP, else ``None``."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    if parts.scheme != "http" or not host or parts.username or parts.password:
+        return None
+    try:
+        ipaddress.ip_address(host)
+        port = parts.port or 80
+    except ValueError:  # a name (resolved by aiohttp's guarded resolver) or a bad port
+        return None
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if not path.isascii() or not path.isprintable() or " " in path:
+        return None  # aiohttp quotes it
+    return host, port, path
+
+
+_LEAN_METHODS = frozenset({"GET", "POST"})
+_LEAN_HEADERS = {"Accept": "*/*", "Accept-Encoding": "gzip, deflate", "User-Agent": "rentahal"}
+_BAD_HEADER_CHARS = frozenset("\r\n\0")
+
+
+def _lean_headers(headers: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The request's headers, or ``None`` when one is not plain (aiohttp then refuses it)."""
+    merged = dict(_LEAN_HEADERS)
+    for name, value in (headers or {}).items():
+        if not name or _BAD_HEADER_CHARS.intersection(name + value) or ":" in name:
+            return None
+        try:
+            (name + value).encode("latin-1")
+        except UnicodeEncodeError:
+            return None
+        if name.lower() in ("host", "content-length", "transfer-encoding"):
+            return None
+        merged = {k: v for k, v in merged.items() if k.lower() != name.lower()}
+        merged[name] = value
+    return merged
+
+
+async def _lean(
+    lean: LeanHttp,
+    client: HttpClient,
+    method: str,
+    url: str,
+    worker: str,
+    follow_redirects: bool,
+    body: dict[str, Any],
+    headers: Mapping[str, str] | None,
+) -> HttpResponse:
+    target = _lean_target(url) if method in _LEAN_METHODS else None
+    plain = _lean_headers(headers)
+    if target is None or plain is None:
+        return await _follow(client, method, url, worker, follow_redirects, body, headers)
+    host, port, path = target
+    try:
+        answer = await lean.request(
+            host, port, method, path, plain, body.get("data", b""), lean.max_answer_bytes
+        )
+    except AnswerTooLarge as exc:
+        raise _too_large(worker, lean.max_answer_bytes) from exc
+    except LeanHttpError as exc:
+        if exc.unreachable:
+            raise WorkerUnavailable(
+                f"worker {worker} unreachable: {exc.kind}", worker=worker
+            ) from exc
+        raise WorkerBadResponse(f"worker {worker} sent a malformed answer", worker=worker) from exc
+    if follow_redirects and answer.status in _REDIRECTS:
+        onward = _redirect_target(answer.status, answer.headers, url, method, worker)
+        return await _follow(client, method, onward, worker, follow_redirects, body, headers, 1)
+    return _lean_response(answer)
+
+
+def _lean_response(answer: LeanAnswer) -> HttpResponse:
+    content_type = answer.headers.get("content-type", "")
+    charset = None
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"') or None
+    return HttpResponse(answer.status, answer.headers, answer.content, answer.reason, charset)
 
 
 async def _follow(
@@ -271,8 +379,9 @@ async def _follow(
     follow_redirects: bool,
     body: dict[str, Any],
     headers: Mapping[str, str] | None = None,
+    hops_done: int = 0,
 ) -> HttpResponse:
-    for _hop in range(MAX_REDIRECTS + 1):
+    for _hop in range(hops_done, MAX_REDIRECTS + 1):
         async with client.request(
             method,
             _url(url),
@@ -283,7 +392,7 @@ async def _follow(
         ) as raw:
             if not (follow_redirects and raw.status in _REDIRECTS):
                 return await _read(raw, worker)
-            url = _redirect_target(raw, url, method, worker)
+            url = _redirect_target(raw.status, raw.headers, url, method, worker)
     raise WorkerBadResponse(
         f"worker {worker} redirected more than {MAX_REDIRECTS} times", worker=worker
     )

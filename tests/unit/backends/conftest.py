@@ -19,6 +19,11 @@ if _ROOT not in sys.path:
 from tests.fakes import FakeServer, FakeState, a1111, claude, huggingface, ollama, openai  # noqa: E402
 
 from rentahal.backends import HttpClient  # noqa: E402
+from rentahal.backends._http import (  # noqa: E402
+    DEFAULT_MAX_ANSWER_BYTES,
+    close_http,
+    use_lean_http,
+)
 
 
 def _serve(create_app: Callable[[FakeState], Starlette]) -> Iterator[FakeServer]:
@@ -90,8 +95,14 @@ def fake_huggingface(_huggingface_server: FakeServer) -> Iterator[FakeServer]:
     yield from _fresh(_huggingface_server)
 
 
-@pytest.fixture
-async def client() -> AsyncIterator[HttpClient]:
-    """One HTTP client per test, as the broker shares one per node."""
+@pytest.fixture(params=["aiohttp", "lean"])
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[HttpClient]:
+    """One HTTP client per test, as the broker shares one per node: plain aiohttp, and
+    with its plain calls on the lean lane (as the broker's), so each test runs on both."""
     async with aiohttp.ClientSession() as http:
-        yield http
+        if request.param == "lean":
+            use_lean_http(http, DEFAULT_MAX_ANSWER_BYTES)
+        try:
+            yield http
+        finally:
+            await close_http(http)

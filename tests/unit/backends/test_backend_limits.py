@@ -14,7 +14,7 @@ from starlette.routing import Route
 from tests.fakes import FakeServer, FakeState
 
 from rentahal.backends import HttpClient
-from rentahal.backends._http import limited_response_class
+from rentahal.backends._http import close_http, limited_response_class, use_lean_http
 from rentahal.backends.openai import OpenAIBackend
 from rentahal.backends.predict import PredictBackend
 from rentahal.errors import WorkerBadResponse
@@ -60,10 +60,15 @@ def big() -> Iterator[FakeServer]:
         server.stop()
 
 
-@pytest.fixture
-async def limited() -> AsyncIterator[HttpClient]:
+@pytest.fixture(params=["aiohttp", "lean"])
+async def limited(request: pytest.FixtureRequest) -> AsyncIterator[HttpClient]:
     async with aiohttp.ClientSession(response_class=limited_response_class(LIMIT)) as http:
-        yield http
+        if request.param == "lean":
+            use_lean_http(http, LIMIT)
+        try:
+            yield http
+        finally:
+            await close_http(http)
 
 
 @pytest.mark.parametrize("mode", ["chunked", "length"])
