@@ -63,7 +63,7 @@ def make_http_client(settings: Settings) -> HttpClient:
         timeout=aiohttp.ClientTimeout(total=perf.query_timeout, sock_connect=perf.connect_timeout),
         response_class=limited_response_class(settings.workers.max_answer_bytes),
     )
-    use_lean_http(client, settings.workers.max_answer_bytes)
+    use_lean_http(client, settings.workers.max_answer_bytes, perf.connect_timeout)
     return client
 
 

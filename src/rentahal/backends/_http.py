@@ -274,10 +274,12 @@ async def request(
 _LEAN: weakref.WeakKeyDictionary[HttpClient, LeanHttp] = weakref.WeakKeyDictionary()
 
 
-def use_lean_http(client: HttpClient, max_answer_bytes: int) -> None:
+def use_lean_http(
+    client: HttpClient, max_answer_bytes: int, connect_timeout_s: float | None = None
+) -> None:
     """Send ``client``'s plain calls (``http://`` to a literal IP, no form) over a
     :class:`~rentahal.backends.lean_http.LeanHttp` pool; :func:`close_http` closes both."""
-    _LEAN[client] = LeanHttp(max_answer_bytes=max_answer_bytes)
+    _LEAN[client] = LeanHttp(max_answer_bytes=max_answer_bytes, connect_timeout_s=connect_timeout_s)
 
 
 async def close_http(client: HttpClient) -> None:

@@ -12,9 +12,9 @@ connection goes back to a per-address pool when the answer allows keep-alive.
 Everything else (names, ``https://``, forms, redirects followed) stays on
 aiohttp (:mod:`rentahal.backends._http` chooses). Rules kept the same as
 there: the answer limit (refused as soon as it is passed), at most
-``MAX_CONNECTIONS`` open connections, one deadline for the whole exchange
-(the caller's ``asyncio.timeout``; a call cancelled mid-way closes its
-connection). A reused connection that the worker closed before any byte of
+``MAX_CONNECTIONS`` open connections, the connect timeout, one deadline for
+the whole exchange (the caller's ``asyncio.timeout``; a call cancelled mid-way
+closes its connection). A reused connection that the worker closed before any byte of
 the answer came back is tried once more on a new connection (a keep-alive
 connection closed while idle); connections idle for ``IDLE_S`` are not reused.
 """
@@ -223,8 +223,15 @@ def _decoded(answer: LeanAnswer, limit: int) -> bytes:
 class LeanHttp:
     """Pooled keep-alive connections to workers at literal IP addresses (see the module doc)."""
 
-    def __init__(self, *, max_answer_bytes: int, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        *,
+        max_answer_bytes: int,
+        connect_timeout_s: float | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.max_answer_bytes = max_answer_bytes
+        self.connect_timeout_s = connect_timeout_s
         self.max_connections = max_connections
         self._idle: defaultdict[tuple[str, int], deque[_Connection]] = defaultdict(deque)
         self._open: set[_Connection] = set()
@@ -294,8 +301,9 @@ class LeanHttp:
         if len(self._open) >= self.max_connections:
             self._close_one_idle()
         loop = asyncio.get_running_loop()
-        try:
-            _transport, conn = await loop.create_connection(_Connection, key[0], key[1])
+        try:  # a connect timeout is a TimeoutError, as aiohttp's sock_connect one
+            async with asyncio.timeout(self.connect_timeout_s):
+                _transport, conn = await loop.create_connection(_Connection, key[0], key[1])
         except OSError as exc:
             raise LeanHttpError(type(exc).__name__, str(exc)) from exc
         self._open.add(conn)
