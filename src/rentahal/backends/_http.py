@@ -1,4 +1,8 @@
-"""HTTP helpers shared by the backends: the one place that talks to aiohttp and maps its errors."""
+"""HTTP helpers shared by the backends: the one place that calls workers and maps the errors.
+
+A call goes over aiohttp, or over the lean lane of :mod:`rentahal.backends.lean_http`
+(see :func:`use_lean_http`); both answer the same :class:`HttpResponse` and errors.
+"""
 
 from __future__ import annotations
 
