@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
+from types import MappingProxyType
 from typing import Any, NoReturn
 from urllib.parse import urljoin, urlsplit
 
@@ -156,8 +157,10 @@ def _body(json: Any, data: bytes | None, form: Mapping[str, FormField] | None) -
     return {}
 
 
-def _unreachable(worker: str, exc: BaseException) -> WorkerUnavailable:
-    return WorkerUnavailable(f"worker {worker} unreachable: {type(exc).__name__}", worker=worker)
+def _unreachable(worker: str, exc: BaseException, kind: str = "") -> WorkerUnavailable:
+    """The error of a call that got no answer; ``kind`` names how (default: the error's type)."""
+    kind = kind or type(exc).__name__
+    return WorkerUnavailable(f"worker {worker} unreachable: {kind}", worker=worker)
 
 
 def _timed_out(worker: str, timeout_s: float) -> WorkerTimeout:
@@ -274,7 +277,7 @@ async def request(
     return response
 
 
-# Sessions whose plain calls go over a LeanHttp pool, and their answer limit.
+# Sessions whose plain calls go over a LeanHttp pool (which holds their answer limit).
 _LEAN: weakref.WeakKeyDictionary[HttpClient, LeanHttp] = weakref.WeakKeyDictionary()
 
 
@@ -317,21 +320,32 @@ _LEAN_HEADERS = {"Accept": "*/*", "Accept-Encoding": "gzip, deflate", "User-Agen
 _BAD_HEADER_CHARS = frozenset("\r\n\0")
 
 
-def _lean_headers(headers: Mapping[str, str] | None) -> dict[str, str] | None:
-    """The request's headers, or ``None`` when one is not plain (aiohttp then refuses it)."""
-    merged = dict(_LEAN_HEADERS)
-    for name, value in (headers or {}).items():
+def _lean_headers(headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    """The request's headers (read-only), or ``None`` when one is not plain (aiohttp then
+    refuses it)."""
+    return _plain_headers(tuple((headers or {}).items()))
+
+
+@functools.lru_cache(maxsize=256)  # a worker's calls carry the same few headers
+def _plain_headers(pairs: tuple[tuple[str, str], ...]) -> Mapping[str, str] | None:
+    by_name = {name.lower(): (name, value) for name, value in _LEAN_HEADERS.items()}
+    for name, value in pairs:
         if not name or _BAD_HEADER_CHARS.intersection(name + value) or ":" in name:
             return None
-        try:
-            (name + value).encode("latin-1")
-        except UnicodeEncodeError:
+        if not (name + value).isascii() and not _latin1(name + value):
             return None
         if name.lower() in ("host", "content-length", "transfer-encoding"):
             return None
-        merged = {k: v for k, v in merged.items() if k.lower() != name.lower()}
-        merged[name] = value
-    return merged
+        by_name[name.lower()] = (name, value)
+    return MappingProxyType(dict(by_name.values()))
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _lean(
@@ -357,9 +371,7 @@ async def _lean(
         raise _too_large(worker, lean.max_answer_bytes) from exc
     except LeanHttpError as exc:
         if exc.unreachable:
-            raise WorkerUnavailable(
-                f"worker {worker} unreachable: {exc.kind}", worker=worker
-            ) from exc
+            raise _unreachable(worker, exc, exc.kind) from exc
         raise WorkerBadResponse(f"worker {worker} sent a malformed answer", worker=worker) from exc
     if follow_redirects and answer.status in _REDIRECTS:
         onward = _redirect_target(answer.status, answer.headers, url, method, worker)

@@ -282,8 +282,7 @@ class LeanHttp:
         else:
             conn._close()
             self._drop(conn)
-        if content is not answer.content:
-            answer.content = content
+        answer.content = content
         return answer
 
     async def _take(self, key: tuple[str, int]) -> tuple[_Connection, bool]:

@@ -100,7 +100,8 @@ class DirectSQLite:
     def run(self, fn: Callable[[Connection], T]) -> T:
         """``fn`` in one transaction, committed, on the calling (the loop's) thread.
 
-        Raises :class:`Locked` when another connection kept the write lock.
+        Raises :class:`Locked` when another connection kept the write lock, or
+        a thread's write (:meth:`run_in_thread`) holds this one.
         """
         answer = self._run_locked(fn, False)
         self._after_commit()

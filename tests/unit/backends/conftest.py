@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -95,14 +97,26 @@ def fake_huggingface(_huggingface_server: FakeServer) -> Iterator[FakeServer]:
     yield from _fresh(_huggingface_server)
 
 
-@pytest.fixture(params=["aiohttp", "lean"])
-async def client(request: pytest.FixtureRequest) -> AsyncIterator[HttpClient]:
-    """One HTTP client per test, as the broker shares one per node: plain aiohttp, and
-    with its plain calls on the lean lane (as the broker's), so each test runs on both."""
-    async with aiohttp.ClientSession() as http:
-        if request.param == "lean":
-            use_lean_http(http, DEFAULT_MAX_ANSWER_BYTES)
+LANES = ["aiohttp", "lean"]
+
+
+@asynccontextmanager
+async def on_lane(
+    lane: str, max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES, **session: Any
+) -> AsyncIterator[HttpClient]:
+    """A client whose calls go over aiohttp alone, or with its plain calls on the lean
+    lane (as the broker's)."""
+    async with aiohttp.ClientSession(**session) as http:
+        if lane == "lean":
+            use_lean_http(http, max_answer_bytes)
         try:
             yield http
         finally:
             await close_http(http)
+
+
+@pytest.fixture(params=LANES)
+async def client(request: pytest.FixtureRequest) -> AsyncIterator[HttpClient]:
+    """One HTTP client per test, as the broker shares one per node, on each lane."""
+    async with on_lane(request.param) as http:
+        yield http

@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 
-import aiohttp
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from tests.fakes import FakeServer, FakeState
+from tests.unit.backends.conftest import LANES, on_lane
 
 from rentahal.backends import HttpClient
-from rentahal.backends._http import close_http, limited_response_class, use_lean_http
+from rentahal.backends._http import limited_response_class
 from rentahal.backends.openai import OpenAIBackend
 from rentahal.backends.predict import PredictBackend
 from rentahal.errors import WorkerBadResponse
@@ -60,15 +60,10 @@ def big() -> Iterator[FakeServer]:
         server.stop()
 
 
-@pytest.fixture(params=["aiohttp", "lean"])
+@pytest.fixture(params=LANES)
 async def limited(request: pytest.FixtureRequest) -> AsyncIterator[HttpClient]:
-    async with aiohttp.ClientSession(response_class=limited_response_class(LIMIT)) as http:
-        if request.param == "lean":
-            use_lean_http(http, LIMIT)
-        try:
-            yield http
-        finally:
-            await close_http(http)
+    async with on_lane(request.param, LIMIT, response_class=limited_response_class(LIMIT)) as http:
+        yield http
 
 
 @pytest.mark.parametrize("mode", ["chunked", "length"])
